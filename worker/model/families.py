@@ -1,0 +1,242 @@
+"""Per-family prompt construction, processor calls, token layout and position ids.
+
+Two position schemes cover the supported families:
+
+- **M-RoPE** (Qwen2-VL, Qwen2.5-VL): prefill positions come from the model's stateless
+  ``get_rope_index``; every text token after the video sits at ``text_index + rope_delta`` on all
+  three axes, so later chunks get positions of shape (3, 1, q).
+- **1-D RoPE** (LLaVA-OneVision): positions are the plain token index, shape (1, q), and
+  ``rope_delta`` is 0.
+
+``rope_delta`` and the next text index are per-session state; nothing here reads the model's own
+``rope_deltas`` attribute, which is shared by every session on the worker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from videoqa.worker.errors import InvalidInput
+from videoqa.worker.types import DecodedMedia
+
+#: Marks where the question goes when the prompt is rendered before the question is known.
+QUESTION_SENTINEL = "\u2063QUESTION\u2063"
+#: Marks where a previous answer goes when rendering the text that follows it.
+ANSWER_SENTINEL = "\u2063ANSWER\u2063"
+
+
+@dataclass
+class TokenLayout:
+    """Where the visual tokens are in the prompt.
+
+    ``frame_spans[i] = (start, end)`` is the half-open range of token indices of frame group i:
+    one temporal patch for Qwen (2 frames by default), one frame for LLaVA-OneVision. Taken from
+    the processor output, never hard-coded.
+    """
+
+    prompt_length: int
+    visual_start: int
+    visual_end: int
+    frame_spans: list[tuple[int, int]]
+    frames_per_span: int
+
+    @property
+    def num_visual_tokens(self) -> int:
+        return sum(end - start for start, end in self.frame_spans)
+
+
+@dataclass
+class PreparedPrompt:
+    """A processed first-turn prompt.
+
+    ``inputs`` is the processor output (``input_ids`` [1, L], pixel tensors, grids);
+    ``position_ids`` is (3, 1, L) for M-RoPE models and (1, L) otherwise.
+    """
+
+    inputs: dict[str, torch.Tensor]
+    position_ids: torch.Tensor
+    rope_delta: int
+    layout: TokenLayout
+
+    @property
+    def input_ids(self) -> list[int]:
+        return self.inputs["input_ids"][0].tolist()
+
+
+class FamilyAdapter:
+    """Behaviour shared by all families; subclasses set the placeholder token and positions."""
+
+    family: str = ""
+    uses_mrope: bool = False
+    video_placeholder_attr: str = "video_token_id"
+
+    def __init__(self, model: Any, processor: Any):
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.video_token_id = int(self._video_token_id())
+        prefix, _, suffix = self._render(
+            [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION_SENTINEL}]}]
+        ).partition(QUESTION_SENTINEL)
+        #: Prompt text up to and including the video placeholder (question-agnostic prefill).
+        self.video_prefix = prefix
+        #: Text that closes the user turn after the question and opens the assistant's.
+        self.question_suffix = suffix
+        self._followup_cache: str | None = None
+
+    # --- prompt text -------------------------------------------------------------------------
+
+    def _render(self, messages: list[dict[str, Any]]) -> str:
+        return self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def followup_text(self, question: str) -> str:
+        """Text that follows a finished answer: end of the assistant turn, the new user turn with
+        ``question``, and the opening of the next assistant turn."""
+        if self._followup_cache is None:
+            rendered = self._render(
+                [
+                    {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "q"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": ANSWER_SENTINEL}]},
+                    {"role": "user", "content": [{"type": "text", "text": QUESTION_SENTINEL}]},
+                ]
+            )
+            self._followup_cache = rendered.partition(ANSWER_SENTINEL)[2]
+        return self._followup_cache.replace(QUESTION_SENTINEL, question)
+
+    def encode_text(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    # --- first turn --------------------------------------------------------------------------
+
+    def prepare(self, media: DecodedMedia, question: str | None) -> PreparedPrompt:
+        """Process the frames and the prompt; with ``question`` None the prompt stops right after
+        the video (question-agnostic), else it ends with the question and the assistant prefix."""
+        text = self.video_prefix if question is None else self.video_prefix + question + self.question_suffix
+        inputs = self._process(text, media)
+        position_ids, rope_delta = self.prefill_positions(inputs)
+        return PreparedPrompt(inputs, position_ids, rope_delta, self.layout(inputs))
+
+    def _process(self, text: str, media: DecodedMedia) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def _video_token_id(self) -> int:
+        return getattr(self.model.config, self.video_placeholder_attr)
+
+    def layout(self, inputs: dict[str, torch.Tensor]) -> TokenLayout:
+        ids = inputs["input_ids"][0]
+        where = (ids == self.video_token_id).nonzero().flatten()
+        if where.numel() == 0:
+            raise InvalidInput("the processor produced no visual tokens for this media")
+        start, end = int(where[0]), int(where[-1]) + 1
+        if end - start != where.numel():
+            raise InvalidInput("visual tokens are not contiguous; unsupported prompt layout")
+        spans, per_span = self._frame_spans(inputs, start, end)
+        return TokenLayout(ids.numel(), start, end, spans, per_span)
+
+    def _frame_spans(
+        self, inputs: dict[str, torch.Tensor], start: int, end: int
+    ) -> tuple[list[tuple[int, int]], int]:
+        raise NotImplementedError
+
+    # --- positions ---------------------------------------------------------------------------
+
+    def prefill_positions(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        length = inputs["input_ids"].shape[1]
+        return torch.arange(length).view(1, length), 0
+
+    def text_positions(self, start: int, length: int, rope_delta: int) -> torch.Tensor:
+        """Positions of ``length`` text tokens whose first has text index ``start``."""
+        pos = torch.arange(start, start + length) + rope_delta
+        return pos.view(1, 1, length).expand(3, 1, length) if self.uses_mrope else pos.view(1, length)
+
+
+class QwenVLAdapter(FamilyAdapter):
+    """Qwen2-VL and Qwen2.5-VL: ``<|video_pad|>`` expanded to (t·h·w)/merge² tokens, M-RoPE."""
+
+    uses_mrope = True
+
+    def _process(self, text: str, media: DecodedMedia) -> dict[str, torch.Tensor]:
+        from transformers.video_utils import VideoMetadata
+
+        height, width = media.frames.shape[1:3]
+        metadata = VideoMetadata(
+            total_num_frames=len(media.indices),
+            fps=media.sampled_fps,
+            frames_indices=list(range(len(media.indices))),
+            width=width,
+            height=height,
+            duration=len(media.indices) / media.sampled_fps,
+        )
+        return dict(
+            self.processor(
+                text=[text],
+                videos=[media.frames],
+                return_tensors="pt",
+                videos_kwargs={"video_metadata": [metadata], "do_sample_frames": False},
+            )
+        )
+
+    def _frame_spans(self, inputs, start, end):
+        t, h, w = (int(x) for x in inputs["video_grid_thw"][0])
+        merge = int(getattr(self.processor.video_processor, "merge_size", 2))
+        per_t = (h // merge) * (w // merge)
+        if per_t * t != end - start:
+            raise InvalidInput("visual token count does not match the video grid")
+        temporal = int(getattr(self.processor.video_processor, "temporal_patch_size", 2))
+        return [(start + i * per_t, start + (i + 1) * per_t) for i in range(t)], temporal
+
+    def prefill_positions(self, inputs):
+        kwargs = {}
+        if "second_per_grid_ts" in inputs:
+            kwargs["second_per_grid_ts"] = inputs["second_per_grid_ts"]
+        position_ids, _ = self.model.model.get_rope_index(
+            inputs["input_ids"],
+            inputs["mm_token_type_ids"],
+            video_grid_thw=inputs["video_grid_thw"],
+            attention_mask=inputs["attention_mask"],
+            **kwargs,
+        )
+        # The model's own delta is ``max(position) + 1 - L``. With Qwen2.5-VL's time-scaled
+        # temporal ids, the max can sit inside the video, while text that follows the video
+        # continues from the last position. Continuing from the last token keeps a
+        # question-agnostic prefill (ending with the video) consistent with a full prompt.
+        length = position_ids.shape[-1]
+        return position_ids, int(position_ids[:, 0, -1].max()) + 1 - length
+
+
+class LlavaOnevisionAdapter(FamilyAdapter):
+    """LLaVA-OneVision: ``<video>`` expanded to pooled patches per frame plus one newline token."""
+
+    video_placeholder_attr = "video_token_index"
+
+    def _process(self, text, media):
+        return dict(self.processor(text=[text], videos=[media.frames], return_tensors="pt"))
+
+    def _frame_spans(self, inputs, start, end):
+        frames = int(inputs["pixel_values_videos"].shape[1])
+        total = end - start
+        per_frame = (total - 1) // frames if (total - 1) % frames == 0 else total // frames
+        spans = [(start + i * per_frame, start + (i + 1) * per_frame) for i in range(frames)]
+        if spans[-1][1] != end:  # the trailing newline token belongs to the last frame
+            spans[-1] = (spans[-1][0], end)
+        return spans, 1
+
+
+ADAPTERS: dict[str, type[FamilyAdapter]] = {
+    "qwen2_vl": QwenVLAdapter,
+    "qwen2_5_vl": QwenVLAdapter,
+    "llava_onevision": LlavaOnevisionAdapter,
+}
+
+
+def adapter_for(model: Any, processor: Any) -> FamilyAdapter:
+    family = model.config.model_type
+    if family not in ADAPTERS:
+        supported = ", ".join(sorted(ADAPTERS))
+        raise InvalidInput(f"model type {family!r} is not supported (supported: {supported})")
+    adapter = ADAPTERS[family](model, processor)
+    adapter.family = family
+    return adapter

@@ -1,0 +1,133 @@
+"""Load a model and its processor: a ``tiny-*`` id built in code, a local directory, or a hub id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from videoqa.worker.errors import InvalidInput
+from videoqa.worker.model import tv_shim  # noqa: F401  (before transformers)
+from videoqa.worker.model.families import FamilyAdapter, adapter_for
+from videoqa.worker.model.tiny import TINY_MODELS, build_tiny
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to serve. ``revision`` identifies weights plus processor configuration."""
+
+    model_id: str
+    model: Any
+    processor: Any
+    adapter: FamilyAdapter
+    revision: str
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def family(self) -> str:
+        return self.adapter.family
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.processor.tokenizer
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.text_config.num_hidden_layers)
+
+    @property
+    def text_config(self) -> Any:
+        return self.model.config.get_text_config()
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V per context token over all layers."""
+        cfg = self.text_config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+        return int(cfg.num_hidden_layers * 2 * kv_heads * head_dim * torch.finfo(self.dtype).bits // 8)
+
+    @property
+    def eos_token_ids(self) -> set[int]:
+        ids: set[int] = set()
+        configured = getattr(self.model.generation_config, "eos_token_id", None)
+        for value in configured if isinstance(configured, list) else [configured]:
+            if value is not None:
+                ids.add(int(value))
+        if self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return ids
+
+
+def _config_digest(model: Any, processor: Any) -> hashlib._Hash:
+    digest = hashlib.sha256()
+    digest.update(model.config.to_json_string(use_diff=False).encode())
+    processor_dict = processor.to_dict() if hasattr(processor, "to_dict") else {}
+    digest.update(json.dumps(processor_dict, sort_keys=True, default=str).encode())
+    return digest
+
+
+def _weights_fingerprint(directory: Path, digest: hashlib._Hash) -> None:
+    """Size plus the first and last MiB of every weight file: cheap, and changes with the weights."""
+    for path in sorted(directory.glob("*.safetensors")) + sorted(directory.glob("*.bin")):
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            digest.update(handle.read(1 << 20))
+            handle.seek(max(0, size - (1 << 20)))
+            digest.update(handle.read(1 << 20))
+
+
+def _state_fingerprint(model: Any, digest: hashlib._Hash) -> None:
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().float().flatten()[:64].numpy().tobytes())
+
+
+def load_model(model_id: str, *, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
+    """Load ``model_id``: ``tiny-*`` (built in code), a directory saved by ``save_pretrained``,
+    or a hub id (needs the weights in the local Hugging Face cache or network access)."""
+    if dtype not in DTYPES:
+        raise InvalidInput(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    torch_dtype = DTYPES[dtype]
+    if model_id in TINY_MODELS:
+        model, processor = build_tiny(model_id)
+        model = model.to(dtype=torch_dtype)
+        digest = _config_digest(model, processor)
+        _state_fingerprint(model, digest)
+    else:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        source = os.path.expanduser(model_id)
+        log.info("loading %s", source)
+        processor = AutoProcessor.from_pretrained(source)
+        model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype).eval()
+        digest = _config_digest(model, processor)
+        if Path(source).is_dir():
+            _weights_fingerprint(Path(source), digest)
+        else:
+            digest.update(str(getattr(model.config, "_commit_hash", "") or "").encode())
+    model.set_attn_implementation("sdpa")
+    model = model.to(device)
+    adapter = adapter_for(model, processor)
+    return LoadedModel(
+        model_id=model_id,
+        model=model,
+        processor=processor,
+        adapter=adapter,
+        revision=digest.hexdigest()[:16],
+        device=torch.device(device),
+        dtype=torch_dtype,
+    )

@@ -1,0 +1,252 @@
+"""Tiny random multimodal models built from a config in code, for tests and the embedded default.
+
+Nothing is downloaded: the tokenizer is a byte-level BPE trained offline on a fixed corpus, the
+weights come from a seeded initialisation. Each model is a real transformers model of a supported
+family (same classes, processors and chat-template conventions as the released checkpoints), just
+small: a forward pass over 8 frames takes milliseconds on a CPU.
+
+Ids: ``tiny-qwen2-vl``, ``tiny-qwen2.5-vl``, ``tiny-llava-onevision``.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from videoqa.worker.model import tv_shim  # noqa: F401  (before transformers)
+
+QWEN_SPECIALS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+LLAVA_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"]
+
+# ChatML, as the Qwen2-VL and LLaVA-OneVision checkpoints use it. `{video}` / `{image}` are the
+# family's placeholder text for one video / image.
+_CHATML = (
+    "{{% for message in messages %}}{{% if loop.first and message['role'] != 'system' %}}"
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n{{% endif %}}"
+    "<|im_start|>{{{{ message['role'] }}}}\n{{% if message['content'] is string %}}"
+    "{{{{ message['content'] }}}}<|im_end|>\n{{% else %}}{{% for content in message['content'] %}}"
+    "{{% if content['type'] == 'image' %}}{image}{{% elif content['type'] == 'video' %}}{video}"
+    "{{% elif 'text' in content %}}{{{{ content['text'] }}}}{{% endif %}}{{% endfor %}}<|im_end|>\n"
+    "{{% endif %}}{{% endfor %}}{{% if add_generation_prompt %}}<|im_start|>assistant\n{{% endif %}}"
+)
+QWEN_TEMPLATE = _CHATML.format(
+    image="<|vision_start|><|image_pad|><|vision_end|>", video="<|vision_start|><|video_pad|><|vision_end|>"
+)
+LLAVA_TEMPLATE = _CHATML.format(image="<image>\n", video="<video>\n")
+
+_WORDS = (
+    "what which who where when how many much is are was were the a an in on at of to from and or "
+    "frame frames video image first last second third next before after left right top bottom "
+    "red green blue yellow black white orange purple circle square triangle star ball box car "
+    "person dog cat moves appears disappears color shape count number one two three four five "
+    "six seven eight nine ten yes no it there this that shown happens object objects scene "
+    "question answer describe does do see seen visible helpful assistant system user"
+).split()
+
+
+def _corpus() -> list[str]:
+    """A fixed, deterministic training corpus for the tiny tokenizer."""
+    lines = []
+    for i, word in enumerate(_WORDS):
+        nxt = _WORDS[(i * 7 + 3) % len(_WORDS)]
+        third = _WORDS[(i * 13 + 5) % len(_WORDS)]
+        lines.append(f"{word} {nxt} {third}? The {word} is {nxt}. {i} {i * 3}")
+    lines.append("You are a helpful assistant. 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16")
+    return lines * 4
+
+
+@functools.lru_cache(maxsize=4)
+def build_tokenizer(family: str) -> Any:
+    """Train a byte-level BPE tokenizer (vocab 512) offline; returns a transformers fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = LLAVA_SPECIALS if family == "llava_onevision" else QWEN_SPECIALS
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=512,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", padding_side="left"
+    )
+    fast.chat_template = LLAVA_TEMPLATE if family == "llava_onevision" else QWEN_TEMPLATE
+    if family == "llava_onevision":
+        fast.add_special_tokens({"additional_special_tokens": ["<image>", "<video>"]})
+    return fast
+
+
+@dataclass(frozen=True)
+class TinySpec:
+    """What a tiny model id builds."""
+
+    family: str
+    layers: int = 2
+    hidden: int = 64
+    heads: int = 4
+    kv_heads: int = 2
+    image_size: int = 224
+
+
+TINY_MODELS: dict[str, TinySpec] = {
+    "tiny-qwen2-vl": TinySpec("qwen2_vl"),
+    "tiny-qwen2.5-vl": TinySpec("qwen2_5_vl"),
+    "tiny-llava-onevision": TinySpec("llava_onevision"),
+}
+
+
+def _text_config(spec: TinySpec, tok: Any) -> dict[str, Any]:
+    head_dim = spec.hidden // spec.heads
+    return dict(
+        vocab_size=len(tok),
+        hidden_size=spec.hidden,
+        intermediate_size=spec.hidden * 2,
+        num_hidden_layers=spec.layers,
+        num_attention_heads=spec.heads,
+        num_key_value_heads=spec.kv_heads,
+        max_position_embeddings=32768,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6}
+        | ({"mrope_section": _mrope_section(head_dim)} if spec.family != "llava_onevision" else {}),
+    )
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Split head_dim/2 rotary frequencies over (t, h, w) as Qwen2-VL does (16/24/24 of 64)."""
+    half = head_dim // 2
+    t = half // 4
+    h = (half - t) // 2
+    return [t, h, half - t - h]
+
+
+def _build_qwen(spec: TinySpec, tok: Any) -> tuple[Any, Any]:
+    from transformers import (
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2_5_VLProcessor,
+        Qwen2VLConfig,
+        Qwen2VLForConditionalGeneration,
+        Qwen2VLImageProcessor,
+        Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    ids = {n: tok.convert_tokens_to_ids(n) for n in QWEN_SPECIALS}
+    token_ids = dict(
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    if spec.family == "qwen2_vl":
+        vision = dict(depth=2, embed_dim=32, hidden_size=spec.hidden, num_heads=2, mlp_ratio=2)
+        config = Qwen2VLConfig(text_config=_text_config(spec, tok), vision_config=vision, **token_ids)
+        model_cls, proc_cls = Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+    else:
+        vision = dict(
+            depth=2,
+            hidden_size=32,
+            out_hidden_size=spec.hidden,
+            intermediate_size=64,
+            num_heads=2,
+            window_size=112,
+            fullatt_block_indexes=[1],
+        )
+        config = Qwen2_5_VLConfig(text_config=_text_config(spec, tok), vision_config=vision, **token_ids)
+        model_cls, proc_cls = Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor
+    pixels = dict(min_pixels=56 * 56, max_pixels=spec.image_size * spec.image_size)
+    processor = proc_cls(
+        image_processor=Qwen2VLImageProcessor(**pixels),
+        video_processor=Qwen2VLVideoProcessor(**pixels),
+        tokenizer=tok,
+        chat_template=tok.chat_template,
+    )
+    return model_cls(config), processor
+
+
+def _build_llava_onevision(spec: TinySpec, tok: Any) -> tuple[Any, Any]:
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor,
+        LlavaOnevisionVideoProcessor,
+    )
+
+    size, patch = spec.image_size, 14 * 2
+    text = _text_config(spec, tok) | {"model_type": "qwen2"}
+    vision = dict(
+        model_type="siglip_vision_model",
+        image_size=size,
+        patch_size=patch,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+    )
+    config = LlavaOnevisionConfig(
+        text_config=text,
+        vision_config=vision,
+        image_token_index=tok.convert_tokens_to_ids("<image>"),
+        video_token_index=tok.convert_tokens_to_ids("<video>"),
+        vision_feature_select_strategy="full",
+        vision_feature_layer=-1,
+        image_grid_pinpoints=[[size, size]],
+    )
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(
+            size={"height": size, "width": size}, image_grid_pinpoints=[[size, size]]
+        ),
+        tokenizer=tok,
+        video_processor=LlavaOnevisionVideoProcessor(size={"height": size, "width": size}),
+        num_image_tokens=(size // patch) ** 2,
+        vision_feature_select_strategy="full",
+        chat_template=tok.chat_template,
+    )
+    return LlavaOnevisionForConditionalGeneration(config), processor
+
+
+def build_tiny(model_id: str, seed: int = 0) -> tuple[Any, Any]:
+    """Build ``(model, processor)`` for a tiny model id, deterministically from ``seed``.
+
+    Weights are drawn from N(0, 0.2) (a wider init than the default keeps greedy output of a random
+    model from collapsing to one repeated token), in float32, eval mode, sdpa attention.
+    """
+    if model_id not in TINY_MODELS:
+        raise KeyError(model_id)
+    spec = TINY_MODELS[model_id]
+    tok = build_tokenizer(spec.family)
+    torch.manual_seed(seed)
+    if spec.family == "llava_onevision":
+        model, processor = _build_llava_onevision(spec, tok)
+    else:
+        model, processor = _build_qwen(spec, tok)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() >= 2:
+                param.normal_(0.0, 0.2, generator=generator)
+            elif "norm" not in name:
+                param.normal_(0.0, 0.02, generator=generator)
+    model.config._attn_implementation = "sdpa"
+    return model.eval(), processor
