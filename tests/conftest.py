@@ -1,10 +1,16 @@
-"""Shared fixtures: tiny models built once per test session."""
+"""Shared fixtures: tiny models built once per run, and real servers on loopback ports."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import threading
+import time
 
+import grpc
 import pytest
+
+FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-llava-onevision"]
 
 
 @pytest.fixture(scope="session")
@@ -13,3 +19,85 @@ def tiny_model():
     from videoqa.worker.model.loader import load_model
 
     return functools.lru_cache(maxsize=None)(load_model)
+
+
+class EventLoopThread:
+    """An asyncio loop in a background thread, hosting grpc.aio servers for synchronous tests."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="test-servers", daemon=True)
+        self.thread.start()
+
+    def run(self, coro, timeout: float = 120.0):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def wait_serving(address: str, service: str = "", timeout: float = 120.0) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+    raise TimeoutError(f"{address} never became SERVING")
+
+
+@pytest.fixture(scope="session")
+def loop_thread():
+    thread = EventLoopThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture(scope="session")
+def server(loop_thread):
+    """One ``serve`` process-equivalent (frontend + worker) with a tiny model of every family.
+
+    Yields an object with ``address``, ``frontend``, ``worker`` (the ``Running`` handles) and
+    ``engine``. Small limits make the bad-input tests cheap.
+    """
+    from videoqa.service.app import FrontendSettings, start_serve
+    from videoqa.worker.settings import WorkerSettings
+
+    worker_settings = WorkerSettings(
+        models=FAMILIES,
+        max_upload_bytes=4 << 20,
+        max_frames=16,
+        max_question_chars=500,
+        max_new_tokens=4096,
+        default_max_new_tokens=8,
+        decode_timeout_s=60,
+    )
+    frontend_settings = FrontendSettings(listen="127.0.0.1:0", max_upload_bytes=4 << 20, probe_interval_s=0.2)
+    frontend, worker = loop_thread.run(start_serve(worker_settings, frontend_settings))
+
+    class Handle:
+        address = f"127.0.0.1:{frontend.port}"
+
+    handle = Handle()
+    handle.frontend, handle.worker, handle.engine = frontend, worker, worker.engine
+    wait_serving(handle.address)
+    yield handle
+    loop_thread.run(frontend.stop(0))
+    loop_thread.run(worker.stop(0))
+
+
+@pytest.fixture()
+def stub(server):
+    from videoqa.v1 import videoqa_pb2_grpc
+
+    options = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
+    with grpc.insecure_channel(server.address, options=options) as channel:
+        yield videoqa_pb2_grpc.VideoQAStub(channel)

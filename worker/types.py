@@ -69,3 +69,149 @@ class GenerationParams:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
+
+
+# --- events streamed by the engine ------------------------------------------------------------
+
+
+class Stage(str, enum.Enum):
+    UPLOAD = "upload"
+    DECODE = "decode"
+    ENCODE = "encode"
+    PREFILL = "prefill"
+    PRUNE = "prune"
+    SAVE = "save"
+
+
+@dataclass
+class ProgressEvent:
+    stage: Stage
+    #: In [0, 1]; 1 means the stage finished and ``seconds`` is its duration.
+    fraction: float
+    seconds: float = 0.0
+    detail: str = ""
+
+
+@dataclass
+class TokenEvent:
+    text: str
+    token_id: int
+    index: int
+
+
+@dataclass
+class Timings:
+    upload_s: float = 0.0
+    decode_s: float = 0.0
+    encode_s: float = 0.0
+    prefill_s: float = 0.0
+    prune_s: float = 0.0
+    save_s: float = 0.0
+    ttft_s: float = 0.0
+    generate_s: float = 0.0
+    total_s: float = 0.0
+    queue_s: float = 0.0
+
+
+@dataclass
+class SessionSnapshot:
+    """What ``GetSession`` reports."""
+
+    session_id: str
+    model: str
+    media_kind: MediaKind
+    sampling: SamplingSpec
+    frame_indices: list[int]
+    frame_timestamps: list[float]
+    frame_width: int
+    frame_height: int
+    source_frames: int
+    source_fps: float
+    source_duration_s: float
+    pruning: PruningSpec
+    turns: int
+    context_length: int
+    cache_length: int
+    visual_tokens_before: int
+    visual_tokens_after: int
+    kv_bytes: int
+    created_at: float
+    last_used_at: float
+
+
+@dataclass
+class SessionEvent:
+    """The session exists (sent once, after its cache is built and saved)."""
+
+    session: SessionSnapshot
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+
+
+@dataclass
+class TurnStats:
+    session_id: str
+    turn: int
+    frames_used: int
+    visual_tokens_before: int
+    visual_tokens_after: int
+    recycled_tokens: int
+    kv_bytes_before: int
+    kv_bytes_after: int
+    context_length: int
+    cache_length: int
+    prompt_tokens: int
+    generated_tokens: int
+    finish_reason: FinishReason
+    timings: Timings
+
+
+@dataclass
+class StatsEvent:
+    stats: TurnStats
+
+
+Event = ProgressEvent | SessionEvent | TokenEvent | StatsEvent
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    id: str
+    family: str
+    is_default: bool
+    revision: str
+    dtype: str
+    kv_bytes_per_token: int
+
+
+@dataclass(frozen=True)
+class MethodParam:
+    name: str
+    description: str
+    default: float
+    min: float
+    max: float
+    integer: bool = False
+
+
+@dataclass(frozen=True)
+class MethodDescription:
+    name: str
+    description: str
+    params: tuple[MethodParam, ...]
+    is_default: bool = False
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_upload_bytes: int
+    max_frames: int
+    max_images: int
+    max_resolution: int
+    max_question_chars: int
+    max_new_tokens: int
+    default_frames: int
+    default_max_new_tokens: int

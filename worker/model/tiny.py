@@ -177,7 +177,7 @@ def _build_qwen(spec: TinySpec, tok: Any) -> tuple[Any, Any]:
     pixels = dict(min_pixels=56 * 56, max_pixels=spec.image_size * spec.image_size)
     processor = proc_cls(
         image_processor=Qwen2VLImageProcessor(**pixels),
-        video_processor=Qwen2VLVideoProcessor(**pixels),
+        video_processor=Qwen2VLVideoProcessor(**pixels, cap_pixels_per_frame=True),
         tokenizer=tok,
         chat_template=tok.chat_template,
     )

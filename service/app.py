@@ -1,0 +1,237 @@
+"""Process entry points: ``videoqa serve`` (frontend + one worker), ``videoqa frontend``, ``videoqa worker``.
+
+``serve`` runs both halves in one process: the worker listens on a loopback port of its own and
+the frontend talks to it over the same internal gRPC API a separate worker would use, so the
+single-machine default exercises exactly the production code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from videoqa.internal.v1 import worker_pb2_grpc
+from videoqa.service.frontend import FrontendServicer
+from videoqa.service.routing import WORKER_SERVICE, WorkerPool
+from videoqa.v1 import videoqa_pb2, videoqa_pb2_grpc
+from videoqa.worker.settings import WorkerSettings
+
+log = logging.getLogger("videoqa")
+
+PUBLIC_SERVICE = videoqa_pb2.DESCRIPTOR.services_by_name["VideoQA"].full_name
+
+
+def package_version() -> str:
+    try:
+        return version("videoqa")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class FrontendSettings(BaseSettings):
+    """Public frontend configuration (``VIDEOQA_*`` environment variables)."""
+
+    model_config = SettingsConfigDict(env_prefix="VIDEOQA_", extra="ignore")
+
+    listen: str = "0.0.0.0:50051"
+    """Address the public API listens on."""
+    max_upload_bytes: int = Field(default=256 << 20, ge=1024, le=1 << 34)
+    """Largest accepted upload (RESOURCE_EXHAUSTED beyond)."""
+    max_images: int = Field(default=512, ge=1, le=100_000)
+    """Most images in one image-sequence upload."""
+    probe_interval_s: float = Field(default=1.0, gt=0, le=60)
+    """How often worker health is probed."""
+    grace_s: float = Field(default=10.0, ge=0, le=3600)
+    """How long in-flight calls may finish at shutdown."""
+
+
+def _server_options(max_bytes: int) -> list[tuple[str, int]]:
+    # The frontend enforces the upload cap itself, per message the limit only needs to hold a chunk.
+    limit = max(64 << 20, min(max_bytes + (1 << 20), (1 << 31) - 1))
+    return [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", 64 << 20)]
+
+
+@dataclass
+class Running:
+    """A started server: its port and what :meth:`stop` needs."""
+
+    server: grpc.aio.Server
+    port: int
+    health: health.aio.HealthServicer
+    engine: object | None = None
+    pool: WorkerPool | None = None
+    tasks: tuple[asyncio.Task, ...] = ()
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        await self.health.enter_graceful_shutdown()
+        for task in self.tasks:
+            task.cancel()
+        await self.server.stop(grace)
+        if self.pool is not None:
+            await self.pool.close()
+        if self.engine is not None:
+            self.engine.close()
+
+
+async def start_worker(settings: WorkerSettings, listen: str = "127.0.0.1:0", engine=None) -> Running:
+    """Start a worker's gRPC server at once (health NOT_SERVING) and load its models in the
+    background; health turns SERVING when they are loaded."""
+    from videoqa.service.worker_servicer import WorkerServicer
+    from videoqa.worker.engine import Engine
+
+    engine = engine or Engine(settings)
+    server = grpc.aio.server(options=_server_options(settings.max_upload_bytes))
+    health_servicer = health.aio.HealthServicer()
+    worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(engine, package_version()), server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    services = (WORKER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
+    reflection.enable_server_reflection(services, server)
+    for name in ("", WORKER_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    port = server.add_insecure_port(listen)
+    await server.start()
+
+    async def load() -> None:
+        try:
+            if not engine.ready:
+                await asyncio.to_thread(engine.load)
+        except Exception:
+            log.exception("model loading failed; the worker stays NOT_SERVING")
+            return
+        for name in ("", WORKER_SERVICE):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("worker serving on port %d (models: %s)", port, ", ".join(settings.models))
+
+    task = asyncio.create_task(load())
+    return Running(server, port, health_servicer, engine=engine, tasks=(task,))
+
+
+async def start_frontend(settings: FrontendSettings, workers: list[str], authenticate=None) -> Running:
+    """Start the public API; health is SERVING while at least one worker is."""
+    pool = WorkerPool(workers, probe_interval_s=settings.probe_interval_s)
+    server = grpc.aio.server(options=_server_options(settings.max_upload_bytes))
+    kwargs = {"authenticate": authenticate} if authenticate else {}
+    servicer = FrontendServicer(
+        pool,
+        version=package_version(),
+        max_upload_bytes=settings.max_upload_bytes,
+        max_images=settings.max_images,
+        **kwargs,
+    )
+    videoqa_pb2_grpc.add_VideoQAServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((PUBLIC_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    for name in ("", PUBLIC_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    port = server.add_insecure_port(settings.listen)
+    await server.start()
+    pool.start()
+
+    async def follow_workers() -> None:
+        serving = None
+        while True:
+            await pool.changed.wait()
+            pool.changed.clear()
+            if pool.any_healthy != serving:
+                serving = pool.any_healthy
+                status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+                for name in ("", PUBLIC_SERVICE):
+                    await health_servicer.set(name, status)
+                log.info("frontend on port %d is %s", port, "SERVING" if serving else "NOT_SERVING")
+
+    task = asyncio.create_task(follow_workers())
+    return Running(server, port, health_servicer, pool=pool, tasks=(task,))
+
+
+async def start_serve(worker_settings: WorkerSettings, frontend_settings: FrontendSettings) -> tuple[Running, Running]:
+    """Frontend plus one in-process worker on a private loopback port."""
+    worker = await start_worker(worker_settings, "127.0.0.1:0")
+    frontend = await start_frontend(frontend_settings, [f"127.0.0.1:{worker.port}"])
+    return frontend, worker
+
+
+# --- command line ----------------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="videoqa", description="videoqa server processes")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def worker_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", action="append", dest="models", help="model id or directory (repeatable)")
+        p.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
+        p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+
+    serve = sub.add_parser("serve", help="frontend and one worker in one process (the default)")
+    serve.add_argument("--listen", help="public address (default 0.0.0.0:50051)")
+    worker_flags(serve)
+    frontend = sub.add_parser("frontend", help="public API routing to separate workers")
+    frontend.add_argument("--listen", help="public address (default 0.0.0.0:50051)")
+    frontend.add_argument("--worker", action="append", dest="workers", required=True, help="worker address")
+    worker = sub.add_parser("worker", help="a model worker (internal API)")
+    worker.add_argument("--listen", default="0.0.0.0:50061", help="internal address (default 0.0.0.0:50061)")
+    worker_flags(worker)
+    for p in (serve, frontend, worker):
+        p.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def _worker_settings(args: argparse.Namespace) -> WorkerSettings:
+    overrides = {k: v for k in ("models", "device", "dtype") if (v := getattr(args, k, None))}
+    return WorkerSettings(**overrides)
+
+
+def _frontend_settings(args: argparse.Namespace) -> FrontendSettings:
+    return FrontendSettings(**({"listen": args.listen} if getattr(args, "listen", None) else {}))
+
+
+async def _run(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    running: list[Running] = []
+    grace = FrontendSettings().grace_s
+    if args.command == "serve":
+        settings = _worker_settings(args)
+        frontend, worker = await start_serve(settings, _frontend_settings(args))
+        running = [frontend, worker]
+        log.info("videoqa %s listening on port %d; model %s loading", package_version(), frontend.port,
+                 settings.models[0])
+        log.info("sessions are kept in memory in this process (they do not survive a restart)")
+    elif args.command == "frontend":
+        frontend = await start_frontend(_frontend_settings(args), args.workers)
+        running = [frontend]
+        log.info("frontend listening on port %d, workers: %s", frontend.port, ", ".join(args.workers))
+    else:
+        settings = _worker_settings(args)
+        worker = await start_worker(settings, args.listen)
+        running = [worker]
+        log.info("worker listening on port %d; loading %s", worker.port, ", ".join(settings.models))
+    await stop.wait()
+    log.info("shutting down (grace %.0fs)", grace)
+    for server in running:
+        await server.stop(grace)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(_run(args))
+    return 0
+
+
+__all__ = ["FrontendSettings", "Running", "main", "start_frontend", "start_serve", "start_worker"]

@@ -1,0 +1,204 @@
+"""The public API: authenticate, check what can be checked without a model, route to a worker.
+
+Workers do the semantic validation; the frontend enforces transport limits (upload size), picks
+the session id of a new session, and forwards with session affinity. A worker that is down
+(UNAVAILABLE before it sent anything) is skipped for the next in rendezvous order.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from videoqa.internal.v1 import worker_pb2 as wpb
+from videoqa.service.auth import Authenticator, allow_all
+from videoqa.service.errors import abort
+from videoqa.service.routing import WorkerHandle, WorkerPool
+from videoqa.service.upload import Upload, read_upload, upload_messages
+from videoqa.v1 import videoqa_pb2 as pb
+from videoqa.v1 import videoqa_pb2_grpc
+from videoqa.worker.errors import InvalidInput, NotReady, SessionNotFound
+
+log = logging.getLogger(__name__)
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+class _Forwarded(Exception):
+    """A worker's error status, to be passed on to the client unchanged."""
+
+    def __init__(self, error: grpc.aio.AioRpcError):
+        self.error = error
+
+
+def new_session_id() -> str:
+    return uuid.uuid4().hex
+
+
+class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
+    def __init__(
+        self,
+        pool: WorkerPool,
+        *,
+        version: str,
+        max_upload_bytes: int,
+        max_images: int,
+        authenticate: Authenticator = allow_all,
+        session_store: str = "memory",
+    ):
+        self.pool = pool
+        self.version = version
+        self.max_upload_bytes = max_upload_bytes
+        self.max_images = max_images
+        self.authenticate = authenticate
+        self.session_store = session_store
+        self._description: wpb.WorkerDescription | None = None
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _context(self, context: grpc.aio.ServicerContext, session_id: str) -> wpb.CallContext:
+        tenant = self.authenticate(context.invocation_metadata() or ())
+        request_id = dict(context.invocation_metadata() or ()).get("x-request-id", "") or uuid.uuid4().hex
+        return wpb.CallContext(tenant=tenant, session_id=session_id, request_id=str(request_id))
+
+    @staticmethod
+    def _check_session_id(session_id: str) -> None:
+        if not session_id:
+            raise InvalidInput("session_id is required", field="session_id")
+        if not SESSION_ID.match(session_id):
+            raise SessionNotFound(f"session {session_id[:64]!r} not found")
+
+    async def _stream(
+        self,
+        key: str,
+        context: grpc.aio.ServicerContext,
+        start: Callable[[WorkerHandle, float | None], grpc.aio.UnaryStreamCall | grpc.aio.StreamStreamCall],
+    ) -> AsyncIterator[pb.AskResponse]:
+        """Forward a server-streaming call, failing over while no response has arrived."""
+        for worker in self.pool.order(key):
+            call = start(worker, context.time_remaining())
+            received = False
+            try:
+                async for response in call:
+                    received = True
+                    yield response
+                return
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE and not received:
+                    log.warning("worker %s unavailable (%s); trying the next", worker.address, error.details())
+                    worker.mark(False)
+                    continue
+                raise _Forwarded(error) from error
+            finally:
+                call.cancel()  # no-op once finished; stops the worker's turn if our caller went away
+        raise NotReady("no worker is available", retry_after_s=2.0)
+
+    async def _unary(self, key: str, context, invoke: Callable[[WorkerHandle, float | None], object]):
+        for worker in self.pool.order(key):
+            try:
+                return await invoke(worker, context.time_remaining())
+            except grpc.aio.AioRpcError as error:
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    worker.mark(False)
+                    continue
+                raise _Forwarded(error) from error
+        raise NotReady("no worker is available", retry_after_s=2.0)
+
+    async def _fail(self, context, error: BaseException) -> None:
+        if isinstance(error, _Forwarded):
+            rpc = error.error
+            await context.abort(rpc.code(), rpc.details() or "", trailing_metadata=tuple(rpc.trailing_metadata() or ()))
+        await abort(context, error)
+
+    async def _description_of_workers(self, context) -> wpb.WorkerDescription:
+        if self._description is None:
+            self._description = await self._unary(
+                "describe", context, lambda w, t: w.stub.Describe(wpb.DescribeRequest(), timeout=t)
+            )
+        return self._description
+
+    # --- RPCs ------------------------------------------------------------------------------------
+
+    async def CreateSession(self, request_iterator, context):
+        try:
+            call_context = self._context(context, new_session_id())
+            upload: Upload = await read_upload(
+                request_iterator, max_bytes=self.max_upload_bytes, max_images=self.max_images
+            )
+
+            def start(worker: WorkerHandle, timeout: float | None):
+                def messages():
+                    yield wpb.WorkerCreateSessionRequest(context=call_context)
+                    for message in upload_messages(upload):
+                        yield wpb.WorkerCreateSessionRequest(request=message)
+
+                return worker.stub.CreateSession(messages(), timeout=timeout)
+
+            async for response in self._stream(call_context.session_id, context, start):
+                yield response
+        except Exception as error:  # noqa: BLE001
+            await self._fail(context, error)
+
+    async def Ask(self, request: pb.AskRequest, context):
+        try:
+            self._check_session_id(request.session_id)
+            call_context = self._context(context, request.session_id)
+            forwarded = wpb.WorkerAskRequest(context=call_context, request=request)
+            async for response in self._stream(
+                request.session_id, context, lambda w, t: w.stub.Ask(forwarded, timeout=t)
+            ):
+                yield response
+        except Exception as error:  # noqa: BLE001
+            await self._fail(context, error)
+
+    async def GetSession(self, request: pb.GetSessionRequest, context):
+        try:
+            self._check_session_id(request.session_id)
+            forwarded = wpb.WorkerSessionRequest(context=self._context(context, request.session_id))
+            return await self._unary(
+                request.session_id, context, lambda w, t: w.stub.GetSession(forwarded, timeout=t)
+            )
+        except Exception as error:  # noqa: BLE001
+            await self._fail(context, error)
+
+    async def DeleteSession(self, request: pb.DeleteSessionRequest, context):
+        try:
+            self._check_session_id(request.session_id)
+            forwarded = wpb.WorkerSessionRequest(context=self._context(context, request.session_id))
+            return await self._unary(
+                request.session_id, context, lambda w, t: w.stub.DeleteSession(forwarded, timeout=t)
+            )
+        except Exception as error:  # noqa: BLE001
+            await self._fail(context, error)
+
+    async def ListModels(self, request, context):
+        try:
+            self.authenticate(context.invocation_metadata() or ())
+            return pb.ListModelsResponse(models=(await self._description_of_workers(context)).models)
+        except Exception as error:  # noqa: BLE001
+            await self._fail(context, error)
+
+    async def ListMethods(self, request, context):
+        try:
+            self.authenticate(context.invocation_metadata() or ())
+            return pb.ListMethodsResponse(methods=(await self._description_of_workers(context)).methods)
+        except Exception as error:  # noqa: BLE001
+            await self._fail(context, error)
+
+    async def GetServerInfo(self, request, context):
+        try:
+            self.authenticate(context.invocation_metadata() or ())
+            info = pb.ServerInfo()
+            info.CopyFrom((await self._description_of_workers(context)).info)
+            info.version = self.version
+            info.workers = len(self.pool.workers)
+            info.session_store = self.session_store
+            info.limits.max_upload_bytes = min(info.limits.max_upload_bytes, self.max_upload_bytes)
+            info.limits.max_images = min(info.limits.max_images, self.max_images)
+            return info
+        except Exception as error:  # noqa: BLE001
+            await self._fail(context, error)

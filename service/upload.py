@@ -1,0 +1,92 @@
+"""Reading a client-streamed upload into memory under a size cap, and re-streaming it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+from videoqa.v1 import videoqa_pb2 as pb
+from videoqa.worker.errors import InvalidInput, LimitExceeded
+from videoqa.worker.types import MediaKind
+
+from videoqa.service.convert import media_kind_from_pb
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class Upload:
+    spec: pb.SessionSpec
+    kind: MediaKind
+    #: The video's bytes, or one encoded image per item.
+    payload: bytes | list[bytes]
+    size: int
+    seconds: float
+
+
+async def read_upload(
+    requests: AsyncIterator[pb.CreateSessionRequest], *, max_bytes: int, max_images: int
+) -> Upload:
+    """Assemble an upload; refuses oversize uploads as soon as the cap is crossed."""
+    started = time.perf_counter()
+    spec: pb.SessionSpec | None = None
+    kind: MediaKind | None = None
+    video: list[bytes] = []
+    images: list[list[bytes]] = []
+    size = 0
+    async for message in requests:
+        field = message.WhichOneof("payload")
+        if spec is None:
+            if field != "spec":
+                raise InvalidInput("the first message of an upload must carry `spec`", field="spec")
+            spec = message.spec
+            kind = media_kind_from_pb(spec.media_kind)
+            if spec.total_bytes > max_bytes:
+                raise LimitExceeded(f"the upload has {spec.total_bytes} bytes; the limit is {max_bytes}")
+            continue
+        if field == "spec":
+            raise InvalidInput("`spec` may only be sent once, first", field="spec")
+        if field is None:
+            continue
+        this_kind = MediaKind.VIDEO if field == "video_chunk" else MediaKind.IMAGES
+        if kind is None:
+            kind = this_kind
+        elif kind != this_kind:
+            raise InvalidInput(f"a {kind.value} upload cannot contain {field} messages", field=field)
+        data = message.video_chunk if field == "video_chunk" else message.image.data
+        size += len(data)
+        if size > max_bytes:
+            raise LimitExceeded(f"the upload exceeds the limit of {max_bytes} bytes")
+        if field == "video_chunk":
+            video.append(data)
+            continue
+        index = message.image.index
+        if index == len(images):
+            if len(images) >= max_images:
+                raise LimitExceeded(f"the upload has more than {max_images} images", field="image")
+            images.append([data])
+        elif images and index == len(images) - 1:
+            images[-1].append(data)
+        else:
+            raise InvalidInput(f"image index {index} out of order (expected {len(images)})", field="image.index")
+    if spec is None:
+        raise InvalidInput("the upload is empty: no `spec` message", field="spec")
+    kind = kind or MediaKind.VIDEO
+    payload: bytes | list[bytes] = b"".join(video) if kind == MediaKind.VIDEO else [b"".join(p) for p in images]
+    return Upload(spec, kind, payload, size, time.perf_counter() - started)
+
+
+def upload_messages(upload: Upload, chunk: int = CHUNK) -> Iterator[pb.CreateSessionRequest]:
+    """The upload as a stream again: its spec (with the resolved media kind), then the media."""
+    spec = pb.SessionSpec()
+    spec.CopyFrom(upload.spec)
+    spec.media_kind = pb.MEDIA_KIND_IMAGES if upload.kind == MediaKind.IMAGES else pb.MEDIA_KIND_VIDEO
+    yield pb.CreateSessionRequest(spec=spec)
+    if isinstance(upload.payload, bytes):
+        for start in range(0, len(upload.payload), chunk):
+            yield pb.CreateSessionRequest(video_chunk=upload.payload[start : start + chunk])
+        return
+    for index, image in enumerate(upload.payload):
+        for start in range(0, max(len(image), 1), chunk):
+            yield pb.CreateSessionRequest(image=pb.ImagePart(index=index, data=image[start : start + chunk]))

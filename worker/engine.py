@@ -1,0 +1,496 @@
+"""The worker's engine: the only API the service layer calls.
+
+Media decoding runs in a crash-isolated child process; all model work runs on one compute thread
+(one model instance per worker is not safe to share between threads), so turns are serialized and
+a session's turns happen in the order they were admitted. Each RPC drives an async generator that
+streams events from the compute thread; when the caller goes away or its deadline passes, the turn
+stops at the next decode step and the session is rolled back to where it was before the turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from videoqa.worker.errors import (
+    InvalidInput,
+    LimitExceeded,
+    NotReady,
+    Overloaded,
+    TurnCancelled,
+    TurnDeadlineExceeded,
+    VideoQAError,
+)
+from videoqa.worker.types import (
+    Event,
+    FinishReason,
+    GenerationParams,
+    Limits,
+    MediaKind,
+    MethodDescription,
+    ModelDescription,
+    ProgressEvent,
+    PruningSpec,
+    SamplingSpec,
+    SessionEvent,
+    SessionSnapshot,
+    Stage,
+    StatsEvent,
+    Timings,
+    TokenEvent,
+    TurnStats,
+)
+from videoqa.worker.settings import WorkerSettings
+
+log = logging.getLogger(__name__)
+
+Emit = Callable[[Event], None]
+
+
+@dataclass
+class CreateRequest:
+    """A validated-at-the-edge upload, as the engine receives it."""
+
+    tenant: str
+    session_id: str
+    model: str
+    media_kind: MediaKind
+    #: The video file's bytes, or one encoded image per list item.
+    payload: bytes | list[bytes]
+    sampling: SamplingSpec
+    pruning: PruningSpec
+    question: str | None
+    generation: GenerationParams
+    image_fps: float = 0.0
+    upload_s: float = 0.0
+
+
+class TurnControl:
+    """Lets the RPC side stop a turn that runs on the compute thread."""
+
+    def __init__(self, deadline: float | None = None):
+        #: ``time.monotonic()`` value after which the turn is abandoned.
+        self.deadline = deadline
+        self.cancelled = threading.Event()
+
+    def remaining(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.monotonic()
+
+    def check(self) -> None:
+        if self.cancelled.is_set():
+            raise TurnCancelled("the caller cancelled the request")
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TurnDeadlineExceeded("the request's deadline passed")
+
+
+class _Failure:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+_DONE = object()
+
+
+class Engine:
+    """Loads the models, holds the sessions, and runs turns."""
+
+    def __init__(self, settings: WorkerSettings | None = None, decoder=None, sessions=None):
+        from videoqa.worker.sessions import InMemorySessionStore
+
+        self.settings = settings or WorkerSettings()
+        self.models: dict = {}
+        self._generators: dict = {}
+        self.sessions = sessions or InMemorySessionStore(self.settings.max_sessions, self.settings.session_ttl_s)
+        self._decoder = decoder
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="videoqa-compute")
+        self._admission = threading.Lock()
+        self._queued = 0
+        #: Plain counters (turns by outcome, generated tokens); the metrics layer reads them.
+        self.counters: Counter[str] = Counter()
+        self.ready = False
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load every configured model (blocking; call it off the event loop)."""
+        from videoqa.worker.model.generate import Generator
+        from videoqa.worker.model.loader import load_model
+
+        for model_id in self.settings.models:
+            started = time.perf_counter()
+            lm = load_model(model_id, device=self.settings.device, dtype=self.settings.dtype)
+            self.models[model_id] = lm
+            self._generators[model_id] = Generator(lm)
+            log.info("loaded %s (%s, revision %s) in %.1fs", model_id, lm.family, lm.revision,
+                     time.perf_counter() - started)
+        if self._decoder is None:
+            from videoqa.worker.video.decode import MediaDecoder
+
+            self._decoder = MediaDecoder(timeout_s=self.settings.decode_timeout_s)
+        self.ready = True
+
+    def close(self) -> None:
+        self.ready = False
+        self._compute.shutdown(wait=False, cancel_futures=True)
+        if self._decoder is not None:
+            self._decoder.close()
+
+    # --- descriptions ----------------------------------------------------------------------------
+
+    @property
+    def default_model(self) -> str:
+        return self.settings.models[0]
+
+    def limits(self) -> Limits:
+        s = self.settings
+        return Limits(
+            max_upload_bytes=s.max_upload_bytes,
+            max_frames=s.max_frames,
+            max_images=s.max_images,
+            max_resolution=s.max_resolution,
+            max_question_chars=s.max_question_chars,
+            max_new_tokens=s.max_new_tokens,
+            default_frames=s.default_frames,
+            default_max_new_tokens=s.default_max_new_tokens,
+        )
+
+    def describe_models(self) -> list[ModelDescription]:
+        return [
+            ModelDescription(
+                id=lm.model_id,
+                family=lm.family,
+                is_default=lm.model_id == self.default_model,
+                revision=lm.revision,
+                dtype=str(lm.dtype).removeprefix("torch."),
+                kv_bytes_per_token=lm.kv_bytes_per_token,
+            )
+            for lm in self.models.values()
+        ]
+
+    def describe_methods(self) -> list[MethodDescription]:
+        from videoqa.worker.pruning.registry import describe_methods
+
+        return describe_methods()
+
+    # --- validation ------------------------------------------------------------------------------
+
+    def _require_ready(self) -> None:
+        if not self.ready:
+            raise NotReady("the worker is still loading its model", retry_after_s=5.0)
+
+    def resolve_sampling(self, spec: SamplingSpec) -> SamplingSpec:
+        """Apply server limits and defaults to a requested sampling spec."""
+        s = self.settings
+        if spec.num_frames is not None and spec.num_frames <= 0:
+            raise InvalidInput("sampling.num_frames must be at least 1", field="sampling.num_frames")
+        if spec.fps is not None and not spec.fps > 0:
+            raise InvalidInput("sampling.fps must be positive", field="sampling.fps")
+        if spec.max_frames > s.max_frames:
+            raise LimitExceeded(
+                f"sampling.max_frames {spec.max_frames} exceeds this server's limit of {s.max_frames}",
+                field="sampling.max_frames",
+            )
+        if spec.num_frames is not None and spec.num_frames > s.max_frames:
+            raise LimitExceeded(
+                f"{spec.num_frames} frames requested; this server samples at most {s.max_frames}",
+                field="sampling.num_frames",
+            )
+        if spec.max_resolution > s.max_resolution:
+            raise LimitExceeded(
+                f"sampling.max_resolution {spec.max_resolution} exceeds the limit of {s.max_resolution}",
+                field="sampling.max_resolution",
+            )
+        return SamplingSpec(
+            num_frames=spec.num_frames,
+            fps=spec.fps,
+            max_frames=spec.max_frames or s.max_frames,
+            max_resolution=spec.max_resolution or s.max_resolution,
+            default_frames=min(s.default_frames, spec.max_frames or s.max_frames),
+        )
+
+    def resolve_generation(self, params: GenerationParams) -> GenerationParams:
+        s = self.settings
+        if params.max_new_tokens < 0 or params.max_new_tokens > s.max_new_tokens:
+            raise LimitExceeded(
+                f"max_new_tokens {params.max_new_tokens} exceeds the limit of {s.max_new_tokens}",
+                field="generation.max_new_tokens",
+            )
+        if not (params.temperature >= 0) or params.temperature > 100:
+            raise InvalidInput("temperature must be in [0, 100]", field="generation.temperature")
+        if not (0 <= params.top_p <= 1):
+            raise InvalidInput("top_p must be in [0, 1]", field="generation.top_p")
+        return GenerationParams(
+            max_new_tokens=params.max_new_tokens or s.default_max_new_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p or 1.0,
+            seed=params.seed,
+        )
+
+    def validate_question(self, question: str) -> str:
+        if not question or not question.strip():
+            raise InvalidInput("the question is empty", field="question")
+        if len(question) > self.settings.max_question_chars:
+            raise InvalidInput(
+                f"the question has {len(question)} characters; the limit is {self.settings.max_question_chars}",
+                field="question",
+            )
+        return question
+
+    def _validate_payload(self, kind: MediaKind, payload: bytes | list[bytes]) -> None:
+        s = self.settings
+        if kind == MediaKind.IMAGES:
+            assert isinstance(payload, list)
+            if not payload:
+                raise InvalidInput("the image sequence is empty", field="image")
+            if len(payload) > s.max_images:
+                raise LimitExceeded(f"{len(payload)} images uploaded; the limit is {s.max_images}", field="image")
+            if any(not part for part in payload):
+                raise InvalidInput("an image of the sequence is empty", field="image")
+            size = sum(len(part) for part in payload)
+        else:
+            if not payload:
+                raise InvalidInput("the upload is empty", field="video_chunk")
+            size = len(payload)
+        if size > s.max_upload_bytes:
+            raise LimitExceeded(f"the upload has {size} bytes; the limit is {s.max_upload_bytes}")
+
+    # --- turns -----------------------------------------------------------------------------------
+
+    async def create_session(self, req: CreateRequest, control: TurnControl) -> AsyncIterator[Event]:
+        """Decode, encode, prefill, prune and save; then answer ``req.question`` if given."""
+        from videoqa.worker.pruning.registry import build_method
+
+        self._require_ready()
+        model_id = req.model or self.default_model
+        if model_id not in self.models:
+            raise InvalidInput(f"unknown model {model_id!r}; available: {', '.join(self.models)}", field="model")
+        method = build_method(req.pruning)
+        sampling = self.resolve_sampling(req.sampling)
+        generation = self.resolve_generation(req.generation)
+        question = self.validate_question(req.question) if req.question else None
+        self._validate_payload(req.media_kind, req.payload)
+        self.sessions.reserve_check()
+
+        started = time.perf_counter()
+        yield ProgressEvent(Stage.DECODE, 0.0)
+        timeout = self.settings.decode_timeout_s
+        remaining = control.remaining()
+        if remaining is not None:
+            timeout = max(0.01, min(timeout, remaining))
+        media = await asyncio.to_thread(
+            self._decoder.decode, req.media_kind, req.payload, sampling, req.image_fps or 1.0, timeout
+        )
+        control.check()
+        decode_s = time.perf_counter() - started
+        yield ProgressEvent(Stage.DECODE, 1.0, decode_s, f"{len(media.indices)} frames")
+
+        def job(emit: Emit, queue_s: float) -> None:
+            self._first_turn(req, model_id, method, sampling, generation, question, media, control, emit,
+                             Timings(upload_s=req.upload_s, decode_s=decode_s, queue_s=queue_s), started)
+
+        async for event in self._run(job, control):
+            yield event
+
+    def _first_turn(self, req, model_id, method, sampling, generation, question, media, control, emit,
+                    timings: Timings, started: float) -> None:
+        from videoqa.worker.sessions import Session
+
+        lm, gen = self.models[model_id], self._generators[model_id]
+        control.check()
+        emit(ProgressEvent(Stage.ENCODE, 0.0))
+        t0 = time.perf_counter()
+        prompt = lm.adapter.prepare(media, question)
+        timings.encode_s = time.perf_counter() - t0
+        emit(ProgressEvent(Stage.ENCODE, 1.0, timings.encode_s, f"{prompt.layout.num_visual_tokens} visual tokens"))
+        control.check()
+        emit(ProgressEvent(Stage.PREFILL, 0.0))
+        t0 = time.perf_counter()
+        state, logits = gen.prefill(prompt)
+        timings.prefill_s = time.perf_counter() - t0
+        emit(ProgressEvent(Stage.PREFILL, 1.0, timings.prefill_s, f"{prompt.layout.prompt_length} tokens"))
+        control.check()
+        emit(ProgressEvent(Stage.PRUNE, 0.0))
+        t0 = time.perf_counter()
+        result = method.apply(state, prompt.layout)
+        timings.prune_s = time.perf_counter() - t0
+        emit(ProgressEvent(Stage.PRUNE, 1.0, timings.prune_s, f"{state.cache_length} cache entries"))
+        session = Session(
+            session_id=req.session_id,
+            tenant=req.tenant,
+            model_id=model_id,
+            media_kind=req.media_kind,
+            sampling=sampling,
+            pruning=PruningSpec(method.name, dict(method.values), method.budget),
+            media=media,
+            layout=prompt.layout,
+            state=state,
+            visual_tokens_after=result.visual_kept,
+            recycled_tokens=result.recycled,
+            kv_bytes_per_token=lm.kv_bytes_per_token,
+        )
+        session.extra["awaiting_question"] = question is None
+        media.frames = media.frames[:0]  # the cache is what we keep; drop the pixels
+        control.check()
+        emit(ProgressEvent(Stage.SAVE, 0.0))
+        t0 = time.perf_counter()
+        self.sessions.put(session)
+        timings.save_s = time.perf_counter() - t0
+        emit(ProgressEvent(Stage.SAVE, 1.0, timings.save_s))
+        emit(SessionEvent(session.snapshot()))
+        if question is not None:
+            self._answer(session, gen, logits, prompt.layout.prompt_length, generation, control, emit, timings,
+                         started)
+
+    async def ask(
+        self, tenant: str, session_id: str, question: str, params: GenerationParams, control: TurnControl
+    ) -> AsyncIterator[Event]:
+        """Answer a (follow-up) question on an existing session."""
+        self._require_ready()
+        self.validate_question(question)
+        generation = self.resolve_generation(params)
+        self.sessions.get(tenant, session_id)  # fail fast on an unknown session
+        started = time.perf_counter()
+
+        def job(emit: Emit, queue_s: float) -> None:
+            session = self.sessions.get(tenant, session_id)
+            gen = self._generators[session.model_id]
+            control.check()
+            checkpoint = session.state.checkpoint()
+            try:
+                ids = gen.turn_input(session.state, question, first=session.extra.get("awaiting_question", False))
+                logits = gen.feed(session.state, ids)
+            except BaseException:
+                session.state.rollback(checkpoint)
+                raise
+            self._answer(session, gen, logits, len(ids), generation, control, emit, Timings(queue_s=queue_s),
+                         started, checkpoint)
+
+        async for event in self._run(job, control):
+            yield event
+
+    def _answer(self, session, gen, logits, prompt_tokens: int, params: GenerationParams, control: TurnControl,
+                emit: Emit, timings: Timings, started: float, checkpoint=None) -> None:
+        """Stream an answer; commit the turn only if it completes, else roll the session back."""
+        from videoqa.worker.model.generate import TextStreamer
+
+        state = session.state
+        checkpoint = checkpoint or state.checkpoint()
+        streamer = TextStreamer(gen.lm.tokenizer)
+        t0 = time.perf_counter()
+        count, last = 0, None
+        try:
+            for index, token in enumerate(gen.stream(state, logits, params, check=control.check)):
+                if index == 0:
+                    timings.ttft_s = time.perf_counter() - started
+                count, last = index + 1, token
+                self.counters["generated_tokens"] += 1
+                emit(TokenEvent(streamer.push(token), token, index))
+        except TurnCancelled:
+            self.counters["turns_cancelled"] += 1
+            state.rollback(checkpoint)
+            raise
+        except TurnDeadlineExceeded:
+            self.counters["turns_deadline_exceeded"] += 1
+            state.rollback(checkpoint)
+            raise
+        except BaseException:
+            state.rollback(checkpoint)
+            raise
+        timings.generate_s = time.perf_counter() - t0
+        session.turns += 1
+        session.extra["awaiting_question"] = False
+        t0 = time.perf_counter()
+        self.sessions.put(session)
+        timings.save_s += time.perf_counter() - t0
+        timings.total_s = time.perf_counter() - started
+        self.counters["turns_completed"] += 1
+        finish = FinishReason.STOP if last in gen.eos else FinishReason.LENGTH
+        emit(StatsEvent(self._stats(session, prompt_tokens, count, finish, timings)))
+
+    @staticmethod
+    def _stats(session, prompt_tokens: int, generated: int, finish: FinishReason, timings: Timings) -> TurnStats:
+        state = session.state
+        return TurnStats(
+            session_id=session.session_id,
+            turn=session.turns,
+            frames_used=len(session.media.indices),
+            visual_tokens_before=session.layout.num_visual_tokens,
+            visual_tokens_after=session.visual_tokens_after,
+            recycled_tokens=session.recycled_tokens,
+            kv_bytes_before=state.next_pos * session.kv_bytes_per_token,
+            kv_bytes_after=state.cache_bytes(),
+            context_length=state.next_pos,
+            cache_length=state.cache_length,
+            prompt_tokens=prompt_tokens,
+            generated_tokens=generated,
+            finish_reason=finish,
+            timings=timings,
+        )
+
+    def get_session(self, tenant: str, session_id: str) -> SessionSnapshot:
+        return self.sessions.get(tenant, session_id).snapshot()
+
+    def delete_session(self, tenant: str, session_id: str) -> None:
+        self.sessions.delete(tenant, session_id)
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    @contextmanager
+    def _admit(self):
+        with self._admission:
+            if self._queued >= self.settings.max_queued_turns:
+                raise Overloaded(
+                    f"{self._queued} turns are already waiting for this worker; retry later", retry_after_s=1.0
+                )
+            self._queued += 1
+        try:
+            yield
+        finally:
+            with self._admission:
+                self._queued -= 1
+
+    @property
+    def queued_turns(self) -> int:
+        return self._queued
+
+    async def _run(self, job: Callable[[Emit, float], None], control: TurnControl) -> AsyncIterator[Event]:
+        """Run ``job`` on the compute thread, yielding the events it emits as they come."""
+        with self._admit():
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue = asyncio.Queue()
+            submitted = time.perf_counter()
+
+            def put(item) -> None:
+                try:
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+                except RuntimeError:  # the event loop closed (server shutting down)
+                    control.cancelled.set()
+
+            def runner() -> None:
+                try:
+                    job(put, time.perf_counter() - submitted)
+                except BaseException as error:  # handed to the RPC side, which maps it to a status
+                    if not isinstance(error, VideoQAError):
+                        log.exception("turn failed")
+                    put(_Failure(error))
+                else:
+                    put(_DONE)
+
+            loop.run_in_executor(self._compute, runner)
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is _DONE:
+                        return
+                    if isinstance(item, _Failure):
+                        raise item.error
+                    yield item
+            finally:
+                control.cancelled.set()  # stops the job at its next check if it is still running

@@ -1,0 +1,68 @@
+"""Registry of pruning methods by wire name, and validation of a requested pruning spec."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from videoqa.worker.errors import InvalidInput
+from videoqa.worker.types import MethodDescription, PruningSpec
+
+if TYPE_CHECKING:
+    from videoqa.worker.pruning.base import PruningMethod
+
+METHODS: dict[str, type[PruningMethod]] = {}
+DEFAULT_METHOD = "full"
+
+
+def register(cls: type[PruningMethod]) -> type[PruningMethod]:
+    if cls.name in METHODS:
+        raise ValueError(f"pruning method {cls.name!r} registered twice")
+    METHODS[cls.name] = cls
+    return cls
+
+
+def build_method(spec: PruningSpec) -> PruningMethod:
+    """Instantiate the method a request names; every problem is an ``InvalidInput``."""
+    _load_builtin_methods()
+    name = spec.method or DEFAULT_METHOD
+    if name not in METHODS:
+        raise InvalidInput(
+            f"unknown pruning method {name!r}; available: {', '.join(sorted(METHODS))}", field="pruning.method"
+        )
+    cls = METHODS[name]
+    budget = 1.0 if spec.budget == 0 else spec.budget
+    if not (0 < budget <= 1) or math.isnan(budget):
+        raise InvalidInput(f"budget must be in (0, 1], got {spec.budget}", field="pruning.budget")
+    if name == "full" and budget != 1.0:
+        raise InvalidInput("method 'full' keeps every token; its budget must be 1", field="pruning.budget")
+    known = {p.name: p for p in cls.params}
+    values: dict[str, float] = {p.name: p.default for p in cls.params}
+    for key, value in spec.params.items():
+        if key not in known:
+            allowed = ", ".join(sorted(known)) or "none"
+            raise InvalidInput(
+                f"method {name!r} has no parameter {key!r} (parameters: {allowed})", field=f"pruning.params.{key}"
+            )
+        param = known[key]
+        if math.isnan(value) or not (param.min <= value <= param.max):
+            raise InvalidInput(
+                f"parameter {key!r} of {name!r} must be in [{param.min}, {param.max}], got {value}",
+                field=f"pruning.params.{key}",
+            )
+        if param.integer and value != int(value):
+            raise InvalidInput(f"parameter {key!r} of {name!r} must be an integer", field=f"pruning.params.{key}")
+        values[key] = value
+    return cls(budget, **values)
+
+
+def describe_methods() -> list[MethodDescription]:
+    _load_builtin_methods()
+    return [
+        MethodDescription(cls.name, cls.description, tuple(cls.params), cls.name == DEFAULT_METHOD)
+        for cls in sorted(METHODS.values(), key=lambda c: c.name)
+    ]
+
+
+def _load_builtin_methods() -> None:
+    from videoqa.worker.pruning import full  # noqa: F401
