@@ -17,13 +17,8 @@ def upload(spec: pb.SessionSpec, video: bytes | None = None, images: list[bytes]
 
 
 def spec(model: str = "tiny-qwen2-vl", frames: int = 8, question: str = "", max_new_tokens: int = 6, **kw):
-    return pb.SessionSpec(
-        model=model,
-        sampling=pb.FrameSampling(num_frames=frames),
-        question=question,
-        generation=pb.GenerationParams(max_new_tokens=max_new_tokens),
-        **kw,
-    )
+    kw.setdefault("generation", pb.GenerationParams(max_new_tokens=max_new_tokens))
+    return pb.SessionSpec(model=model, sampling=pb.FrameSampling(num_frames=frames), question=question, **kw)
 
 
 def events(responses) -> dict[str, list]:
