@@ -1,0 +1,49 @@
+# videoqa: set-up, serve, test. Every target installs what it needs into .venv first.
+#
+# torch: by default the CPU build torch==2.13.0 is installed. On a GPU machine install your CUDA
+# build of torch into .venv first (or pass TORCH_SPEC), and it is kept: the project only asks for
+# a torch range, and torchvision is resolved to match the installed torch.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+PROTOS := proto/videoqa/v1/videoqa.proto proto/videoqa/internal/v1/worker.proto
+
+.PHONY: setup serve test lint format proto demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q -e ".[server,dev]" \
+	  "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__.split("+")[0])')"
+	touch $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/videoqa serve $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=proto --pyi_out=proto --grpc_python_out=proto $(PROTOS)
+
+demo: $(STAMP)
+	$(BIN)/python -m tests.media demo.mp4
+	$(BIN)/videoqa ask demo.mp4 "What is in the video?"
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
