@@ -70,11 +70,24 @@ class LoadedModel:
         return ids
 
 
+#: Keys that say where or by what a checkpoint was written, not what it computes.
+_NOT_IDENTITY = {"_name_or_path", "name_or_path", "transformers_version", "_commit_hash", "processor_class"}
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in sorted(value.items()) if k not in _NOT_IDENTITY}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
 def _config_digest(model: Any, processor: Any) -> hashlib._Hash:
+    """Digest of the model and processor configuration, independent of where they were loaded from."""
     digest = hashlib.sha256()
-    digest.update(model.config.to_json_string(use_diff=False).encode())
+    digest.update(json.dumps(_canonical(model.config.to_dict()), sort_keys=True, default=str).encode())
     processor_dict = processor.to_dict() if hasattr(processor, "to_dict") else {}
-    digest.update(json.dumps(processor_dict, sort_keys=True, default=str).encode())
+    digest.update(json.dumps(_canonical(processor_dict), sort_keys=True, default=str).encode())
     return digest
 
 

@@ -1,0 +1,47 @@
+"""Models load from a local directory through the same path as a hub id, for every family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.conftest import FAMILIES
+from tests.worker.test_generate import media
+from videoqa.worker.errors import InvalidInput
+from videoqa.worker.model.generate import Generator
+from videoqa.worker.model.loader import load_model
+
+
+@pytest.mark.parametrize("model_id", FAMILIES)
+def test_save_pretrained_directory_loads_and_matches(model_id, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    built = tiny_model(model_id)
+    built.model.save_pretrained(tmp_path)
+    built.processor.save_pretrained(tmp_path)
+    loaded = load_model(str(tmp_path))
+    assert loaded.family == built.family
+    assert loaded.kv_bytes_per_token == built.kv_bytes_per_token
+    assert loaded.revision != built.revision or loaded.revision  # both identify their source
+    question = "what is in the video?"
+    _, want = Generator(built).prefill(built.adapter.prepare(media(), question))
+    _, got = Generator(loaded).prefill(loaded.adapter.prepare(media(), question))
+    assert torch.allclose(want, got, atol=1e-5)
+
+
+def test_revision_changes_with_weights(tiny_model, tmp_path):
+    built = tiny_model("tiny-qwen2-vl")
+    first, second = tmp_path / "a", tmp_path / "b"
+    for directory in (first, second):
+        built.model.save_pretrained(directory)
+        built.processor.save_pretrained(directory)
+    assert load_model(str(first)).revision == load_model(str(second)).revision
+    changed = load_model(str(second))
+    with torch.no_grad():
+        changed.model.lm_head.weight.add_(1.0)
+    changed.model.save_pretrained(second)
+    assert load_model(str(second)).revision != load_model(str(first)).revision
+
+
+def test_unknown_dtype_is_refused():
+    with pytest.raises(InvalidInput):
+        load_model("tiny-qwen2-vl", dtype="int3")
