@@ -134,6 +134,9 @@ class MediaDecoder:
                 child.kill()
             child = _Child(self.target)
         with self._lock:
+            if self._closed:
+                child.kill()
+                raise NotReady("the media decoder was shut down")
             self._busy.add(child)
         return child
 
@@ -190,6 +193,13 @@ class _Child:
         except (EOFError, OSError):
             self.kill()
             what = "did not start in time" if watchdog.fired else "died while starting"
+            log.error(
+                "media decoder (pid %s) %s, exit code %s; under the 'spawn' start method the child "
+                "re-imports the main module: it must not do work at import time",
+                self.process.pid,
+                what,
+                self.process.exitcode,
+            )
             raise NotReady(f"the media decoder {what}") from None
         if message[0] != "ready":
             self.kill()
@@ -296,7 +306,10 @@ def _payload_parts(kind: MediaKind, payload: Payload) -> list[Any]:
         return [payload]
     if isinstance(payload, bytes | bytearray | memoryview | str):
         raise errors.InvalidInput("images must be given as a list of encoded images", field="media")
-    return list(payload)
+    parts = list(payload)
+    if not all(isinstance(p, bytes | bytearray | memoryview) for p in parts):
+        raise errors.InvalidInput("each image must be given as bytes", field="media")
+    return parts
 
 
 def _read_result(conn: Connection, reply: tuple[str, bytes, list[int]]) -> Any:

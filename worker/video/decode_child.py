@@ -27,6 +27,8 @@ from videoqa.worker.video.sampling import sample_indices, scaled_size
 #: How much of the captured decoder log is read back to explain a failure.
 _LOG_TAIL_BYTES = 4096
 _MAX_REASON_CHARS = 160
+#: How much wider than asked a frame may be decoded to dodge decord's broken widths (see _open_reader).
+_MAX_EXTRA_WIDTH = 16
 
 T = TypeVar("T")
 
@@ -40,7 +42,9 @@ def decode_media(
     max(H, W) <= ``spec.max_resolution``.
     """
     if kind == "video":
-        return decode_video(bytes(payload), spec)  # type: ignore[arg-type]
+        if not isinstance(payload, bytes | bytearray | memoryview):
+            raise MediaDecodeError("a video must be given as bytes", field="media")
+        return decode_video(bytes(payload), spec)
     if kind == "images":
         return decode_images(list(payload), spec, image_fps)
     raise MediaDecodeError(f"unknown media kind {kind!r}", field="media")
@@ -54,38 +58,54 @@ def decode_video(data: bytes, spec: SamplingSpec) -> DecodedMedia:
     """Decode the frames of one video file chosen by ``spec``; frames (T, H, W, 3) uint8 RGB."""
     if not data:
         raise MediaDecodeError("the video is empty", field="media")
-    reader, (width, height) = _open_reader(data, spec.max_resolution)
+    reader, decode_size, size = _open_reader(data, spec.max_resolution)
     source_frames = len(reader)
     fps = _positive_or(_decord_call(reader.get_avg_fps), 1.0)
     indices = sample_indices(source_frames, fps, spec)
     frames = _decord_call(lambda: reader.get_batch(indices).asnumpy())
-    _check_frames(frames, len(indices), (height, width))
-    timestamps = _timestamps(reader, indices, fps)
+    _check_frames(frames, len(indices), decode_size)
+    if decode_size != size:
+        frames = np.stack([np.asarray(_resized(Image.fromarray(f), size)) for f in frames])
     return DecodedMedia(
         frames=frames,
         indices=indices,
-        timestamps=timestamps,
+        timestamps=_timestamps(reader, indices, fps),
         source_frames=source_frames,
         source_fps=fps,
         duration_s=_duration(reader, source_frames, fps),
     )
 
 
-def _open_reader(data: bytes, max_side: int) -> tuple[decord.VideoReader, tuple[int, int]]:
-    """A reader that yields frames already downscaled to fit ``max_side``, and its (width, height).
+def _open_reader(data: bytes, max_side: int) -> tuple[decord.VideoReader, tuple[int, int], tuple[int, int]]:
+    """A reader, the (width, height) it decodes to, and the output (width, height) that fits ``max_side``.
 
     decord cannot report the frame size without decoding, so the first frame is decoded at full
-    size; the file is opened a second time with a decode-time resize when it is too large.
+    size and the file is opened again with a decode-time resize when it is too large (faster and
+    lighter than resizing full-size frames). decord 0.6.0 returns a broken frame layout for a few
+    frame widths (2, 4, 6, 8, 12, 16, 24, 48, 72 px: rows padded to 32 pixels read as a 4th
+    channel, then ``get_batch`` fails); for those it decodes a little wider and the caller resizes.
     """
     reader = _new_reader(data)
-    first = _decord_call(lambda: reader.next().asnumpy())
-    if first.ndim != 3 or first.shape[2] != 3:
-        raise MediaDecodeError(f"the decoder returned frames of shape {first.shape}", field="media")
-    height, width = first.shape[:2]
-    size = scaled_size(width, height, max_side)
-    if size == (width, height):
-        return reader, size
-    return _new_reader(data, size), size
+    first = _first_frame(reader)
+    native = (first.shape[1], first.shape[0])
+    size = scaled_size(*native, max_side)
+    if size == native and first.shape[2] == 3:
+        return reader, size, size
+    for width in range(size[0], size[0] + _MAX_EXTRA_WIDTH + 1, 2):
+        if (width, size[1]) == native:
+            continue  # the native layout is the broken one
+        candidate = _new_reader(data, (width, size[1]))
+        if _first_frame(candidate).shape == (size[1], width, 3):
+            return candidate, (width, size[1]), size
+    raise MediaDecodeError(f"the decoder cannot produce {size[0]}x{size[1]} frames", field="media")
+
+
+def _first_frame(reader: decord.VideoReader) -> np.ndarray:
+    """Frame 0 as decord returns it, (H, W, C) uint8; C is 3 unless decord's layout bug hit."""
+    frame = _decord_call(lambda: reader.next().asnumpy())
+    if frame.ndim != 3 or frame.shape[0] < 1 or frame.shape[1] < 1:
+        raise MediaDecodeError(f"the decoder returned a frame of shape {frame.shape}", field="media")
+    return frame
 
 
 def _new_reader(data: bytes, size: tuple[int, int] | None = None) -> decord.VideoReader:
@@ -125,16 +145,18 @@ def _reason(exc: BaseException, log: list[str]) -> str:
     """A short, printable explanation of a decord failure, for the API caller.
 
     decord messages look like ``[12:00:00] /src/video/video_reader.cc:151: Check failed: ... ERROR
-    cannot find video stream ...`` (DECORDError) or ``Error reading 123 bytes...`` (RuntimeError,
-    the real cause then only being in the captured log).
+    cannot find video stream ...`` (DECORDError, sometimes with the prefix twice), ``Error reading
+    123 bytes...`` (RuntimeError, the real cause then only being in the captured log) or a
+    UnicodeDecodeError when decord's own message contains bytes of the upload.
     """
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    text = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", text)
-    text = text.split(" ERROR ", 1)[-1]
+    first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = re.sub(r"^(\[[\d:]+\] \S+:\d+: )+", "", first_line)
     if "cannot find video stream" in text:
-        text = "no video stream this decoder can read (note: AV1 is not supported)"
-    elif text.startswith("Error reading") and log:
-        text = "; ".join(log)
+        return "no video stream this decoder can read (note: AV1 is not supported)"
+    if text.startswith("Error reading"):
+        return "; ".join(log) if log else "not a video file this decoder can read"
+    if isinstance(exc, UnicodeDecodeError) or "Check failed" in text:
+        return "the video data is corrupt or in an unsupported format"
     return _printable(text)
 
 
@@ -183,8 +205,8 @@ def _log_reasons(log: str) -> list[str]:
     return reasons[-3:]
 
 
-def _check_frames(frames: np.ndarray, count: int, hw: tuple[int, int]) -> None:
-    expected = (count, *hw, 3)
+def _check_frames(frames: np.ndarray, count: int, size: tuple[int, int]) -> None:
+    expected = (count, size[1], size[0], 3)
     if frames.dtype != np.uint8 or frames.shape != expected:
         raise MediaDecodeError(
             f"the decoder returned frames of shape {frames.shape} ({frames.dtype}), expected {expected}",
