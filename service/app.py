@@ -146,7 +146,9 @@ async def start_frontend(settings: FrontendSettings, workers: list[str], authent
             pool.changed.clear()
             if pool.any_healthy != serving:
                 serving = pool.any_healthy
-                status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+                status = (
+                    health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
                 for name in ("", PUBLIC_SERVICE):
                     await health_servicer.set(name, status)
                 log.info("frontend on port %d is %s", port, "SERVING" if serving else "NOT_SERVING")
@@ -209,8 +211,9 @@ async def _run(args: argparse.Namespace) -> None:
         settings = _worker_settings(args)
         frontend, worker = await start_serve(settings, _frontend_settings(args))
         running = [frontend, worker]
-        log.info("videoqa %s listening on port %d; model %s loading", package_version(), frontend.port,
-                 settings.models[0])
+        log.info(
+            "videoqa %s listening on port %d; model %s loading", package_version(), frontend.port, settings.models[0]
+        )
         log.info("sessions are kept in memory in this process (they do not survive a restart)")
     elif args.command == "frontend":
         frontend = await start_frontend(_frontend_settings(args), args.workers)

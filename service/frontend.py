@@ -140,7 +140,7 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
 
             async for response in self._stream(call_context.session_id, context, start):
                 yield response
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             await self._fail(context, error)
 
     async def Ask(self, request: pb.AskRequest, context):
@@ -152,17 +152,15 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
                 request.session_id, context, lambda w, t: w.stub.Ask(forwarded, timeout=t)
             ):
                 yield response
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             await self._fail(context, error)
 
     async def GetSession(self, request: pb.GetSessionRequest, context):
         try:
             self._check_session_id(request.session_id)
             forwarded = wpb.WorkerSessionRequest(context=self._context(context, request.session_id))
-            return await self._unary(
-                request.session_id, context, lambda w, t: w.stub.GetSession(forwarded, timeout=t)
-            )
-        except Exception as error:  # noqa: BLE001
+            return await self._unary(request.session_id, context, lambda w, t: w.stub.GetSession(forwarded, timeout=t))
+        except Exception as error:
             await self._fail(context, error)
 
     async def DeleteSession(self, request: pb.DeleteSessionRequest, context):
@@ -172,21 +170,21 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
             return await self._unary(
                 request.session_id, context, lambda w, t: w.stub.DeleteSession(forwarded, timeout=t)
             )
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             await self._fail(context, error)
 
     async def ListModels(self, request, context):
         try:
             self.authenticate(context.invocation_metadata() or ())
             return pb.ListModelsResponse(models=(await self._description_of_workers(context)).models)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             await self._fail(context, error)
 
     async def ListMethods(self, request, context):
         try:
             self.authenticate(context.invocation_metadata() or ())
             return pb.ListMethodsResponse(methods=(await self._description_of_workers(context)).methods)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             await self._fail(context, error)
 
     async def GetServerInfo(self, request, context):
@@ -200,5 +198,5 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
             info.limits.max_upload_bytes = min(info.limits.max_upload_bytes, self.max_upload_bytes)
             info.limits.max_images = min(info.limits.max_images, self.max_images)
             return info
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             await self._fail(context, error)

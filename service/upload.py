@@ -6,11 +6,10 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
+from videoqa.service.convert import media_kind_from_pb
 from videoqa.v1 import videoqa_pb2 as pb
 from videoqa.worker.errors import InvalidInput, LimitExceeded
 from videoqa.worker.types import MediaKind
-
-from videoqa.service.convert import media_kind_from_pb
 
 CHUNK = 1 << 20
 
@@ -25,9 +24,7 @@ class Upload:
     seconds: float
 
 
-async def read_upload(
-    requests: AsyncIterator[pb.CreateSessionRequest], *, max_bytes: int, max_images: int
-) -> Upload:
+async def read_upload(requests: AsyncIterator[pb.CreateSessionRequest], *, max_bytes: int, max_images: int) -> Upload:
     """Assemble an upload; refuses oversize uploads as soon as the cap is crossed."""
     started = time.perf_counter()
     spec: pb.SessionSpec | None = None

@@ -58,7 +58,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             )
             async for event in self.engine.create_session(request, control_for(context)):
                 yield convert.event_to_pb(event)
-        except Exception as error:  # noqa: BLE001  (mapped to a status)
+        except Exception as error:
             await abort(context, error)
 
     async def Ask(self, request: wpb.WorkerAskRequest, context):
@@ -72,14 +72,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             )
             async for event in events:
                 yield convert.event_to_pb(event)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             await abort(context, error)
 
     async def GetSession(self, request: wpb.WorkerSessionRequest, context):
         try:
             self._ready()
             return convert.session_to_pb(self.engine.get_session(request.context.tenant, request.context.session_id))
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             await abort(context, error)
 
     async def DeleteSession(self, request: wpb.WorkerSessionRequest, context):
@@ -87,14 +87,14 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             self._ready()
             self.engine.delete_session(request.context.tenant, request.context.session_id)
             return pb.DeleteSessionResponse()
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             await abort(context, error)
 
     async def Describe(self, request, context):
         try:
             self._ready()
             return describe(self.engine, self.version)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             await abort(context, error)
 
     def _ready(self) -> None:

@@ -12,8 +12,15 @@ PROTOS = ["videoqa/v1/videoqa.proto", "videoqa/internal/v1/worker.proto"]
 
 def test_generated_code_matches_protos(tmp_path):
     protoc = pytest.importorskip("grpc_tools.protoc")
-    args = ["protoc", "-I", str(ROOT / "proto"), f"--python_out={tmp_path}", f"--pyi_out={tmp_path}",
-            f"--grpc_python_out={tmp_path}", *(str(ROOT / "proto" / p) for p in PROTOS)]
+    args = [
+        "protoc",
+        "-I",
+        str(ROOT / "proto"),
+        f"--python_out={tmp_path}",
+        f"--pyi_out={tmp_path}",
+        f"--grpc_python_out={tmp_path}",
+        *(str(ROOT / "proto" / p) for p in PROTOS),
+    ]
     assert protoc.main(args) == 0
     generated = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.py*"))
     assert generated, "protoc produced nothing"

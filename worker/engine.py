@@ -28,6 +28,7 @@ from videoqa.worker.errors import (
     TurnDeadlineExceeded,
     VideoQAError,
 )
+from videoqa.worker.settings import WorkerSettings
 from videoqa.worker.types import (
     Event,
     FinishReason,
@@ -47,7 +48,6 @@ from videoqa.worker.types import (
     TokenEvent,
     TurnStats,
 )
-from videoqa.worker.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,9 @@ class Engine:
             lm = load_model(model_id, device=self.settings.device, dtype=self.settings.dtype)
             self.models[model_id] = lm
             self._generators[model_id] = Generator(lm)
-            log.info("loaded %s (%s, revision %s) in %.1fs", model_id, lm.family, lm.revision,
-                     time.perf_counter() - started)
+            log.info(
+                "loaded %s (%s, revision %s) in %.1fs", model_id, lm.family, lm.revision, time.perf_counter() - started
+            )
         if self._decoder is None:
             from videoqa.worker.video.decode import MediaDecoder
 
@@ -292,14 +293,37 @@ class Engine:
         yield ProgressEvent(Stage.DECODE, 1.0, decode_s, f"{len(media.indices)} frames")
 
         def job(emit: Emit, queue_s: float) -> None:
-            self._first_turn(req, model_id, method, sampling, generation, question, media, control, emit,
-                             Timings(upload_s=req.upload_s, decode_s=decode_s, queue_s=queue_s), started)
+            self._first_turn(
+                req,
+                model_id,
+                method,
+                sampling,
+                generation,
+                question,
+                media,
+                control,
+                emit,
+                Timings(upload_s=req.upload_s, decode_s=decode_s, queue_s=queue_s),
+                started,
+            )
 
         async for event in self._run(job, control):
             yield event
 
-    def _first_turn(self, req, model_id, method, sampling, generation, question, media, control, emit,
-                    timings: Timings, started: float) -> None:
+    def _first_turn(
+        self,
+        req,
+        model_id,
+        method,
+        sampling,
+        generation,
+        question,
+        media,
+        control,
+        emit,
+        timings: Timings,
+        started: float,
+    ) -> None:
         from videoqa.worker.sessions import Session
 
         lm, gen = self.models[model_id], self._generators[model_id]
@@ -345,8 +369,7 @@ class Engine:
         emit(ProgressEvent(Stage.SAVE, 1.0, timings.save_s))
         emit(SessionEvent(session.snapshot()))
         if question is not None:
-            self._answer(session, gen, logits, prompt.layout.prompt_length, generation, control, emit, timings,
-                         started)
+            self._answer(session, gen, logits, prompt.layout.prompt_length, generation, control, emit, timings, started)
 
     async def ask(
         self, tenant: str, session_id: str, question: str, params: GenerationParams, control: TurnControl
@@ -369,14 +392,26 @@ class Engine:
             except BaseException:
                 session.state.rollback(checkpoint)
                 raise
-            self._answer(session, gen, logits, len(ids), generation, control, emit, Timings(queue_s=queue_s),
-                         started, checkpoint)
+            self._answer(
+                session, gen, logits, len(ids), generation, control, emit, Timings(queue_s=queue_s), started, checkpoint
+            )
 
         async for event in self._run(job, control):
             yield event
 
-    def _answer(self, session, gen, logits, prompt_tokens: int, params: GenerationParams, control: TurnControl,
-                emit: Emit, timings: Timings, started: float, checkpoint=None) -> None:
+    def _answer(
+        self,
+        session,
+        gen,
+        logits,
+        prompt_tokens: int,
+        params: GenerationParams,
+        control: TurnControl,
+        emit: Emit,
+        timings: Timings,
+        started: float,
+        checkpoint=None,
+    ) -> None:
         """Stream an answer; commit the turn only if it completes, else roll the session back."""
         from videoqa.worker.model.generate import TextStreamer
 

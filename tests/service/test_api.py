@@ -38,7 +38,9 @@ def test_video_session_ask_followup_delete(stub, video, model):
 
     six = pb.GenerationParams(max_new_tokens=6)
     first = events(
-        stub.Ask(pb.AskRequest(session_id=info.session_id, question="what is in the video?", generation=six), timeout=60)
+        stub.Ask(
+            pb.AskRequest(session_id=info.session_id, question="what is in the video?", generation=six), timeout=60
+        )
     )
     assert 1 <= len(first["token"]) <= 6
     stats = first["stats"][0]
@@ -81,8 +83,10 @@ def test_first_question_in_upload_equals_separate_ask_greedy(stub, video):
     agnostic = events(stub.CreateSession(upload(spec(), video=video), timeout=120))
     session_id = agnostic["session"][0].session.session_id
     asked = events(
-        stub.Ask(pb.AskRequest(session_id=session_id, question=question,
-                               generation=pb.GenerationParams(max_new_tokens=8)), timeout=60)
+        stub.Ask(
+            pb.AskRequest(session_id=session_id, question=question, generation=pb.GenerationParams(max_new_tokens=8)),
+            timeout=60,
+        )
     )
     assert [t.token_id for t in aware["token"]] == [t.token_id for t in asked["token"]]
     assert "".join(t.text for t in aware["token"]) == "".join(t.text for t in asked["token"])

@@ -98,8 +98,12 @@ def test_questions(stub, video, session_id):
         assert err.value.code() == INVALID
     assert create_error(stub, upload(spec(question="y" * 501), video=video)).code() == INVALID
     with pytest.raises(grpc.RpcError) as err:
-        list(stub.Ask(pb.AskRequest(session_id=session_id, question="q",
-                                    generation=pb.GenerationParams(max_new_tokens=5000)), timeout=10))
+        list(
+            stub.Ask(
+                pb.AskRequest(session_id=session_id, question="q", generation=pb.GenerationParams(max_new_tokens=5000)),
+                timeout=10,
+            )
+        )
     assert err.value.code() == EXHAUSTED
 
 
@@ -131,8 +135,9 @@ def test_cancel_mid_answer_stops_decoding(server, stub, session_id):
     engine = server.engine
     before = stub.GetSession(pb.GetSessionRequest(session_id=session_id), timeout=10)
     cancelled, generated = engine.counters["turns_cancelled"], engine.counters["generated_tokens"]
-    long = pb.AskRequest(session_id=session_id, question="tell me everything",
-                         generation=pb.GenerationParams(max_new_tokens=4000))
+    long = pb.AskRequest(
+        session_id=session_id, question="tell me everything", generation=pb.GenerationParams(max_new_tokens=4000)
+    )
     call = stub.Ask(long, timeout=60)
     received = 0
     for response in call:
@@ -147,7 +152,9 @@ def test_cancel_mid_answer_stops_decoding(server, stub, session_id):
     assert engine.counters["generated_tokens"] - generated == stopped_at, "decoding went on after the cancel"
     after = stub.GetSession(pb.GetSessionRequest(session_id=session_id), timeout=10)
     assert (after.turns, after.context_length, after.cache_length) == (
-        before.turns, before.context_length, before.cache_length
+        before.turns,
+        before.context_length,
+        before.cache_length,
     ), "a cancelled turn must leave the session as it was"
     assert_still_serving(stub, session_id)
 
@@ -157,8 +164,9 @@ def test_deadline_expires_mid_answer(server, stub, session_id):
     before = stub.GetSession(pb.GetSessionRequest(session_id=session_id), timeout=10)
     stopped = engine.counters["turns_cancelled"] + engine.counters["turns_deadline_exceeded"]
     generated = engine.counters["generated_tokens"]
-    long = pb.AskRequest(session_id=session_id, question="tell me everything",
-                         generation=pb.GenerationParams(max_new_tokens=4000))
+    long = pb.AskRequest(
+        session_id=session_id, question="tell me everything", generation=pb.GenerationParams(max_new_tokens=4000)
+    )
     with pytest.raises(grpc.RpcError) as err:
         list(stub.Ask(long, timeout=0.5))
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

@@ -35,9 +35,7 @@ def cluster(loop_thread, tiny_model):
     addresses = [f"127.0.0.1:{w.port}" for w in workers]
     for address in addresses:
         wait_serving(address, "videoqa.internal.v1.Worker")
-    frontend = loop_thread.run(
-        start_frontend(FrontendSettings(listen="127.0.0.1:0", probe_interval_s=0.1), addresses)
-    )
+    frontend = loop_thread.run(start_frontend(FrontendSettings(listen="127.0.0.1:0", probe_interval_s=0.1), addresses))
     address = f"127.0.0.1:{frontend.port}"
     wait_serving(address)
     yield address, workers, addresses

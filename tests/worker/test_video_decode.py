@@ -8,11 +8,11 @@ import time
 import av
 import numpy as np
 import pytest
+
+from tests.media import corrupt_variants, draw_frame, make_images, make_video, read_frame_index
 from videoqa.worker.errors import InvalidInput, LimitExceeded, MediaDecodeError, NotReady, VideoQAError
 from videoqa.worker.types import DecodedMedia, MediaKind, SamplingSpec
 from videoqa.worker.video.decode import MediaDecoder
-
-from tests.media import corrupt_variants, draw_frame, make_images, make_video, read_frame_index
 
 TARGETS = "tests.worker.decode_targets"
 FRAMES, SIZE, FPS = 48, (128, 96), 24
@@ -56,9 +56,7 @@ def test_mp4_uniform_sampling(decoder: MediaDecoder, mp4: bytes) -> None:
         assert diff.mean() < 4, (index, diff.mean())
 
 
-@pytest.mark.parametrize(
-    ("container", "codec"), [("mkv", "libx264"), ("webm", "libvpx-vp9"), ("avi", "mpeg4")]
-)
+@pytest.mark.parametrize(("container", "codec"), [("mkv", "libx264"), ("webm", "libvpx-vp9"), ("avi", "mpeg4")])
 def test_other_containers_and_codecs(decoder: MediaDecoder, container: str, codec: str) -> None:
     video = make_video(None, frames=20, size=(96, 64), fps=10, codec=codec, container=container)
     media = decoder.decode("video", video, SamplingSpec(num_frames=5))
@@ -144,9 +142,7 @@ def test_av1_is_refused_with_a_clear_message(decoder: MediaDecoder) -> None:
 
 def test_images_are_sampled_and_scaled(decoder: MediaDecoder) -> None:
     images = make_images(10, size=(160, 120))
-    media = decoder.decode(
-        MediaKind.IMAGES, images, SamplingSpec(num_frames=4, max_resolution=80), image_fps=2.0
-    )
+    media = decoder.decode(MediaKind.IMAGES, images, SamplingSpec(num_frames=4, max_resolution=80), image_fps=2.0)
     assert media.indices == [0, 3, 6, 9]
     assert media.timestamps == pytest.approx([0.0, 1.5, 3.0, 4.5])
     assert (media.source_frames, media.source_fps, media.duration_s) == (10, 2.0, 5.0)
@@ -162,9 +158,7 @@ def test_image_fps_defaults_to_one_and_drives_fps_sampling(decoder: MediaDecoder
 
 
 def test_images_of_other_sizes_are_resized_to_the_first(decoder: MediaDecoder) -> None:
-    images = (
-        make_images(1, size=(128, 96)) + make_images(2, size=(200, 40))[1:] + make_images(3, (64, 64))[2:]
-    )
+    images = make_images(1, size=(128, 96)) + make_images(2, size=(200, 40))[1:] + make_images(3, (64, 64))[2:]
     media = decoder.decode("images", images, SamplingSpec())
     assert media.frames.shape == (3, 96, 128, 3)
     assert read_frame_index(media.frames[0]) == 0
@@ -235,9 +229,7 @@ def test_a_hanging_decoder_times_out_and_is_replaced(mp4: bytes) -> None:
         ("not_media", MediaDecodeError, "media", "returned int"),
     ],
 )
-def test_child_errors_are_re_raised(
-    mp4: bytes, target: str, error: type[VideoQAError], field: str, match: str
-) -> None:
+def test_child_errors_are_re_raised(mp4: bytes, target: str, error: type[VideoQAError], field: str, match: str) -> None:
     with MediaDecoder(target=f"{TARGETS}:{target}") as decoder:
         with pytest.raises(error, match=match) as err:
             decoder.decode("video", mp4, SamplingSpec())

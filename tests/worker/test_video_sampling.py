@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from videoqa.worker.errors import InvalidInput, LimitExceeded, MediaDecodeError
 from videoqa.worker.types import SamplingSpec
 from videoqa.worker.video.sampling import cap_indices, sample_indices, scaled_size, uniform_indices
@@ -64,9 +65,7 @@ def test_default_frames_are_capped_by_max_frames() -> None:
         (5, 24.0, 1000.0, [0, 1, 2, 3, 4]),  # faster than the source: every frame once
     ],
 )
-def test_fps_takes_every_nth_frame_from_zero(
-    n: int, source_fps: float, fps: float, expected: list[int]
-) -> None:
+def test_fps_takes_every_nth_frame_from_zero(n: int, source_fps: float, fps: float, expected: list[int]) -> None:
     assert sample_indices(n, source_fps, SamplingSpec(fps=fps, max_frames=64)) == expected
 
 

@@ -136,9 +136,7 @@ class FamilyAdapter:
         spans, per_span = self._frame_spans(inputs, start, end)
         return TokenLayout(ids.numel(), start, end, spans, per_span)
 
-    def _frame_spans(
-        self, inputs: dict[str, torch.Tensor], start: int, end: int
-    ) -> tuple[list[tuple[int, int]], int]:
+    def _frame_spans(self, inputs: dict[str, torch.Tensor], start: int, end: int) -> tuple[list[tuple[int, int]], int]:
         raise NotImplementedError
 
     # --- positions ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from typing import IO, TypeVar
 import decord
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
+
 from videoqa.worker.errors import LimitExceeded, MediaDecodeError, VideoQAError
 from videoqa.worker.types import DecodedMedia, SamplingSpec
 from videoqa.worker.video.sampling import sample_indices, scaled_size
@@ -33,9 +34,7 @@ _MAX_EXTRA_WIDTH = 16
 T = TypeVar("T")
 
 
-def decode_media(
-    kind: str, payload: bytes | Sequence[bytes], spec: SamplingSpec, image_fps: float
-) -> DecodedMedia:
+def decode_media(kind: str, payload: bytes | Sequence[bytes], spec: SamplingSpec, image_fps: float) -> DecodedMedia:
     """Decode and sample ``payload``: one video file (``kind="video"``) or encoded images (``"images"``).
 
     Returns frames of shape (T, H, W, 3) uint8 RGB with T <= ``spec.max_frames`` and
@@ -114,9 +113,7 @@ def _new_reader(data: bytes, size: tuple[int, int] | None = None) -> decord.Vide
     # decord logs "ERROR opening: <the whole upload>, <reason>" to stderr: only the reason is kept.
     with _captured_stderr() as log:
         try:
-            reader = decord.VideoReader(
-                io.BytesIO(data), ctx=decord.cpu(0), width=width, height=height, num_threads=1
-            )
+            reader = decord.VideoReader(io.BytesIO(data), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
             count = len(reader)
         except Exception as exc:
             error = exc

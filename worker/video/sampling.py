@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from videoqa.worker.errors import InvalidInput, LimitExceeded, MediaDecodeError
 from videoqa.worker.types import SamplingSpec
 
