@@ -127,3 +127,11 @@ def corrupt_variants(video_bytes: bytes, seed: int = 0) -> dict[str, bytes]:
         "random": rng.randbytes(len(video_bytes)),
         "text": b"hello, this is not a video\n" * 100,
     }
+
+
+if __name__ == "__main__":  # `python -m tests.media demo.mp4`: a 4 s, 320x240 demo clip
+    import sys
+
+    target = sys.argv[1] if len(sys.argv) > 1 else "demo.mp4"
+    make_video(target, frames=96, size=(320, 240), fps=24)
+    print(f"wrote {target}")

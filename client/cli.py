@@ -1,0 +1,571 @@
+"""The ``videoqa`` command line.
+
+Client commands (need only the base install)::
+
+    videoqa ask VIDEO QUESTION [options]    upload, answer one question, delete the session
+    videoqa chat VIDEO [options]            upload once, then answer questions read from stdin
+    videoqa info | models | methods         describe the deployment
+
+Server commands (``serve``, ``frontend``, ``worker``) are handed, arguments untouched, to
+``videoqa.service.app`` which needs the ``server`` extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, suppress
+from typing import Any, TextIO
+
+import grpc
+from tqdm import tqdm
+
+from ._common import DEFAULT_TARGET
+from .errors import VideoQAError
+from .sync import VideoQAClient
+from .types import (
+    Answer,
+    Event,
+    FrameSampling,
+    Generation,
+    Progress,
+    Pruning,
+    SessionCreated,
+    SessionInfo,
+    Token,
+    TurnStats,
+)
+
+SERVER_COMMANDS = ("serve", "frontend", "worker")
+_SERVER_HELP = {
+    "serve": "run a frontend and a worker in one process",
+    "frontend": "run the public API frontend",
+    "worker": "run a model worker",
+}
+SERVER_EXTRA_HINT = "the server needs the server extra: pip install 'videoqa[server]'"
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+_DELETE_TIMEOUT_S = 10.0
+
+
+# --------------------------------------------------------------------------------------------
+# Formatting
+
+
+def human_bytes(n: float) -> str:
+    """``16777216`` -> ``"16.0 MiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def stats_line(stats: TurnStats) -> str:
+    """One-line summary of a turn: frames, visual tokens, KV bytes, time to first token."""
+    kept = stats.visual_tokens_after / stats.visual_tokens_before if stats.visual_tokens_before else 1.0
+    t = stats.timings
+    parts = [
+        f"{stats.frames_used} frames",
+        f"visual tokens {stats.visual_tokens_before}→{stats.visual_tokens_after} ({kept:.0%} kept)",
+        f"KV {human_bytes(stats.kv_bytes_before)}→{human_bytes(stats.kv_bytes_after)}",
+        f"TTFT {t.time_to_first_token_seconds:.2f} s",
+        f"{stats.generated_tokens} tokens in {t.generate_seconds:.2f} s",
+    ]
+    return " · ".join(parts)
+
+
+def describe_session(info: SessionInfo) -> str:
+    """A few lines describing a session, for ``/info``."""
+    f = info.frames
+    pruning = info.pruning.method or "default"
+    budget = info.pruning.budget or 1.0
+    lines = [
+        f"session   {info.session_id}",
+        f"model     {info.model}",
+        f"media     {info.media_kind}: {f.source_frames} frames, {f.source_fps:g} fps, "
+        f"{f.source_duration_seconds:.1f} s",
+        f"frames    {len(f.indices)} sampled at {f.width}x{f.height}",
+        f"pruning   {pruning}, budget {budget:g}"
+        + "".join(f", {k}={v:g}" for k, v in sorted(info.pruning.params.items())),
+        f"tokens    visual {info.visual_tokens_before}→{info.visual_tokens_after}, "
+        f"context {info.context_length}, cache {info.cache_length}",
+        f"kv        {human_bytes(info.kv_bytes)}",
+        f"turns     {info.turns}",
+    ]
+    return "\n".join(lines)
+
+
+def _to_json(obj: Any) -> str:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    elif isinstance(obj, list):
+        obj = [dataclasses.asdict(o) if dataclasses.is_dataclass(o) else o for o in obj]
+    return json.dumps(obj, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Progress display
+
+
+class ProgressDisplay:
+    """tqdm bars on stderr: bytes for the upload, then one bar per server stage.
+
+    Bars are shown only when stderr is a terminal (tqdm's ``disable=None``).
+    """
+
+    def __init__(self, file: TextIO | None = None) -> None:
+        self._file = file
+        self._upload: tqdm | None = None
+        self._stage: tqdm | None = None
+        self._stage_name = ""
+
+    def _bar(self, **kwargs: Any) -> tqdm:
+        return tqdm(file=self._file or sys.stderr, disable=None, dynamic_ncols=True, **kwargs)
+
+    def upload(self, sent: int, total: int) -> None:
+        """``on_upload`` callback: bytes handed to gRPC so far."""
+        if self._upload is None:
+            self._upload = self._bar(total=total, desc="upload", unit="B", unit_scale=True, unit_divisor=1024)
+        self._upload.update(sent - self._upload.n)
+
+    def progress(self, event: Progress) -> None:
+        """``on_progress`` callback: a server stage's progress."""
+        if event.stage == "upload":
+            if event.done:
+                self._close_upload()
+            return
+        self._close_upload()
+        if event.stage != self._stage_name or self._stage is None:
+            self._close_stage()
+            self._stage_name = event.stage
+            self._stage = self._bar(
+                total=100,
+                desc=f"{event.stage:>7}",
+                bar_format="{desc}: {percentage:3.0f}%|{bar:40}| {elapsed}{postfix}",
+            )
+        self._stage.update(round(event.fraction * 100) - self._stage.n)
+        note = f"took {event.seconds:.2f} s" if event.done and event.seconds else ""
+        self._stage.set_postfix_str(" ".join(x for x in (note, event.detail) if x), refresh=False)
+        if event.done:
+            self._close_stage()
+
+    def _close_upload(self) -> None:
+        if self._upload is not None:
+            self._upload.close()
+            self._upload = None
+
+    def _close_stage(self) -> None:
+        if self._stage is not None:
+            self._stage.close()
+            self._stage = None
+            self._stage_name = ""
+
+    def close(self) -> None:
+        self._close_upload()
+        self._close_stage()
+
+
+# --------------------------------------------------------------------------------------------
+# Arguments
+
+
+def _param(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected name=value, got {text!r}")
+    try:
+        return name.strip(), float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _connection_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("connection")
+    g.add_argument(
+        "--server",
+        default=os.environ.get("VIDEOQA_SERVER", DEFAULT_TARGET),
+        metavar="HOST:PORT",
+        help="server address (default: $VIDEOQA_SERVER or %(default)s)",
+    )
+    g.add_argument("--timeout", type=float, metavar="S", help="deadline of each call in seconds")
+    g.add_argument("--tls", action="store_true", help="connect with TLS")
+    g.add_argument("--ca-cert", metavar="PEM", help="CA certificate for TLS (implies --tls)")
+    g.add_argument(
+        "--token",
+        default=os.environ.get("VIDEOQA_TOKEN"),
+        help="bearer token sent as authorization metadata (default: $VIDEOQA_TOKEN)",
+    )
+    g.add_argument("--json", action="store_true", help="print JSON instead of text")
+    return p
+
+
+def _session_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    s = p.add_argument_group("sampling")
+    rate = s.add_mutually_exclusive_group()
+    rate.add_argument("--frames", type=_positive_int, metavar="N", help="sample exactly N frames")
+    rate.add_argument("--fps", type=float, metavar="F", help="sample F frames per second")
+    s.add_argument("--max-frames", type=int, default=0, metavar="N", help="upper bound on frames")
+    s.add_argument("--max-resolution", type=int, default=0, metavar="PX", help="longest side of a frame")
+    s.add_argument("--images", action="store_true", help="the media are images, one frame each")
+    s.add_argument("--image-fps", type=float, default=0.0, metavar="F", help="time base of an image sequence")
+    s.add_argument("--model", default="", metavar="ID", help="model id (see `videoqa models`)")
+    pr = p.add_argument_group("pruning")
+    pr.add_argument("--method", default="", metavar="NAME", help="pruning method (see `videoqa methods`)")
+    pr.add_argument("--budget", type=float, default=0.0, metavar="F", help="fraction of visual tokens kept")
+    pr.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="method parameter (repeatable)",
+    )
+    gen = p.add_argument_group("generation")
+    gen.add_argument("--max-new-tokens", type=int, default=0, metavar="N")
+    gen.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 means greedy")
+    gen.add_argument("--top-p", type=float, default=0.0, metavar="P")
+    gen.add_argument("--seed", type=int, default=None, metavar="S")
+    p.add_argument("--keep", action="store_true", help="keep the session on the server and print its id")
+    return p
+
+
+#: Client commands: help line, and whether they take the session options.
+_CLIENT_COMMANDS: dict[str, tuple[str, bool]] = {
+    "ask": ("answer one question about a video", True),
+    "chat": ("ask questions read from stdin about one upload", True),
+    "info": ("server version and limits", False),
+    "models": ("models served", False),
+    "methods": ("pruning methods and their parameters", False),
+}
+
+
+def command_parser(name: str) -> argparse.ArgumentParser:
+    """The parser of one client command.
+
+    It is used with ``parse_intermixed_args`` so that options may sit anywhere, also between
+    the media and the question (``videoqa ask a.png b.png --images "Q"``).
+    """
+    helptext, with_session = _CLIENT_COMMANDS[name]
+    parents = [_connection_parser(), *([_session_parser()] if with_session else [])]
+    parser = argparse.ArgumentParser(prog=f"videoqa {name}", description=helptext, parents=parents)
+    if with_session:
+        parser.add_argument("media", nargs="+", metavar="VIDEO", help="video file, image directory or images")
+    if name == "ask":
+        parser.add_argument("question", metavar="QUESTION")
+    handlers = {"ask": _cmd_ask, "chat": _cmd_chat, "info": _cmd_info, "models": _cmd_models, "methods": _cmd_methods}
+    parser.set_defaults(command=name, handler=handlers[name])
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser: lists the commands; each command has its own parser."""
+    parser = argparse.ArgumentParser(
+        prog="videoqa", description="Ask questions about videos served by a videoqa deployment."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (helptext, _) in _CLIENT_COMMANDS.items():
+        sub.add_parser(name, help=helptext)
+    for name, helptext in _SERVER_HELP.items():
+        sub.add_parser(name, help=f"{helptext} (needs the server extra)")
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("videoqa")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "unknown"
+
+
+# --------------------------------------------------------------------------------------------
+# Commands
+
+
+def _client(args: argparse.Namespace) -> VideoQAClient:
+    credentials = None
+    if args.tls or args.ca_cert:
+        root = None
+        if args.ca_cert:
+            with open(args.ca_cert, "rb") as f:
+                root = f.read()
+        credentials = grpc.ssl_channel_credentials(root_certificates=root)
+    metadata = {"authorization": f"Bearer {args.token}"} if args.token else None
+    return VideoQAClient(args.server, timeout=args.timeout, credentials=credentials, metadata=metadata)
+
+
+def _media(args: argparse.Namespace) -> str | list[str]:
+    if len(args.media) == 1 and not args.images:
+        return args.media[0]  # a video, or a directory of images
+    return list(args.media)
+
+
+def _session_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "images": args.images,
+        "model": args.model,
+        "sampling": FrameSampling(
+            num_frames=args.frames,
+            fps=args.fps,
+            max_frames=args.max_frames,
+            max_resolution=args.max_resolution,
+        ),
+        "pruning": Pruning(method=args.method, params=dict(args.param), budget=args.budget),
+        "image_fps": args.image_fps,
+    }
+
+
+def _generation(args: argparse.Namespace) -> Generation:
+    return Generation(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+    )
+
+
+def _stream_answer(events: Iterator[Event], *, echo: bool, on_event: Callable[[Event], None] | None = None) -> Answer:
+    """Consumes one answer's events, writing tokens to stdout as they come when ``echo``.
+
+    Closes ``events`` (cancelling the call) however it ends, Ctrl-C included.
+    """
+    collected: list[Event] = []
+    wrote_text = ""
+    try:
+        with closing(events):  # type: ignore[type-var]
+            for event in events:
+                if on_event is not None:
+                    on_event(event)
+                if isinstance(event, (Token, TurnStats)):
+                    collected.append(event)
+                if echo and isinstance(event, Token) and event.text:
+                    sys.stdout.write(event.text)
+                    sys.stdout.flush()
+                    wrote_text = event.text
+    finally:
+        if wrote_text and not wrote_text.endswith("\n"):
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    return Answer.from_events(collected)
+
+
+def _finish_session(client: VideoQAClient, session_id: str, keep: bool) -> None:
+    """Deletes the session (best effort) or tells its id."""
+    if keep:
+        print(f"session {session_id} kept", file=sys.stderr)
+        return
+    with suppress(VideoQAError):
+        client.delete_session(session_id, timeout=_DELETE_TIMEOUT_S)
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    display = ProgressDisplay()
+    session_id = ""
+
+    def on_event(event: Event) -> None:
+        nonlocal session_id
+        if isinstance(event, Progress):
+            display.progress(event)
+        else:
+            display.close()
+            if isinstance(event, SessionCreated):
+                session_id = event.session.session_id
+
+    with _client(args) as client:
+        events = client.stream_create_session(
+            _media(args),
+            question=args.question,
+            generation=_generation(args),
+            on_upload=display.upload,
+            **_session_options(args),
+        )
+        try:
+            answer = _stream_answer(events, echo=not args.json, on_event=on_event)
+        except BaseException:
+            if session_id:
+                _finish_session(client, session_id, args.keep)
+            raise
+        finally:
+            display.close()
+        if args.json:
+            stats = dataclasses.asdict(answer.stats) if answer.stats else None
+            print(json.dumps({"answer": answer.text, "session_id": session_id, "stats": stats}, ensure_ascii=False))
+        elif answer.stats is not None:
+            print(stats_line(answer.stats), file=sys.stderr)
+        if session_id:
+            _finish_session(client, session_id, args.keep)
+    return 0
+
+
+def _read_question() -> str | None:
+    """The next line of stdin (with a ``> `` prompt on a terminal); None at end of input."""
+    if sys.stdin.isatty():
+        try:
+            return input("> ")
+        except EOFError:
+            return None
+    line = sys.stdin.readline()
+    return line if line else None
+
+
+_CHAT_HELP = "commands: /info shows the session, /quit (or end of input) ends and deletes it"
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    display = ProgressDisplay()
+    with _client(args) as client:
+        try:
+            session = client.create_session(
+                _media(args), on_progress=display.progress, on_upload=display.upload, **_session_options(args)
+            )
+        finally:
+            display.close()
+        info = session.info
+        if not args.json:
+            print(
+                f"session {session.id}: {len(info.frames.indices)} frames, "
+                f"{info.visual_tokens_after} visual tokens; {_CHAT_HELP}",
+                file=sys.stderr,
+            )
+        generation = _generation(args)
+        try:
+            while True:
+                line = _read_question()
+                if line is None:
+                    break
+                question = line.strip()
+                if not question:
+                    continue
+                if question in ("/quit", "/exit"):
+                    break
+                if question == "/info":
+                    info = session.refresh()
+                    print(_to_json(info) if args.json else describe_session(info))
+                    continue
+                if question.startswith("/"):
+                    print(f"unknown command {question}; {_CHAT_HELP}", file=sys.stderr)
+                    continue
+                try:
+                    answer = _stream_answer(session.ask(question, generation), echo=not args.json)
+                except KeyboardInterrupt:
+                    print("(cancelled)", file=sys.stderr)
+                    continue
+                if args.json:
+                    stats = dataclasses.asdict(answer.stats) if answer.stats else None
+                    record = {"question": question, "answer": answer.text, "session_id": session.id}
+                    print(json.dumps({**record, "stats": stats}, ensure_ascii=False))
+                elif answer.stats is not None:
+                    print(stats_line(answer.stats), file=sys.stderr)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+        finally:
+            _finish_session(client, session.id, args.keep)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        info = client.server_info()
+    if args.json:
+        print(_to_json(info))
+        return 0
+    limits = info.limits
+    print(f"version         {info.version} (api {info.api_version})")
+    print(f"default model   {info.default_model}")
+    print(f"session store   {info.session_store}")
+    print(f"workers         {info.workers}")
+    print(f"max upload      {human_bytes(limits.max_upload_bytes)}")
+    print(f"frames          default {limits.default_frames}, max {limits.max_frames}")
+    print(f"images          max {limits.max_images}")
+    print(f"resolution      max {limits.max_resolution} px")
+    print(f"question        max {limits.max_question_chars} chars")
+    print(f"new tokens      default {limits.default_max_new_tokens}, max {limits.max_new_tokens}")
+    for name, version in sorted(info.runtime_versions.items()):
+        print(f"{name:<15} {version}")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        models = client.list_models()
+    if args.json:
+        print(_to_json(models))
+        return 0
+    for m in models:
+        default = " (default)" if m.is_default else ""
+        print(f"{m.id}{default}")
+        print(f"  family {m.family}, dtype {m.dtype}, revision {m.revision}")
+        print(f"  KV cache {human_bytes(m.kv_bytes_per_token)} per token")
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        methods = client.list_methods()
+    if args.json:
+        print(_to_json(methods))
+        return 0
+    for m in methods:
+        default = " (default)" if m.is_default else ""
+        print(f"{m.name}{default}: {m.description}")
+        for p in m.params:
+            kind = "int" if p.integer else "float"
+            bounds = f"default {p.default:g}, in [{p.min:g}, {p.max:g}]"
+            print(f"  --param {p.name}=<{kind}>  {bounds}  {p.description}")
+    return 0
+
+
+def _run_server_command(command: str, rest: list[str]) -> int:
+    """Hands ``serve`` / ``frontend`` / ``worker`` to the service package, arguments untouched."""
+    try:
+        from videoqa.service.app import main as service_main
+    except ImportError as e:
+        print(SERVER_EXTRA_HINT, file=sys.stderr)
+        print(f"({e})", file=sys.stderr)
+        return EXIT_USAGE
+    result = service_main([command, *rest])
+    return result if isinstance(result, int) else 0
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``videoqa`` console script; returns the exit status."""
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in SERVER_COMMANDS:
+        return _run_server_command(arguments[0], arguments[1:])
+    if not arguments or arguments[0] not in _CLIENT_COMMANDS:
+        parser = build_parser()
+        parser.parse_args(arguments)  # --version, --help or a usage error: exits
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    args = command_parser(arguments[0]).parse_intermixed_args(arguments[1:])
+    try:
+        return int(args.handler(args))
+    except VideoQAError as e:
+        print(f"error: {e.code.name}: {e.details}", file=sys.stderr)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return EXIT_ERROR
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
