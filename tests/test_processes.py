@@ -1,0 +1,87 @@
+"""The README flow with real processes: `videoqa serve` (and worker + frontend apart) answering the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import wait_serving
+from tests.media import make_video
+
+VIDEOQA = str(Path(sys.executable).parent / "videoqa")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start(*args: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([VIDEOQA, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def stop(process: subprocess.Popen) -> str:
+    process.send_signal(signal.SIGTERM)
+    try:
+        output, _ = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        output, _ = process.communicate()
+        pytest.fail(f"did not exit on SIGTERM:\n{output}")
+    assert process.returncode == 0, output
+    return output
+
+
+def ask(address: str, video: Path, *extra: str) -> dict:
+    result = subprocess.run(
+        [VIDEOQA, "ask", str(video), "What is in the video?", "--server", address, "--frames", "8",
+         "--max-new-tokens", "8", "--json", *extra],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("media") / "demo.mp4"
+    make_video(path, frames=48, size=(160, 120), fps=24)
+    return path
+
+
+def test_serve_answers_the_cli(video):
+    port = free_port()
+    server = start("serve", "--listen", f"127.0.0.1:{port}")
+    try:
+        wait_serving(f"127.0.0.1:{port}", timeout=180)
+        reply = ask(f"127.0.0.1:{port}", video)
+        assert reply["session_id"] and isinstance(reply["answer"], str)
+        assert reply["stats"]["frames_used"] == 8 and reply["stats"]["generated_tokens"] >= 1
+        info = subprocess.run([VIDEOQA, "info", "--server", f"127.0.0.1:{port}"], capture_output=True, text=True,
+                              timeout=60)
+        assert info.returncode == 0 and "tiny-qwen2-vl" in info.stdout
+    finally:
+        output = stop(server)
+    assert "sessions are kept in memory" in output
+
+
+def test_worker_and_frontend_apart(video):
+    worker_port, frontend_port = free_port(), free_port()
+    worker = start("worker", "--listen", f"127.0.0.1:{worker_port}", "--model", "tiny-llava-onevision")
+    frontend = start("frontend", "--listen", f"127.0.0.1:{frontend_port}", "--worker", f"127.0.0.1:{worker_port}")
+    try:
+        wait_serving(f"127.0.0.1:{frontend_port}", timeout=180)
+        reply = ask(f"127.0.0.1:{frontend_port}", video)
+        assert reply["stats"]["frames_used"] == 8
+    finally:
+        stop(frontend)
+        stop(worker)
