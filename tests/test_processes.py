@@ -43,9 +43,23 @@ def stop(process: subprocess.Popen) -> str:
 
 def ask(address: str, video: Path, *extra: str) -> dict:
     result = subprocess.run(
-        [VIDEOQA, "ask", str(video), "What is in the video?", "--server", address, "--frames", "8",
-         "--max-new-tokens", "8", "--json", *extra],
-        capture_output=True, text=True, timeout=120,
+        [
+            VIDEOQA,
+            "ask",
+            str(video),
+            "What is in the video?",
+            "--server",
+            address,
+            "--frames",
+            "8",
+            "--max-new-tokens",
+            "8",
+            "--json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
@@ -66,8 +80,9 @@ def test_serve_answers_the_cli(video):
         reply = ask(f"127.0.0.1:{port}", video)
         assert reply["session_id"] and isinstance(reply["answer"], str)
         assert reply["stats"]["frames_used"] == 8 and reply["stats"]["generated_tokens"] >= 1
-        info = subprocess.run([VIDEOQA, "info", "--server", f"127.0.0.1:{port}"], capture_output=True, text=True,
-                              timeout=60)
+        info = subprocess.run(
+            [VIDEOQA, "info", "--server", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60
+        )
         assert info.returncode == 0 and "tiny-qwen2-vl" in info.stdout
     finally:
         output = stop(server)

@@ -192,3 +192,40 @@ def _field_violations(error: grpc.RpcError) -> list[str]:
             detail.Unpack(bad)
             fields += [v.field for v in bad.field_violations]
     return fields
+
+
+def test_full_queue_is_resource_exhausted_with_retry_hint(server, stub, session_id):
+    """Past the configured number of waiting turns, a new turn is refused, not queued forever."""
+    import threading
+
+    engine = server.engine
+    limit = engine.settings.max_queued_turns
+    engine.settings.max_queued_turns = 1
+    try:
+        long = pb.AskRequest(
+            session_id=session_id, question="go on", generation=pb.GenerationParams(max_new_tokens=4000)
+        )
+        call = stub.Ask(long, timeout=60)
+        started = threading.Event()
+
+        def consume() -> None:
+            try:
+                for _ in call:
+                    started.set()
+            except grpc.RpcError:
+                pass
+
+        reader = threading.Thread(target=consume)
+        reader.start()
+        assert started.wait(30)
+        with pytest.raises(grpc.RpcError) as err:
+            list(stub.Ask(pb.AskRequest(session_id=session_id, question="me too?"), timeout=10))
+        assert err.value.code() == EXHAUSTED
+        retry = [d for d in rpc_status.from_call(err.value).details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+        assert retry, "a full queue should say when to retry"
+        call.cancel()
+        reader.join(10)
+    finally:
+        engine.settings.max_queued_turns = limit
+    _wait_for(lambda: engine.queued_turns == 0)
+    assert_still_serving(stub, session_id)
