@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 from videoqa.worker.errors import (
     InvalidInput,
@@ -52,6 +53,7 @@ from videoqa.worker.types import (
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Event], None]
+T = TypeVar("T")
 
 
 @dataclass
@@ -96,6 +98,30 @@ class _Failure:
 
 
 _DONE = object()
+
+
+@dataclass
+class _FirstTurn:
+    """Everything the compute thread needs to build a new session (validated on the RPC side)."""
+
+    request: CreateRequest
+    model_id: str
+    method: object
+    sampling: SamplingSpec
+    generation: GenerationParams
+    question: str | None
+    media: object
+
+
+def _stage(emit: Emit, control: TurnControl, stage: Stage, work: Callable[[], T], describe: Callable[[T], str]):
+    """Run one timed stage between its start and end progress events; returns (result, seconds)."""
+    control.check()
+    emit(ProgressEvent(stage, 0.0))
+    started = time.perf_counter()
+    result = work()
+    seconds = time.perf_counter() - started
+    emit(ProgressEvent(stage, 1.0, seconds, describe(result)))
+    return result, seconds
 
 
 class Engine:
@@ -292,84 +318,58 @@ class Engine:
         decode_s = time.perf_counter() - started
         yield ProgressEvent(Stage.DECODE, 1.0, decode_s, f"{len(media.indices)} frames")
 
+        plan = _FirstTurn(req, model_id, method, sampling, generation, question, media)
+
         def job(emit: Emit, queue_s: float) -> None:
-            self._first_turn(
-                req,
-                model_id,
-                method,
-                sampling,
-                generation,
-                question,
-                media,
-                control,
-                emit,
-                Timings(upload_s=req.upload_s, decode_s=decode_s, queue_s=queue_s),
-                started,
-            )
+            timings = Timings(upload_s=req.upload_s, decode_s=decode_s, queue_s=queue_s)
+            self._first_turn(plan, control, emit, timings, started)
 
         async for event in self._run(job, control):
             yield event
 
-    def _first_turn(
-        self,
-        req,
-        model_id,
-        method,
-        sampling,
-        generation,
-        question,
-        media,
-        control,
-        emit,
-        timings: Timings,
-        started: float,
-    ) -> None:
+    def _first_turn(self, plan: _FirstTurn, control: TurnControl, emit: Emit, timings: Timings, started: float) -> None:
         from videoqa.worker.sessions import Session
 
-        lm, gen = self.models[model_id], self._generators[model_id]
-        control.check()
-        emit(ProgressEvent(Stage.ENCODE, 0.0))
-        t0 = time.perf_counter()
-        prompt = lm.adapter.prepare(media, question)
-        timings.encode_s = time.perf_counter() - t0
-        emit(ProgressEvent(Stage.ENCODE, 1.0, timings.encode_s, f"{prompt.layout.num_visual_tokens} visual tokens"))
-        control.check()
-        emit(ProgressEvent(Stage.PREFILL, 0.0))
-        t0 = time.perf_counter()
-        state, logits = gen.prefill(prompt)
-        timings.prefill_s = time.perf_counter() - t0
-        emit(ProgressEvent(Stage.PREFILL, 1.0, timings.prefill_s, f"{prompt.layout.prompt_length} tokens"))
-        control.check()
-        emit(ProgressEvent(Stage.PRUNE, 0.0))
-        t0 = time.perf_counter()
-        result = method.apply(state, prompt.layout)
-        timings.prune_s = time.perf_counter() - t0
-        emit(ProgressEvent(Stage.PRUNE, 1.0, timings.prune_s, f"{state.cache_length} cache entries"))
+        lm, gen, req = self.models[plan.model_id], self._generators[plan.model_id], plan.request
+        prompt, timings.encode_s = _stage(
+            emit,
+            control,
+            Stage.ENCODE,
+            lambda: lm.adapter.prepare(plan.media, plan.question),
+            lambda p: f"{p.layout.num_visual_tokens} visual tokens",
+        )
+        (state, logits), timings.prefill_s = _stage(
+            emit, control, Stage.PREFILL, lambda: gen.prefill(prompt), lambda _: f"{prompt.layout.prompt_length} tokens"
+        )
+        result, timings.prune_s = _stage(
+            emit,
+            control,
+            Stage.PRUNE,
+            lambda: plan.method.apply(state, prompt.layout),
+            lambda _: f"{state.cache_length} cache entries",
+        )
         session = Session(
             session_id=req.session_id,
             tenant=req.tenant,
-            model_id=model_id,
+            model_id=plan.model_id,
             media_kind=req.media_kind,
-            sampling=sampling,
-            pruning=PruningSpec(method.name, dict(method.values), method.budget),
-            media=media,
+            sampling=plan.sampling,
+            pruning=PruningSpec(plan.method.name, dict(plan.method.values), plan.method.budget),
+            media=plan.media,
             layout=prompt.layout,
             state=state,
             visual_tokens_after=result.visual_kept,
             recycled_tokens=result.recycled,
             kv_bytes_per_token=lm.kv_bytes_per_token,
         )
-        session.extra["awaiting_question"] = question is None
-        media.frames = media.frames[:0]  # the cache is what we keep; drop the pixels
-        control.check()
-        emit(ProgressEvent(Stage.SAVE, 0.0))
-        t0 = time.perf_counter()
-        self.sessions.put(session)
-        timings.save_s = time.perf_counter() - t0
-        emit(ProgressEvent(Stage.SAVE, 1.0, timings.save_s))
+        session.extra["awaiting_question"] = plan.question is None
+        plan.media.frames = plan.media.frames[:0]  # the cache is what we keep; drop the pixels
+        _, timings.save_s = _stage(emit, control, Stage.SAVE, lambda: self.sessions.put(session), lambda _: "")
         emit(SessionEvent(session.snapshot()))
-        if question is not None:
-            self._answer(session, gen, logits, prompt.layout.prompt_length, generation, control, emit, timings, started)
+        if plan.question is not None:
+            self._answer(
+                session, gen, logits, prompt.layout.prompt_length, plan.generation, control, emit, timings, started
+            )
 
     async def ask(
         self, tenant: str, session_id: str, question: str, params: GenerationParams, control: TurnControl
