@@ -50,6 +50,8 @@ class FrontendSettings(BaseSettings):
     """Largest accepted upload (RESOURCE_EXHAUSTED beyond)."""
     max_images: int = Field(default=512, ge=1, le=100_000)
     """Most images in one image-sequence upload."""
+    max_buffered_upload_bytes: int = Field(default=1 << 30, ge=1024, le=1 << 36)
+    """Bytes of uploads held in memory at once across all calls; beyond, RESOURCE_EXHAUSTED."""
     probe_interval_s: float = Field(default=1.0, gt=0, le=60)
     """How often worker health is probed."""
     grace_s: float = Field(default=10.0, ge=0, le=3600)
@@ -69,6 +71,7 @@ class Running:
     server: grpc.aio.Server
     port: int
     health: health.aio.HealthServicer
+    servicer: object | None = None
     engine: object | None = None
     pool: WorkerPool | None = None
     tasks: tuple[asyncio.Task, ...] = ()
@@ -93,7 +96,8 @@ async def start_worker(settings: WorkerSettings, listen: str = "127.0.0.1:0", en
     engine = engine or Engine(settings)
     server = grpc.aio.server(options=_server_options(settings.max_upload_bytes))
     health_servicer = health.aio.HealthServicer()
-    worker_pb2_grpc.add_WorkerServicer_to_server(WorkerServicer(engine, package_version()), server)
+    servicer = WorkerServicer(engine, package_version())
+    worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     services = (WORKER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
     reflection.enable_server_reflection(services, server)
@@ -114,7 +118,7 @@ async def start_worker(settings: WorkerSettings, listen: str = "127.0.0.1:0", en
         log.info("worker serving on port %d (models: %s)", port, ", ".join(settings.models))
 
     task = asyncio.create_task(load())
-    return Running(server, port, health_servicer, engine=engine, tasks=(task,))
+    return Running(server, port, health_servicer, servicer=servicer, engine=engine, tasks=(task,))
 
 
 async def start_frontend(settings: FrontendSettings, workers: list[str], authenticate=None) -> Running:
@@ -127,6 +131,7 @@ async def start_frontend(settings: FrontendSettings, workers: list[str], authent
         version=package_version(),
         max_upload_bytes=settings.max_upload_bytes,
         max_images=settings.max_images,
+        max_buffered_upload_bytes=settings.max_buffered_upload_bytes,
         **kwargs,
     )
     videoqa_pb2_grpc.add_VideoQAServicer_to_server(servicer, server)
@@ -154,7 +159,7 @@ async def start_frontend(settings: FrontendSettings, workers: list[str], authent
                 log.info("frontend on port %d is %s", port, "SERVING" if serving else "NOT_SERVING")
 
     task = asyncio.create_task(follow_workers())
-    return Running(server, port, health_servicer, pool=pool, tasks=(task,))
+    return Running(server, port, health_servicer, servicer=servicer, pool=pool, tasks=(task,))
 
 
 async def start_serve(worker_settings: WorkerSettings, frontend_settings: FrontendSettings) -> tuple[Running, Running]:

@@ -18,7 +18,7 @@ from videoqa.internal.v1 import worker_pb2 as wpb
 from videoqa.service.auth import Authenticator, allow_all
 from videoqa.service.errors import abort
 from videoqa.service.routing import WorkerHandle, WorkerPool
-from videoqa.service.upload import Upload, read_upload, upload_messages
+from videoqa.service.upload import Upload, UploadBudget, read_upload, upload_messages
 from videoqa.v1 import videoqa_pb2 as pb
 from videoqa.v1 import videoqa_pb2_grpc
 from videoqa.worker.errors import InvalidInput, NotReady, SessionNotFound
@@ -49,11 +49,13 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
         max_images: int,
         authenticate: Authenticator = allow_all,
         session_store: str = "memory",
+        max_buffered_upload_bytes: int = 1 << 30,
     ):
         self.pool = pool
         self.version = version
         self.max_upload_bytes = max_upload_bytes
         self.max_images = max_images
+        self.uploads = UploadBudget(max(max_buffered_upload_bytes, max_upload_bytes))
         self.authenticate = authenticate
         self.session_store = session_store
         self._description: wpb.WorkerDescription | None = None
@@ -127,7 +129,7 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
         try:
             call_context = self._context(context, new_session_id())
             upload: Upload = await read_upload(
-                request_iterator, max_bytes=self.max_upload_bytes, max_images=self.max_images
+                request_iterator, max_bytes=self.max_upload_bytes, max_images=self.max_images, budget=self.uploads
             )
 
             def start(worker: WorkerHandle, timeout: float | None):
@@ -138,8 +140,11 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
 
                 return worker.stub.CreateSession(messages(), timeout=timeout)
 
-            async for response in self._stream(call_context.session_id, context, start):
-                yield response
+            try:
+                async for response in self._stream(call_context.session_id, context, start):
+                    yield response
+            finally:
+                self.uploads.release(upload.size)
         except Exception as error:
             await self._fail(context, error)
 

@@ -14,6 +14,27 @@ from videoqa.worker.types import MediaKind
 CHUNK = 1 << 20
 
 
+class UploadBudget:
+    """Bytes of uploads buffered in memory at once, across all calls of one server.
+
+    Every upload is held in memory until it is decoded; without a shared bound, many concurrent
+    large uploads could exhaust memory. Beyond the budget a new upload is RESOURCE_EXHAUSTED with
+    a retry hint. Used from one event loop, so no lock is needed.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+
+    def take(self, size: int) -> None:
+        if self.used + size > self.limit:
+            raise LimitExceeded("the server is receiving too many uploads at once; retry shortly", retry_after_s=5.0)
+        self.used += size
+
+    def release(self, size: int) -> None:
+        self.used = max(0, self.used - size)
+
+
 @dataclass
 class Upload:
     spec: pb.SessionSpec
@@ -24,8 +45,34 @@ class Upload:
     seconds: float
 
 
-async def read_upload(requests: AsyncIterator[pb.CreateSessionRequest], *, max_bytes: int, max_images: int) -> Upload:
-    """Assemble an upload; refuses oversize uploads as soon as the cap is crossed."""
+async def read_upload(
+    requests: AsyncIterator[pb.CreateSessionRequest],
+    *,
+    max_bytes: int,
+    max_images: int,
+    budget: UploadBudget | None = None,
+) -> Upload:
+    """Assemble an upload; refuses oversize uploads as soon as the cap is crossed.
+
+    With a ``budget``, the upload's bytes are taken from it as they arrive; the caller releases
+    ``Upload.size`` when done with the upload (if reading fails, they are released here).
+    """
+    budget = budget or UploadBudget(max_bytes)
+    taken = [0]
+    try:
+        return await _read(requests, max_bytes, max_images, budget, taken)
+    except BaseException:
+        budget.release(taken[0])
+        raise
+
+
+async def _read(
+    requests: AsyncIterator[pb.CreateSessionRequest],
+    max_bytes: int,
+    max_images: int,
+    budget: UploadBudget,
+    taken: list[int],
+) -> Upload:
     started = time.perf_counter()
     spec: pb.SessionSpec | None = None
     kind: MediaKind | None = None
@@ -55,6 +102,8 @@ async def read_upload(requests: AsyncIterator[pb.CreateSessionRequest], *, max_b
         size += len(data)
         if size > max_bytes:
             raise LimitExceeded(f"the upload exceeds the limit of {max_bytes} bytes")
+        budget.take(len(data))
+        taken[0] += len(data)
         if field == "video_chunk":
             video.append(data)
             continue

@@ -10,7 +10,7 @@ from videoqa.internal.v1 import worker_pb2 as wpb
 from videoqa.internal.v1 import worker_pb2_grpc
 from videoqa.service import convert
 from videoqa.service.errors import abort
-from videoqa.service.upload import read_upload
+from videoqa.service.upload import UploadBudget, read_upload
 from videoqa.v1 import videoqa_pb2 as pb
 from videoqa.worker.engine import CreateRequest, Engine, TurnControl
 from videoqa.worker.errors import InvalidInput, NotReady
@@ -26,6 +26,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     def __init__(self, engine: Engine, version: str):
         self.engine = engine
         self.version = version
+        settings = engine.settings
+        self.uploads = UploadBudget(max(settings.max_buffered_upload_bytes, settings.max_upload_bytes))
 
     async def CreateSession(self, request_iterator, context):
         try:
@@ -41,7 +43,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                     yield message.request
 
             limits = self.engine.settings
-            upload = await read_upload(requests(), max_bytes=limits.max_upload_bytes, max_images=limits.max_images)
+            upload = await read_upload(
+                requests(), max_bytes=limits.max_upload_bytes, max_images=limits.max_images, budget=self.uploads
+            )
             spec = upload.spec
             request = CreateRequest(
                 tenant=call.tenant,
@@ -56,8 +60,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 image_fps=spec.image_fps if upload.kind == MediaKind.IMAGES else 0.0,
                 upload_s=upload.seconds,
             )
-            async for event in self.engine.create_session(request, control_for(context)):
-                yield convert.event_to_pb(event)
+            try:
+                async for event in self.engine.create_session(request, control_for(context)):
+                    yield convert.event_to_pb(event)
+            finally:
+                self.uploads.release(upload.size)
         except Exception as error:
             await abort(context, error)
 

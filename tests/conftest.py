@@ -86,6 +86,11 @@ def server(loop_thread):
     class Handle:
         address = f"127.0.0.1:{frontend.port}"
 
+        @staticmethod
+        def budgets() -> tuple[int, int]:
+            """Upload bytes still taken from the frontend's and the worker's budgets."""
+            return frontend.servicer.uploads.used, worker.servicer.uploads.used
+
     handle = Handle()
     handle.frontend, handle.worker, handle.engine = frontend, worker, worker.engine
     wait_serving(handle.address)

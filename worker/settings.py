@@ -23,6 +23,8 @@ class WorkerSettings(BaseSettings):
     """Weights and KV cache dtype."""
     max_upload_bytes: int = Field(default=256 * MiB, ge=1024, le=1 << 34)
     """Largest accepted upload; larger ones are RESOURCE_EXHAUSTED."""
+    max_buffered_upload_bytes: int = Field(default=1 << 30, ge=1024, le=1 << 36)
+    """Bytes of uploads held in memory at once across all calls; beyond, RESOURCE_EXHAUSTED."""
     max_frames: int = Field(default=64, ge=1, le=4096)
     """Most frames a request may sample."""
     max_images: int = Field(default=512, ge=1, le=100_000)
