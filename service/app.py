@@ -42,7 +42,7 @@ def package_version() -> str:
 class FrontendSettings(BaseSettings):
     """Public frontend configuration (``VIDEOQA_*`` environment variables)."""
 
-    model_config = SettingsConfigDict(env_prefix="VIDEOQA_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="VIDEOQA_", extra="ignore", use_attribute_docstrings=True)
 
     listen: str = "0.0.0.0:50051"
     """Address the public API listens on."""

@@ -13,7 +13,7 @@ MiB = 1 << 20
 class WorkerSettings(BaseSettings):
     """Everything a worker needs to run; every field has a default and bounds."""
 
-    model_config = SettingsConfigDict(env_prefix="VIDEOQA_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="VIDEOQA_", extra="ignore", use_attribute_docstrings=True)
 
     models: list[str] = Field(default=["tiny-qwen2-vl"], min_length=1)
     """Model ids to load (``tiny-*``, a local directory, or a hub id); the first is the default."""
