@@ -328,6 +328,7 @@ class Engine:
             yield event
 
     def _first_turn(self, plan: _FirstTurn, control: TurnControl, emit: Emit, timings: Timings, started: float) -> None:
+        from videoqa.worker.pruning.pipeline import PrunedPrefill
         from videoqa.worker.sessions import Session
 
         lm, gen, req = self.models[plan.model_id], self._generators[plan.model_id], plan.request
@@ -338,15 +339,16 @@ class Engine:
             lambda: lm.adapter.prepare(plan.media, plan.question),
             lambda p: f"{p.layout.num_visual_tokens} visual tokens",
         )
+        pruner = PrunedPrefill(gen, plan.method, question_aware=plan.question is not None)
         (state, logits), timings.prefill_s = _stage(
-            emit, control, Stage.PREFILL, lambda: gen.prefill(prompt), lambda _: f"{prompt.layout.prompt_length} tokens"
-        )
-        result, timings.prune_s = _stage(
             emit,
             control,
-            Stage.PRUNE,
-            lambda: plan.method.apply(state, prompt.layout),
-            lambda _: f"{state.cache_length} cache entries",
+            Stage.PREFILL,
+            lambda: pruner.prefill(prompt),
+            lambda _: f"{prompt.layout.prompt_length} tokens",
+        )
+        result, timings.prune_s = _stage(
+            emit, control, Stage.PRUNE, lambda: pruner.prune(state), lambda _: f"{state.cache_length} cache entries"
         )
         session = Session(
             session_id=req.session_id,

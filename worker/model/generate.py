@@ -16,6 +16,7 @@ from transformers import DynamicCache
 
 from videoqa.worker.model.families import PreparedPrompt
 from videoqa.worker.model.loader import LoadedModel
+from videoqa.worker.pruning.attention import attention_bias
 from videoqa.worker.types import GenerationParams
 
 
@@ -33,21 +34,29 @@ class ConversationState:
     rope_delta: int
     token_ids: list[int] = field(default_factory=list)
     pending_token: int | None = None
+    #: Per-layer additive logit bias [H_kv, n] on the first n cache entries (recycled entries'
+    #: ``ln(count)``); empty when the pruning method uses none.
+    attention_bias: dict[int, torch.Tensor] = field(default_factory=dict)
 
     @property
     def cache_length(self) -> int:
-        return int(self.cache.layers[0].keys.shape[2]) if self.cache.layers else 0
+        """Entries of the longest layer (all layers have the same length unless per-layer budgets)."""
+        return max(self.cache_lengths, default=0)
+
+    @property
+    def cache_lengths(self) -> list[int]:
+        return [int(layer.keys.shape[2]) for layer in self.cache.layers]
 
     def cache_bytes(self) -> int:
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers)
 
-    def checkpoint(self) -> tuple[int, int, int, int | None]:
+    def checkpoint(self) -> tuple[tuple[int, ...], int, int, int | None]:
         """What ``rollback`` needs to undo everything fed after this point."""
-        return self.cache_length, self.next_pos, len(self.token_ids), self.pending_token
+        return tuple(self.cache_lengths), self.next_pos, len(self.token_ids), self.pending_token
 
-    def rollback(self, checkpoint: tuple[int, int, int, int | None]) -> None:
-        length, next_pos, n_ids, pending = checkpoint
-        for layer in self.cache.layers:
+    def rollback(self, checkpoint: tuple[tuple[int, ...], int, int, int | None]) -> None:
+        lengths, next_pos, n_ids, pending = checkpoint
+        for layer, length in zip(self.cache.layers, lengths, strict=True):
             layer.keys = layer.keys[:, :, :length].contiguous()
             layer.values = layer.values[:, :, :length].contiguous()
         self.next_pos, self.pending_token = next_pos, pending
@@ -88,13 +97,14 @@ class Generator:
         if not ids:
             raise ValueError("nothing to feed")
         device = self.lm.device
-        out = self.lm.model(
-            input_ids=torch.tensor([ids], device=device),
-            position_ids=self.lm.adapter.text_positions(state.next_pos, len(ids), state.rope_delta).to(device),
-            past_key_values=state.cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
+        with attention_bias(state.attention_bias):
+            out = self.lm.model(
+                input_ids=torch.tensor([ids], device=device),
+                position_ids=self.lm.adapter.text_positions(state.next_pos, len(ids), state.rope_delta).to(device),
+                past_key_values=state.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
         state.next_pos += len(ids)
         state.token_ids.extend(ids)
         return out.logits[0, -1].float()

@@ -132,7 +132,9 @@ def load_model(model_id: str, *, device: str = "cpu", dtype: str = "float32") ->
             _weights_fingerprint(Path(source), digest)
         else:
             digest.update(str(getattr(model.config, "_commit_hash", "") or "").encode())
-    model.set_attn_implementation("sdpa")
+    from videoqa.worker.pruning.attention import install
+
+    install(model)  # sdpa, plus the statistics and per-layer masks pruning needs
     model = model.to(device)
     adapter = adapter_for(model, processor)
     return LoadedModel(

@@ -65,4 +65,4 @@ def describe_methods() -> list[MethodDescription]:
 
 
 def _load_builtin_methods() -> None:
-    from videoqa.worker.pruning import full  # noqa: F401
+    from videoqa.worker.pruning import methods  # noqa: F401  (registers every built-in method)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from videoqa.worker.model.families import TokenLayout
 from videoqa.worker.model.generate import ConversationState
-from videoqa.worker.pruning.base import PruneResult, PruningMethod
+from videoqa.worker.pruning.base import PruneContext, PruneResult, PruningMethod
 from videoqa.worker.pruning.registry import register
 
 
@@ -13,5 +12,5 @@ class FullCache(PruningMethod):
     name = "full"
     description = "Keeps every token: the unpruned cache (budget must be 1)."
 
-    def apply(self, state: ConversationState, layout: TokenLayout) -> PruneResult:
-        return PruneResult(visual_kept=layout.num_visual_tokens)
+    def apply(self, state: ConversationState, ctx: PruneContext) -> PruneResult:
+        return PruneResult(visual_kept=int(ctx.visual.numel()), layer_lengths=state.cache_lengths)

@@ -1,0 +1,187 @@
+"""The attention function every language-model layer runs through: sdpa, plus what pruning needs.
+
+Registered under :data:`ATTENTION` (with sdpa's mask function, so masks are built exactly as for
+sdpa: with no mask function, transformers passes ``None`` and sdpa would slice the keys of a
+multi-token chunk to its first ``q`` entries). While idle it is sdpa, bit for bit. It adds:
+
+- **Recording** (prefill only): for requested groups of query rows it accumulates, per query head,
+  the column sums of the causal softmax over all keys, and how many of the rows could see each
+  key. Queries arrive post-RoPE and keys are the cache after this chunk's update, so no model
+  specific re-projection is needed (M-RoPE included). Rows are processed in chunks so memory stays
+  bounded for tens of thousands of tokens.
+- **Per-layer masks**: when a layer's cache length differs from the mask built for layer 0 (per
+  layer budgets), the causal mask is rebuilt for that layer.
+- **Per-slot bias**: an additive logit bias on cache entries (``ln(count)`` for recycled entries
+  carrying the mass of the tokens they replace), taken from :func:`attention_bias`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+ATTENTION = "videoqa_sdpa"
+
+
+@dataclass
+class RowGroup:
+    """Query rows whose attention is accumulated, by row index within the recorded forward."""
+
+    name: str
+    rows: torch.Tensor
+    #: ``softmax``, or ``softmax1`` (n-softmax with n = 1: ``exp(z_i) / (1 + Σ exp(z_j))``).
+    normalize: Literal["softmax", "softmax1"] = "softmax"
+    #: Only these layers (``None``: all).
+    layers: frozenset[int] | None = None
+
+
+@dataclass
+class GroupStats:
+    """``colsum`` [H, S]: summed attention each key received from the group's rows, per query
+    head; ``visible`` [S]: how many of the rows could see each key (causal count)."""
+
+    colsum: torch.Tensor
+    visible: torch.Tensor
+    rows: int
+
+    def mean(self) -> torch.Tensor:
+        """Mean attention over the rows [H, S]."""
+        return self.colsum / max(self.rows, 1)
+
+    def causal_mean(self) -> torch.Tensor:
+        """Column sums divided by the number of rows that could see the key [H, S]."""
+        return self.colsum / self.visible.clamp(min=1)
+
+
+@dataclass
+class Recording:
+    """Statistics gathered during one forward pass: ``stats[layer][group name]``."""
+
+    groups: list[RowGroup]
+    #: Keep statistics only for the first ``key_limit`` keys (drops a probe's own keys).
+    key_limit: int | None = None
+    #: Upper bound on the fp32 logits materialised at once, in bytes.
+    chunk_bytes: int = 64 << 20
+    stats: dict[int, dict[str, GroupStats]] = field(default_factory=dict)
+
+    def observe(self, layer: int, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
+        """``query`` [1, H, q, D] (post-RoPE), ``key`` [1, H_kv, S, D] (the cache after update)."""
+        heads, q_len, seq = query.shape[1], query.shape[2], key.shape[2]
+        groups = [g for g in self.groups if g.layers is None or layer in g.layers]
+        if not groups:
+            return
+        keys = key[0].float().repeat_interleave(heads // key.shape[1], dim=0)  # [H, S, D]
+        limit = seq if self.key_limit is None else min(self.key_limit, seq)
+        per_chunk = max(1, self.chunk_bytes // (heads * seq * 4))
+        key_pos = torch.arange(seq, device=key.device)
+        out = self.stats.setdefault(layer, {})
+        for group in groups:
+            rows = group.rows.to(query.device)
+            colsum = torch.zeros(heads, seq, device=query.device)
+            visible = torch.zeros(seq, device=query.device)
+            for start in range(0, rows.numel(), per_chunk):
+                chunk = rows[start : start + per_chunk]
+                logits = torch.einsum("hqd,hsd->hqs", query[0, :, chunk].float(), keys) * scaling
+                # Row r of the chunk sits at key position seq - q_len + r and sees keys up to it.
+                allowed = key_pos[None, :] <= (seq - q_len + chunk)[:, None]  # [c, S]
+                logits = logits.masked_fill(~allowed[None], float("-inf"))
+                colsum += _normalize(logits, group.normalize).sum(dim=1)
+                visible += allowed.sum(dim=0)
+            out[group.name] = GroupStats(colsum[:, :limit], visible[:limit], int(rows.numel()))
+
+
+def _normalize(logits: torch.Tensor, mode: str) -> torch.Tensor:
+    if mode == "softmax":
+        return torch.softmax(logits, dim=-1)
+    top = logits.amax(dim=-1, keepdim=True).clamp(min=0)  # n-softmax: the extra 1 is exp(0)
+    exp = torch.exp(logits - top)
+    return exp / (torch.exp(-top) + exp.sum(dim=-1, keepdim=True))
+
+
+_recording: ContextVar[Recording | None] = ContextVar("videoqa_recording", default=None)
+_bias: ContextVar[dict[int, torch.Tensor] | None] = ContextVar("videoqa_attention_bias", default=None)
+
+
+@contextlib.contextmanager
+def recording(record: Recording) -> Iterator[Recording]:
+    """Record attention statistics of the forward passes run inside the block."""
+    token = _recording.set(record)
+    try:
+        yield record
+    finally:
+        _recording.reset(token)
+
+
+@contextlib.contextmanager
+def attention_bias(bias: dict[int, torch.Tensor] | None) -> Iterator[None]:
+    """Apply per-layer additive biases [H_kv, n] to the first n cache entries inside the block."""
+    token = _bias.set(bias or None)
+    try:
+        yield
+    finally:
+        _bias.reset(token)
+
+
+def _fit_mask(mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor | None:
+    """The layer's causal mask when its cache length differs from the one the mask was built for."""
+    q_len, seq = query.shape[2], key.shape[2]
+    if mask is not None and mask.shape[-1] == seq:
+        return mask
+    if q_len == 1 or (mask is None and q_len == seq):
+        return None  # one query sees every entry / sdpa's own causal path (a plain prefill)
+    return torch.ones(q_len, seq, dtype=torch.bool, device=query.device).tril(seq - q_len)[None, None]
+
+
+def _with_bias(mask: torch.Tensor | None, bias: torch.Tensor, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """A float mask [1, H, q, S]: the causal mask plus ``bias`` [H_kv, n] on the first n entries."""
+    heads, q_len, seq = query.shape[1], query.shape[2], key.shape[2]
+    full = torch.zeros(bias.shape[0], seq, dtype=query.dtype, device=query.device)
+    n = min(bias.shape[1], seq)
+    full[:, :n] = bias[:, :n].to(query.dtype)
+    full = full.repeat_interleave(heads // bias.shape[0], dim=0)[None, :, None, :].expand(1, heads, q_len, seq)
+    if mask is None:
+        if q_len == 1:
+            return full.contiguous()
+        mask = torch.ones(q_len, seq, dtype=torch.bool, device=query.device).tril(seq - q_len)[None, None]
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(~mask, float("-inf"))
+    return (mask + full).contiguous()
+
+
+def attention(module, query, key, value, attention_mask, **kwargs):
+    """sdpa with recording, per-layer masks and per-slot bias (see the module docstring)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not getattr(module, "is_causal", False):  # vision tower: untouched
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    layer = getattr(module, "layer_idx", None)
+    record = _recording.get()
+    if record is not None and layer is not None and query.shape[2] > 1:
+        scaling = kwargs.get("scaling") or getattr(module, "scaling", query.shape[-1] ** -0.5)
+        record.observe(layer, query, key, scaling)
+    mask = _fit_mask(attention_mask, query, key)
+    biases = _bias.get()
+    if biases is not None and layer in biases:
+        mask = _with_bias(mask, biases[layer], query, key)
+    return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+
+
+_installed = False
+
+
+def install(model) -> None:
+    """Route the model's language-model attention through :func:`attention` (vision stays sdpa)."""
+    global _installed
+    if not _installed:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(ATTENTION, attention)
+        AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+        _installed = True
+    model.set_attn_implementation({"text_config": ATTENTION, "vision_config": "sdpa"})
