@@ -33,13 +33,14 @@ class PrunedPrefill:
         self.question_aware = question_aware
         self.prompt: PreparedPrompt | None = None
         self.record = Recording([])
+        self._context: PruneContext | None = None
 
     def _rows(self, layout, window: torch.Tensor) -> RowSets:
         size = int(self.method.values.get("window", 64))
         return RowSets(layout, window[-size:], self.question_aware, self.generator.lm.num_layers)
 
     def prefill(self, prompt: PreparedPrompt) -> tuple[ConversationState, torch.Tensor]:
-        self.prompt = prompt
+        self.prompt, self._context = prompt, None
         layout = prompt.layout
         rows = self._rows(layout, torch.arange(layout.visual_end, layout.prompt_length))
         groups = self.method.prefill_groups(rows)
@@ -50,22 +51,26 @@ class PrunedPrefill:
             return self.generator.prefill(prompt)
 
     def prune(self, state: ConversationState) -> PruneResult:
-        assert self.prompt is not None, "prefill() first"
-        layout = self.prompt.layout
-        window = self.record
-        if not self.question_aware:
-            window = self._probe(state)
-        cfg = self.generator.lm.text_config
-        ctx = PruneContext(
-            layout=layout,
-            prefill=self.record,
-            window=window,
-            num_layers=int(cfg.num_hidden_layers),
-            num_heads=int(cfg.num_attention_heads),
-            num_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads),
-            question_aware=self.question_aware,
-        )
-        return self.method.apply(state, ctx)
+        """Probe if needed, then let the method shrink the cache."""
+        return self.method.apply(state, self.context(state))
+
+    def context(self, state: ConversationState) -> PruneContext:
+        """What the method scores with (runs the probe in question-agnostic mode, once)."""
+        if self.prompt is None:
+            raise RuntimeError("prefill() first")
+        if self._context is None:
+            window = self.record if self.question_aware else self._probe(state)
+            cfg = self.generator.lm.text_config
+            self._context = PruneContext(
+                layout=self.prompt.layout,
+                prefill=self.record,
+                window=window,
+                num_layers=int(cfg.num_hidden_layers),
+                num_heads=int(cfg.num_attention_heads),
+                num_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads),
+                question_aware=self.question_aware,
+            )
+        return self._context
 
     def _probe(self, state: ConversationState) -> Recording:
         """Record the method's window statistics over the probe prompt, then roll it back."""
