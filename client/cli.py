@@ -6,8 +6,8 @@ Client commands (need only the base install)::
     videoqa chat VIDEO [options]            upload once, then answer questions read from stdin
     videoqa info | models | methods         describe the deployment
 
-Server commands (``serve``, ``frontend``, ``worker``) are handed, arguments untouched, to
-``videoqa.service.app`` which needs the ``server`` extra.
+Server commands (``serve``, ``frontend``, ``worker``, ``diagnose``) are handed, arguments untouched,
+to the module named in ``SERVER_COMMANDS``; they need the ``server`` extra.
 """
 
 from __future__ import annotations
@@ -40,11 +40,18 @@ from .types import (
     TurnStats,
 )
 
-SERVER_COMMANDS = ("serve", "frontend", "worker")
+#: Commands that need the server extra, and the module whose ``main(argv)`` runs each.
+SERVER_COMMANDS = {
+    "serve": "videoqa.service.app",
+    "frontend": "videoqa.service.app",
+    "worker": "videoqa.service.app",
+    "diagnose": "videoqa.worker.pruning.diagnose",
+}
 _SERVER_HELP = {
     "serve": "run a frontend and a worker in one process",
     "frontend": "run the public API frontend",
     "worker": "run a model worker",
+    "diagnose": "plot per-frame attention (attention myopia) and kept tokens per method, locally",
 }
 SERVER_EXTRA_HINT = "the server needs the server extra: pip install 'videoqa[server]'"
 EXIT_ERROR = 1
@@ -530,14 +537,16 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _run_server_command(command: str, rest: list[str]) -> int:
-    """Hands ``serve`` / ``frontend`` / ``worker`` to the service package, arguments untouched."""
+    """Hands a server command to its module (``SERVER_COMMANDS``), arguments untouched."""
+    import importlib
+
     try:
-        from videoqa.service.app import main as service_main
+        module = importlib.import_module(SERVER_COMMANDS[command])
     except ImportError as e:
         print(SERVER_EXTRA_HINT, file=sys.stderr)
         print(f"({e})", file=sys.stderr)
         return EXIT_USAGE
-    result = service_main([command, *rest])
+    result = module.main([command, *rest])
     return result if isinstance(result, int) else 0
 
 
