@@ -193,6 +193,8 @@ class TinySpec:
     heads: int = 4
     kv_heads: int = 2
     image_size: int = 224
+    #: MLP width (default: 2 × hidden).
+    intermediate: int | None = None
 
 
 TINY_MODELS: dict[str, TinySpec] = {
@@ -207,7 +209,7 @@ def _text_config(spec: TinySpec, tok: Any) -> dict[str, Any]:
     return dict(
         vocab_size=len(tok),
         hidden_size=spec.hidden,
-        intermediate_size=spec.hidden * 2,
+        intermediate_size=spec.intermediate or spec.hidden * 2,
         num_hidden_layers=spec.layers,
         num_attention_heads=spec.heads,
         num_key_value_heads=spec.kv_heads,
@@ -324,7 +326,11 @@ def build_tiny(model_id: str, seed: int = 0) -> tuple[Any, Any]:
     """
     if model_id not in TINY_MODELS:
         raise KeyError(model_id)
-    spec = TINY_MODELS[model_id]
+    return build_from_spec(TINY_MODELS[model_id], seed)
+
+
+def build_from_spec(spec: TinySpec, seed: int = 0) -> tuple[Any, Any]:
+    """Build ``(model, processor)`` of a family at the sizes ``spec`` gives (random weights)."""
     tok = build_tokenizer(spec.family)
     torch.manual_seed(seed)
     if spec.family == "llava_onevision":
