@@ -65,7 +65,7 @@ class DynamicAttentionSubsidy(ScoredMethod):
             "window", "Observation window: last query rows of the question or probe", 64, 1, 4096, integer=True
         ),
         MethodParam(
-            "visual_rows", "Visual query rows for frame->frame attention (strided)", 2048, 1, 1 << 20, integer=True
+            "visual_rows", "Visual query rows for frame->frame attention (strided)", 128, 1, 1 << 20, integer=True
         ),
         MethodParam("kernel", "Pooling of scores within a frame span (1: none)", 1, 1, 63, integer=True),
         MethodParam(
