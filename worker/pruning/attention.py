@@ -83,15 +83,20 @@ class Recording:
         for group in groups:
             rows = group.rows.to(query.device)
             colsum = torch.zeros(heads, seq, device=query.device)
-            visible = torch.zeros(seq, device=query.device)
+            visible = torch.zeros(seq, dtype=torch.long, device=query.device)
             for start in range(0, rows.numel(), per_chunk):
                 chunk = rows[start : start + per_chunk]
-                logits = torch.einsum("hqd,hsd->hqs", query[0, :, chunk].float(), keys) * scaling
-                # Row r of the chunk sits at key position seq - q_len + r and sees keys up to it.
-                allowed = key_pos[None, :] <= (seq - q_len + chunk)[:, None]  # [c, S]
-                logits = logits.masked_fill(~allowed[None], float("-inf"))
+                logits = torch.einsum("hqd,hsd->hqs", query[0, :, chunk].float() * scaling, keys)
+                # Row r of the chunk sits at key position seq - q_len + r and sees keys up to it;
+                # only columns after the chunk's first row can be hidden from some of its rows.
+                horizon = seq - q_len + chunk  # [c]
+                first = int(horizon.min()) + 1
+                if first < seq:
+                    hidden = key_pos[None, first:] > horizon[:, None]  # [c, S - first]
+                    logits[:, :, first:].masked_fill_(hidden[None], float("-inf"))
                 colsum += _normalize(logits, group.normalize).sum(dim=1)
-                visible += allowed.sum(dim=0)
+                # Rows that see key j are those with horizon >= j: a suffix sum of the horizon histogram.
+                visible += torch.bincount(horizon.clamp(max=seq - 1), minlength=seq).flip(0).cumsum(0).flip(0)
             out[group.name] = GroupStats(colsum[:, :limit], visible[:limit], int(rows.numel()))
 
 
