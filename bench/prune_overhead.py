@@ -1,9 +1,10 @@
 """Pruning overhead as a ratio to prefill time, measured side by side in one run.
 
 For each frame count, the same prompt is prefilled without pruning (the reference) and with each
-method (question-aware); the overhead of a method is the extra prefill time its attention
-statistics cost plus the time of ``prune()`` (scoring, top-k, Recycling Bin, gather). Runs are
-interleaved and medians taken, so machine noise hits every configuration alike.
+method (question-aware). A method's overhead is the time its attention statistics take inside
+the prefill (timed by the recording itself, so no difference of two noisy prefill times) plus the
+time of ``prune()`` (scoring, top-k, Recycling Bin, gather). Runs are interleaved and medians
+taken.
 
     python bench/prune_overhead.py                       # tiny + small configs, 16/32/64 frames
     python bench/prune_overhead.py --quick               # a seconds-long smoke run
@@ -25,14 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from videoqa.worker.model import tiny  # noqa: E402
-from videoqa.worker.model.generate import Generator  # noqa: E402
-from videoqa.worker.model.loader import load_model  # noqa: E402
-from videoqa.worker.pruning.pipeline import PrunedPrefill  # noqa: E402
-from videoqa.worker.pruning.registry import build_method  # noqa: E402
-from videoqa.worker.types import DecodedMedia, PruningSpec  # noqa: E402
+from videoqa.worker.model import tiny
+from videoqa.worker.model.generate import Generator
+from videoqa.worker.model.loader import load_model
+from videoqa.worker.pruning.pipeline import PrunedPrefill
+from videoqa.worker.pruning.registry import build_method
+from videoqa.worker.types import DecodedMedia, PruningSpec
 
 METHODS = ["das", "snapkv", "h2o", "fastv", "pyramidkv", "csp", "look_m", "madakv", "streaming_llm", "random"]
 QUESTION = "What happens in the last frames of the video?"
@@ -76,13 +75,13 @@ def measure(lm, count: int, methods: list[str], budget: float, reps: int) -> dic
         base.append(timed(lambda: gen.prefill(prompt)))
         for name in methods:
             pipeline = PrunedPrefill(gen, build_method(PruningSpec(name, {}, budget)), question_aware=True)
-            box = {}
-            record[name].append(timed(lambda p=pipeline, b=box: b.update(state=p.prefill(prompt)[0])))
-            prune[name].append(timed(lambda p=pipeline, b=box: p.prune(b["state"])))
+            state, _ = pipeline.prefill(prompt)
+            record[name].append(pipeline.record.seconds)  # the statistics' own time inside the prefill
+            prune[name].append(timed(lambda p=pipeline, s=state: p.prune(s)))
     prefill = statistics.median(base)
     rows = {}
     for name in methods:
-        stats_cost = max(0.0, statistics.median(record[name]) - prefill)
+        stats_cost = statistics.median(record[name])
         apply_cost = statistics.median(prune[name])
         rows[name] = {
             "stats_seconds": stats_cost,
@@ -102,14 +101,19 @@ def markdown(results: list[dict], budget: float) -> str:
     methods = list(results[0]["runs"][0]["methods"])
     lines = []
     for result in results:
-        lines.append(f"\n**{result['model']}** ({result['description']}), budget {budget:.0%}, "
-                     f"device {result['device']}: overhead / prefill time\n")
+        lines.append(
+            f"\n**{result['model']}** ({result['description']}), budget {budget:.0%}, "
+            f"device {result['device']}: overhead / prefill time\n"
+        )
         lines.append("| frames | prompt tokens | prefill (s) | " + " | ".join(methods) + " |")
         lines.append("|---" * (3 + len(methods)) + "|")
         for run in result["runs"]:
             cells = [f"{run['methods'][m]['overhead_ratio'] * 100:.1f}%" for m in methods]
-            lines.append(f"| {run['frames']} | {run['prompt_tokens']} | {run['prefill_seconds']:.3f} | "
-                         + " | ".join(cells) + " |")
+            lines.append(
+                f"| {run['frames']} | {run['prompt_tokens']} | {run['prefill_seconds']:.3f} | "
+                + " | ".join(cells)
+                + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -121,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--spec", action="append", default=None,
-                        help="extra family-sized config: layers,hidden,heads,kv_heads[,intermediate]")
+    parser.add_argument(
+        "--spec",
+        action="append",
+        default=None,
+        help="extra family-sized config: layers,hidden,heads,kv_heads[,intermediate]",
+    )
     parser.add_argument("--quick", action="store_true", help="4 frames, 1 repetition, tiny model only")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
@@ -136,8 +144,12 @@ def main(argv: list[str] | None = None) -> int:
         values = [int(x) for x in text.split(",")]
         layers, hidden, heads, kv_heads = values[:4]
         intermediate = values[4] if len(values) > 4 else None
-        name = register_spec(f"qwen2-vl-{layers}x{hidden}", tiny.TinySpec(
-            "qwen2_vl", layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, intermediate=intermediate))
+        name = register_spec(
+            f"qwen2-vl-{layers}x{hidden}",
+            tiny.TinySpec(
+                "qwen2_vl", layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, intermediate=intermediate
+            ),
+        )
         models.append((name, f"{layers} layers, hidden {hidden}, {heads}/{kv_heads} heads"))
     counts = [4] if args.quick else [int(x) for x in args.frames.split(",")]
     reps = 1 if args.quick else args.reps
@@ -151,13 +163,22 @@ def main(argv: list[str] | None = None) -> int:
             run = measure(lm, count, methods, args.budget, reps)
             runs.append(run)
             worst = max(run["methods"].values(), key=lambda r: r["overhead_ratio"])["overhead_ratio"]
-            print(f"{model_id} {count} frames: prefill {run['prefill_seconds']:.3f}s, "
-                  + ", ".join(f"{m} {r['overhead_ratio'] * 100:.1f}%" for m, r in run["methods"].items())
-                  + f" (worst {worst * 100:.1f}%)", flush=True)
-        results.append({"model": model_id, "description": description, "device": args.device,
-                        "dtype": args.dtype, "runs": runs})
-    meta = {"machine": platform.platform(), "cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "budget": args.budget, "reps": reps}
+            print(
+                f"{model_id} {count} frames: prefill {run['prefill_seconds']:.3f}s, "
+                + ", ".join(f"{m} {r['overhead_ratio'] * 100:.1f}%" for m, r in run["methods"].items())
+                + f" (worst {worst * 100:.1f}%)",
+                flush=True,
+            )
+        results.append(
+            {"model": model_id, "description": description, "device": args.device, "dtype": args.dtype, "runs": runs}
+        )
+    meta = {
+        "machine": platform.platform(),
+        "cpu_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "budget": args.budget,
+        "reps": reps,
+    }
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))

@@ -18,6 +18,7 @@ multi-token chunk to its first ``q`` entries). While idle it is sdpa, bit for bi
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -68,13 +69,22 @@ class Recording:
     #: Upper bound on the fp32 logits materialised at once, in bytes.
     chunk_bytes: int = 64 << 20
     stats: dict[int, dict[str, GroupStats]] = field(default_factory=dict)
+    #: Wall time spent computing statistics (what recording adds to a forward pass).
+    seconds: float = 0.0
 
     def observe(self, layer: int, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
         """``query`` [1, H, q, D] (post-RoPE), ``key`` [1, H_kv, S, D] (the cache after update)."""
-        heads, q_len, seq = query.shape[1], query.shape[2], key.shape[2]
         groups = [g for g in self.groups if g.layers is None or layer in g.layers]
         if not groups:
             return
+        _synchronize(query.device)
+        started = time.perf_counter()
+        self._observe(layer, groups, query, key, scaling)
+        _synchronize(query.device)
+        self.seconds += time.perf_counter() - started
+
+    def _observe(self, layer: int, groups: list[RowGroup], query, key, scaling: float) -> None:
+        heads, q_len, seq = query.shape[1], query.shape[2], key.shape[2]
         keys = key[0].float().repeat_interleave(heads // key.shape[1], dim=0)  # [H, S, D]
         limit = seq if self.key_limit is None else min(self.key_limit, seq)
         per_chunk = max(1, self.chunk_bytes // (heads * seq * 4))
@@ -98,6 +108,12 @@ class Recording:
                 # Rows that see key j are those with horizon >= j: a suffix sum of the horizon histogram.
                 visible += torch.bincount(horizon.clamp(max=seq - 1), minlength=seq).flip(0).cumsum(0).flip(0)
             out[group.name] = GroupStats(colsum[:, :limit], visible[:limit], int(rows.numel()))
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work so that the timing is the statistics' own (no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _normalize(logits: torch.Tensor, mode: str) -> torch.Tensor:

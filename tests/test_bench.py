@@ -1,0 +1,26 @@
+"""The pruning-overhead benchmark runs end to end in its quick mode and writes its results."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_prune_overhead_quick(tmp_path):
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "prune_overhead.py"), "--quick", "--methods", "das,snapkv",
+         "--json", str(out_json), "--markdown", str(out_md)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    data = json.loads(out_json.read_text())
+    (result,) = data["results"]
+    (row,) = result["runs"]
+    assert row["prefill_seconds"] > 0 and set(row["methods"]) == {"das", "snapkv"}
+    assert all(m["overhead_ratio"] >= 0 for m in row["methods"].values())
+    assert "| frames |" in out_md.read_text()
