@@ -13,9 +13,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_prune_overhead_quick(tmp_path):
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
     run = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "prune_overhead.py"), "--quick", "--methods", "das,snapkv",
-         "--json", str(out_json), "--markdown", str(out_md)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "bench" / "prune_overhead.py"),
+            "--quick",
+            "--methods",
+            "das,snapkv",
+            "--json",
+            str(out_json),
+            "--markdown",
+            str(out_md),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     data = json.loads(out_json.read_text())
