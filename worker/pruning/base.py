@@ -28,6 +28,11 @@ from videoqa.worker.model.generate import ConversationState
 from videoqa.worker.pruning.attention import GroupStats, Recording, RowGroup
 from videoqa.worker.types import MethodParam
 
+#: The observation window of the methods that score with one (the question, or the probe prompt).
+WINDOW = MethodParam(
+    "window", "Observation window: last query rows of the question or probe", 64, 1, 4096, integer=True
+)
+
 #: Parameters every method has: the Recycling Bin is a merger any method can use.
 SHARED_PARAMS: tuple[MethodParam, ...] = (
     MethodParam(

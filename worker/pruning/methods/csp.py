@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from videoqa.worker.pruning.attention import RowGroup
-from videoqa.worker.pruning.base import SHARED_PARAMS, PruneContext, RowSets, ScoredMethod
+from videoqa.worker.pruning.base import SHARED_PARAMS, WINDOW, PruneContext, RowSets, ScoredMethod
 from videoqa.worker.pruning.registry import register
 from videoqa.worker.types import MethodParam
 
@@ -25,7 +25,7 @@ class CrossSelfPruning(ScoredMethod):
     params = (
         MethodParam("cross_ratio", "Share of kept slots chosen by cross (text->visual) attention", 0.5, 0, 1),
         MethodParam("window_ratio", "Visual query rows: the last fraction of the prefill", 0.1, 0.001, 1),
-        MethodParam("window", "Text query rows: last rows of the question or probe", 64, 1, 4096, integer=True),
+        WINDOW,
         *SHARED_PARAMS,
     )
 

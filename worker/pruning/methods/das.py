@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from videoqa.worker.pruning.attention import RowGroup
-from videoqa.worker.pruning.base import SHARED_PARAMS, PruneContext, RowSets, ScoredMethod
+from videoqa.worker.pruning.base import SHARED_PARAMS, WINDOW, PruneContext, RowSets, ScoredMethod
 from videoqa.worker.pruning.registry import register
 from videoqa.worker.types import MethodParam
 
@@ -61,9 +61,7 @@ class DynamicAttentionSubsidy(ScoredMethod):
         MethodParam("gamma", "Subsidy strength: last frame's weight relative to the first (1: none)", 1.5, 1, 10),
         MethodParam("subsidy", "0: exponential position prior, 1: fitted-decay variant", 0, 0, 1, integer=True),
         MethodParam("lambda_max", "Cap on the fitted per-frame decay rate (subsidy=1)", 1.0, 0, 10),
-        MethodParam(
-            "window", "Observation window: last query rows of the question or probe", 64, 1, 4096, integer=True
-        ),
+        WINDOW,
         MethodParam(
             "visual_rows", "Visual query rows for frame->frame attention (strided)", 128, 1, 1 << 20, integer=True
         ),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from videoqa.worker.pruning.attention import RowGroup
-from videoqa.worker.pruning.base import SHARED_PARAMS, PruneContext, RowSets, ScoredMethod
+from videoqa.worker.pruning.base import SHARED_PARAMS, WINDOW, PruneContext, RowSets, ScoredMethod
 from videoqa.worker.pruning.registry import register
 from videoqa.worker.types import MethodParam
 
@@ -25,7 +25,7 @@ class MadaKVLike(ScoredMethod):
     name = "madakv"
     description = "MadaKV-like reconstruction: per-head visual budgets from modality preference, compensated."
     params = (
-        MethodParam("window", "Observation window: last query rows used for scoring", 64, 1, 4096, integer=True),
+        WINDOW,
         MethodParam("min_keep", "Smallest share of the slots a head keeps as exact tokens", 0.25, 0, 1),
         MethodParam(
             "compensate",

@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from videoqa.worker.pruning.attention import RowGroup
-from videoqa.worker.pruning.base import SHARED_PARAMS, PruneContext, RowSets, ScoredMethod
+from videoqa.worker.pruning.base import SHARED_PARAMS, WINDOW, PruneContext, RowSets, ScoredMethod
 from videoqa.worker.pruning.registry import register
 from videoqa.worker.types import MethodParam
 
 WINDOW_PARAMS = (
-    MethodParam("window", "Observation window: last query rows used for scoring", 64, 1, 4096, integer=True),
+    WINDOW,
     MethodParam("kernel", "1-D pooling kernel over neighbouring tokens (1: none)", 5, 1, 63, integer=True),
     MethodParam("max_pool", "Pooling: 0 average, 1 max", 0, 0, 1, integer=True),
 )
