@@ -178,6 +178,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def worker_flags(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", action="append", dest="models", help="model id or directory (repeatable)")
+        p.add_argument("--redis-url", help="keep sessions in Redis (redis://host:6379/0, rediss:// for TLS)")
         p.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
 
@@ -196,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _worker_settings(args: argparse.Namespace) -> WorkerSettings:
-    overrides = {k: v for k in ("models", "device", "dtype") if (v := getattr(args, k, None))}
+    overrides = {k: v for k in ("models", "device", "dtype", "redis_url") if (v := getattr(args, k, None))}
     return WorkerSettings(**overrides)
 
 
@@ -219,7 +220,10 @@ async def _run(args: argparse.Namespace) -> None:
         log.info(
             "videoqa %s listening on port %d; model %s loading", package_version(), frontend.port, settings.models[0]
         )
-        log.info("sessions are kept in memory in this process (they do not survive a restart)")
+        if settings.redis_url:
+            log.info("sessions are stored in Redis at %s", settings.redis_url.split("@")[-1])
+        else:
+            log.info("sessions are kept in memory in this process (they do not survive a restart)")
     elif args.command == "frontend":
         frontend = await start_frontend(_frontend_settings(args), args.workers)
         running = [frontend]

@@ -48,7 +48,6 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
         max_upload_bytes: int,
         max_images: int,
         authenticate: Authenticator = allow_all,
-        session_store: str = "memory",
         max_buffered_upload_bytes: int = 1 << 30,
     ):
         self.pool = pool
@@ -57,7 +56,6 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
         self.max_images = max_images
         self.uploads = UploadBudget(max(max_buffered_upload_bytes, max_upload_bytes))
         self.authenticate = authenticate
-        self.session_store = session_store
         self._description: wpb.WorkerDescription | None = None
 
     # --- helpers ---------------------------------------------------------------------------------
@@ -199,7 +197,6 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
             info.CopyFrom((await self._description_of_workers(context)).info)
             info.version = self.version
             info.workers = len(self.pool.workers)
-            info.session_store = self.session_store
             info.limits.max_upload_bytes = min(info.limits.max_upload_bytes, self.max_upload_bytes)
             info.limits.max_images = min(info.limits.max_images, self.max_images)
             return info

@@ -121,7 +121,7 @@ def describe(engine: Engine, version: str) -> wpb.WorkerDescription:
             api_version="v1",
             limits=convert.limits_to_pb(engine.limits()),
             default_model=engine.default_model,
-            session_store="memory",
+            session_store="redis" if engine.settings.redis_url else "memory",
             runtime_versions={
                 "torch": torch.__version__,
                 "transformers": transformers.__version__,

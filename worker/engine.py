@@ -92,6 +92,28 @@ class TurnControl:
             raise TurnDeadlineExceeded("the request's deadline passed")
 
 
+def make_store(settings: WorkerSettings):
+    """Redis when a URL is configured, else the in-process store (single-process default)."""
+    from videoqa.worker.kvcache.store import InProcessStore, RedisStore
+
+    if settings.redis_url:
+        return RedisStore(
+            settings.redis_url,
+            ttl_s=settings.session_ttl_s,
+            max_session_bytes=settings.max_session_bytes,
+            chunk_bytes=settings.store_chunk_bytes,
+            username=settings.redis_username,
+            password=settings.redis_password.get_secret_value() if settings.redis_password else None,
+            ca_certs=settings.redis_ca_certs,
+        )
+    return InProcessStore(
+        ttl_s=settings.session_ttl_s,
+        max_session_bytes=settings.max_session_bytes,
+        max_sessions=settings.max_sessions,
+        chunk_bytes=settings.store_chunk_bytes,
+    )
+
+
 class _Failure:
     def __init__(self, error: BaseException):
         self.error = error
@@ -127,19 +149,26 @@ def _stage(emit: Emit, control: TurnControl, stage: Stage, work: Callable[[], T]
 class Engine:
     """Loads the models, holds the sessions, and runs turns."""
 
-    def __init__(self, settings: WorkerSettings | None = None, decoder=None, sessions=None):
-        from videoqa.worker.sessions import InMemorySessionStore
+    def __init__(self, settings: WorkerSettings | None = None, decoder=None, store=None):
+        from videoqa.worker.sessions import SessionManager
 
         self.settings = settings or WorkerSettings()
         self.models: dict = {}
         self._generators: dict = {}
-        self.sessions = sessions or InMemorySessionStore(self.settings.max_sessions, self.settings.session_ttl_s)
+        #: Plain counters (turns by outcome, generated tokens, session lookups); the metrics layer reads them.
+        self.counters: Counter[str] = Counter()
+        self.sessions = SessionManager(
+            store or make_store(self.settings),
+            models=self.models,
+            hot_bytes=self.settings.hot_tier_bytes,
+            quantize=self.settings.storage_quantization,
+            lease_s=self.settings.lock_lease_s,
+            counters=self.counters,
+        )
         self._decoder = decoder
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="videoqa-compute")
         self._admission = threading.Lock()
         self._queued = 0
-        #: Plain counters (turns by outcome, generated tokens); the metrics layer reads them.
-        self.counters: Counter[str] = Counter()
         self.ready = False
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -366,7 +395,7 @@ class Engine:
         )
         session.extra["awaiting_question"] = plan.question is None
         plan.media.frames = plan.media.frames[:0]  # the cache is what we keep; drop the pixels
-        _, timings.save_s = _stage(emit, control, Stage.SAVE, lambda: self.sessions.put(session), lambda _: "")
+        _, timings.save_s = _stage(emit, control, Stage.SAVE, lambda: self.sessions.create(session), lambda _: "")
         emit(SessionEvent(session.snapshot()))
         if plan.question is not None:
             self._answer(
@@ -380,26 +409,37 @@ class Engine:
         self._require_ready()
         self.validate_question(question)
         generation = self.resolve_generation(params)
-        self.sessions.get(tenant, session_id)  # fail fast on an unknown session
         started = time.perf_counter()
+        # Turns on one session run one at a time across workers; waiting respects the deadline.
+        lease = await self.sessions.lease(session_id, control.deadline)
 
         def job(emit: Emit, queue_s: float) -> None:
-            session = self.sessions.get(tenant, session_id)
-            gen = self._generators[session.model_id]
-            control.check()
-            checkpoint = session.state.checkpoint()
             try:
-                ids = gen.turn_input(session.state, question, first=session.extra.get("awaiting_question", False))
-                logits = gen.feed(session.state, ids)
-            except BaseException:
-                session.state.rollback(checkpoint)
-                raise
-            self._answer(
-                session, gen, logits, len(ids), generation, control, emit, Timings(queue_s=queue_s), started, checkpoint
-            )
+                self._follow_up(tenant, session_id, question, generation, control, emit, queue_s, started)
+            finally:
+                lease.release()  # as soon as the turn ends, whatever becomes of the RPC
 
-        async for event in self._run(job, control):
-            yield event
+        try:
+            async for event in self._run(job, control):
+                yield event
+        except Overloaded:  # refused before the job was queued: it will never release the lease
+            await asyncio.to_thread(lease.release)
+            raise
+
+    def _follow_up(self, tenant, session_id, question, generation, control, emit, queue_s, started) -> None:
+        """One follow-up turn on the compute thread: restore (hot tier or store), feed, answer."""
+        session = self.sessions.get(tenant, session_id)
+        gen = self._generators[session.model_id]
+        control.check()
+        checkpoint = session.state.checkpoint()
+        try:
+            ids = gen.turn_input(session.state, question, first=session.extra.get("awaiting_question", False))
+            logits = gen.feed(session.state, ids)
+        except BaseException:
+            session.state.rollback(checkpoint)
+            raise
+        timings = Timings(queue_s=queue_s)
+        self._answer(session, gen, logits, len(ids), generation, control, emit, timings, started, checkpoint)
 
     def _answer(
         self,
@@ -441,10 +481,17 @@ class Engine:
             state.rollback(checkpoint)
             raise
         timings.generate_s = time.perf_counter() - t0
+        awaiting = session.extra.get("awaiting_question", False)
         session.turns += 1
         session.extra["awaiting_question"] = False
         t0 = time.perf_counter()
-        self.sessions.put(session)
+        try:
+            self.sessions.save_turn(session)
+        except BaseException:  # not stored: the session stays at its last saved turn
+            session.turns -= 1
+            session.extra["awaiting_question"] = awaiting
+            state.rollback(checkpoint)
+            raise
         timings.save_s += time.perf_counter() - t0
         timings.total_s = time.perf_counter() - started
         self.counters["turns_completed"] += 1

@@ -1,16 +1,21 @@
-"""Sessions held by a worker: in memory, per tenant, with an idle TTL and a capacity cap.
-
-This is the single-process store. The durable Redis store implements the same calls.
-"""
+"""A worker's sessions: the live objects, and the manager that stores and restores them."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from videoqa.worker.errors import LimitExceeded, SessionNotFound
+from videoqa.worker.errors import (
+    CorruptSession,
+    IncompatibleSession,
+    NotReady,
+    SessionNotFound,
+    TurnDeadlineExceeded,
+)
 from videoqa.worker.model.families import TokenLayout
 from videoqa.worker.model.generate import ConversationState
 from videoqa.worker.types import DecodedMedia, MediaKind, PruningSpec, SamplingSpec, SessionSnapshot
@@ -38,6 +43,11 @@ class Session:
     last_used_at: float = field(default_factory=time.time)
     #: Extra per-method state the pruning engine may attach.
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Per-layer cache lengths and token count at the last save: where the next turn delta starts.
+    saved: tuple[tuple[int, ...], int] = ((), 0)
+
+    def mark_saved(self) -> None:
+        self.saved = (tuple(self.state.cache_lengths), len(self.state.token_ids))
 
     def snapshot(self) -> SessionSnapshot:
         frames = self.media.frames
@@ -65,58 +75,195 @@ class Session:
         )
 
 
-class InMemorySessionStore:
-    """Thread-safe map of live sessions. A session of another tenant is reported as not found."""
+class SessionManager:
+    """Live sessions (the hot tier) in front of a :class:`SessionStore` of encoded records.
 
-    def __init__(self, max_sessions: int, ttl_s: float, clock=time.time):
-        self.max_sessions = max_sessions
-        self.ttl_s = ttl_s
-        self._clock = clock
-        self._sessions: dict[str, Session] = {}
+    The hot tier is an LRU bounded in bytes; a hot copy is used only while its turn count equals
+    the stored manifest's version, so a turn written by another worker invalidates it. Every
+    lookup outcome is counted in ``counters`` (``lookup_hot``, ``lookup_store``, ``lookup_missing``,
+    ``lookup_corrupt``, ``lookup_incompatible``, ``store_unavailable``).
+    """
+
+    def __init__(
+        self,
+        store,
+        *,
+        models: dict,
+        hot_bytes: int,
+        quantize: str = "none",
+        lease_s: float = 60.0,
+        counters: Counter | None = None,
+    ):
+        self.store = store
+        self.models = models
+        self.hot_bytes = hot_bytes
+        self.quantize = quantize
+        self.lease_s = lease_s
+        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self._hot: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
+    # --- hot tier --------------------------------------------------------------------------------
+
+    def _remember(self, session: Session) -> None:
         with self._lock:
-            return len(self._sessions)
+            self._hot[session.session_id] = session
+            self._hot.move_to_end(session.session_id)
+            total = sum(s.state.cache_bytes() for s in self._hot.values())
+            while total > self.hot_bytes and len(self._hot) > 1:
+                _, evicted = self._hot.popitem(last=False)
+                total -= evicted.state.cache_bytes()
+
+    def _forget(self, session_id: str) -> None:
+        with self._lock:
+            self._hot.pop(session_id, None)
+
+    @property
+    def hot_sessions(self) -> int:
+        return len(self._hot)
+
+    # --- operations ------------------------------------------------------------------------------
+
+    def _counted(self, fn, *args):
+        try:
+            return fn(*args)
+        except NotReady:
+            self.counters["store_unavailable"] += 1
+            raise
+
+    def create(self, session: Session) -> None:
+        """Store a new session's prefix and keep it hot."""
+        from videoqa.worker.kvcache.records import encode_prefix
+
+        lm = self.models[session.model_id]
+        blob = encode_prefix(session, lm.revision, str(lm.dtype).removeprefix("torch."), self.quantize)
+        owner = {
+            "tenant": session.tenant,
+            "model_id": session.model_id,
+            "revision": lm.revision,
+            "created_at": session.created_at,
+        }
+        self._counted(self.store.create, session.session_id, owner, blob)
+        session.mark_saved()
+        self._remember(session)
+
+    def save_turn(self, session: Session) -> None:
+        """Append the turn just completed (``session.turns``) as a delta; compare-and-set."""
+        from videoqa.worker.kvcache.records import encode_turn
+
+        blob = encode_turn(session, session.saved, self.quantize)
+        self._counted(self.store.append, session.session_id, session.turns - 1, blob)
+        session.mark_saved()
+        session.last_used_at = time.time()
+        self._remember(session)
 
     def get(self, tenant: str, session_id: str) -> Session:
-        with self._lock:
-            self._expire_locked()
-            session = self._sessions.get(session_id)
-            if session is None or session.tenant != tenant:
-                raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
-            session.last_used_at = self._clock()
-            return session
+        """The session, from the hot tier when current, else restored from the store."""
+        from videoqa.worker.kvcache.records import restore
 
-    def put(self, session: Session) -> None:
+        manifest = self._manifest(session_id)
+        if manifest is None or manifest.get("tenant") != tenant:
+            self.counters["lookup_missing"] += 1
+            raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
+        model_id = manifest.get("model_id")
+        if model_id not in self.models or self.models[model_id].revision != manifest.get("revision"):
+            self.counters["lookup_incompatible"] += 1
+            raise IncompatibleSession(
+                f"session was built by {model_id} (revision {manifest.get('revision')}), which this worker does "
+                f"not serve"
+            )
         with self._lock:
-            self._expire_locked()
-            if session.session_id not in self._sessions and len(self._sessions) >= self.max_sessions:
-                raise LimitExceeded(
-                    f"this worker holds its maximum of {self.max_sessions} sessions; delete some or retry later",
-                    retry_after_s=30.0,
-                )
-            session.last_used_at = self._clock()
-            self._sessions[session.session_id] = session
+            hot = self._hot.get(session_id)
+        if hot is not None and hot.turns == manifest["version"]:
+            self.counters["lookup_hot"] += 1
+            hot.last_used_at = time.time()
+            self._remember(hot)
+            return hot
+        stored = self._counted(self.store.load, session_id)
+        lm = self.models[model_id]
+        try:
+            session = restore(
+                stored.prefix, stored.turns, model_id=model_id, revision=lm.revision, device=lm.device, dtype=lm.dtype
+            )
+        except CorruptSession:
+            self._discard(session_id)
+            raise
+        except IncompatibleSession:
+            self.counters["lookup_incompatible"] += 1
+            raise
+        if session.tenant != tenant:
+            raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
+        self.counters["lookup_store"] += 1
+        self._remember(session)
+        return session
 
-    def reserve_check(self) -> None:
-        """Fail early (before decoding) when no room is left for a new session."""
-        with self._lock:
-            self._expire_locked()
-            if len(self._sessions) >= self.max_sessions:
-                raise LimitExceeded(
-                    f"this worker holds its maximum of {self.max_sessions} sessions; delete some or retry later",
-                    retry_after_s=30.0,
-                )
+    def _manifest(self, session_id: str) -> dict | None:
+        try:
+            return self._counted(self.store.manifest, session_id)
+        except CorruptSession:
+            self._discard(session_id)
+            raise
+        except IncompatibleSession:
+            self.counters["lookup_incompatible"] += 1
+            raise
+
+    def _discard(self, session_id: str) -> None:
+        """A damaged session is removed so it can never answer (DATA_LOSS is reported once)."""
+        self.counters["lookup_corrupt"] += 1
+        self._forget(session_id)
+        self.store.delete(session_id)
 
     def delete(self, tenant: str, session_id: str) -> None:
-        with self._lock:
-            session = self._sessions.get(session_id)
-            if session is None or session.tenant != tenant:
-                raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
-            del self._sessions[session_id]
+        manifest = self._manifest(session_id)
+        if manifest is None or manifest.get("tenant") != tenant:
+            raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
+        self._forget(session_id)
+        self._counted(self.store.delete, session_id)
 
-    def _expire_locked(self) -> None:
-        cutoff = self._clock() - self.ttl_s
-        for key in [k for k, s in self._sessions.items() if s.last_used_at < cutoff]:
-            del self._sessions[key]
+    def reserve_check(self) -> None:
+        """Fail before decoding when an in-process store is full."""
+        check = getattr(self.store, "reserve_check", None)
+        if check is not None:
+            check()
+
+    async def lease(self, session_id: str, deadline: float | None) -> Lease:
+        """Acquire the session's turn lock, waiting (until ``deadline``, monotonic) while another
+        turn holds it. The lease is renewed in the background until released."""
+        import asyncio
+
+        while True:
+            token = await asyncio.to_thread(self._counted, self.store.acquire, session_id, self.lease_s)
+            if token is not None:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                raise TurnDeadlineExceeded("the deadline passed while another turn of this session was running")
+            await asyncio.sleep(0.02)
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self.lease_s / 3)
+                with contextlib.suppress(NotReady):
+                    await asyncio.to_thread(self.store.renew, session_id, token, self.lease_s)
+
+        return Lease(self.store, session_id, token, asyncio.get_running_loop(), asyncio.create_task(renew()))
+
+
+class Lease:
+    """A held turn lock. ``release()`` is idempotent and may be called from any thread: the compute
+    thread releases it as soon as its turn ends (even if the RPC's generator is finalized later)."""
+
+    def __init__(self, store, session_id: str, token: str, loop, renewer):
+        self._store, self._session_id, self._token = store, session_id, token
+        self._loop, self._renewer = loop, renewer
+        self._released = False
+        self._guard = threading.Lock()
+
+    def release(self) -> None:
+        with self._guard:
+            if self._released:
+                return
+            self._released = True
+        with contextlib.suppress(RuntimeError):  # the loop may be closed at shutdown
+            self._loop.call_soon_threadsafe(self._renewer.cancel)
+        with contextlib.suppress(NotReady):  # if Redis is down, the lease expires by itself
+            self._store.release(self._session_id, self._token)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 MiB = 1 << 20
@@ -47,3 +47,23 @@ class WorkerSettings(BaseSettings):
     """Idle time after which a session expires (NOT_FOUND)."""
     max_queued_turns: int = Field(default=64, ge=1, le=100_000)
     """Turns waiting for the model beyond this are refused with RESOURCE_EXHAUSTED."""
+
+    # --- session storage -------------------------------------------------------------------------
+    redis_url: str | None = None
+    """Redis URL (``redis://host:6379/0``, ``rediss://`` for TLS); unset keeps sessions in this process."""
+    redis_username: str | None = None
+    """Redis ACL user name."""
+    redis_password: SecretStr | None = None
+    """Redis password (or the ACL user's)."""
+    redis_ca_certs: str | None = None
+    """CA bundle that signs the Redis server's TLS certificate (with ``rediss://``)."""
+    max_session_bytes: int = Field(default=2 << 30, ge=1024, le=1 << 40)
+    """Largest stored session (prefix plus every turn); beyond, RESOURCE_EXHAUSTED."""
+    store_chunk_bytes: int = Field(default=8 << 20, ge=1024, le=256 << 20)
+    """Size of the chunks a stored record is split into (Redis strings stay far below 512 MiB)."""
+    hot_tier_bytes: int = Field(default=4 << 30, ge=0, le=1 << 40)
+    """KV bytes of live sessions this worker keeps in memory (LRU) in front of the store."""
+    lock_lease_s: float = Field(default=60.0, gt=0, le=3600)
+    """Lease of a session's turn lock (renewed while the turn runs)."""
+    storage_quantization: Literal["none", "int8"] = "none"
+    """Lossy int8 per-channel storage of stored K/V (off by default)."""

@@ -199,6 +199,8 @@ def test_full_queue_is_resource_exhausted_with_retry_hint(server, stub, session_
     import threading
 
     engine = server.engine
+    video = make_video(None, frames=12, size=(64, 64), fps=6)
+    other = events(stub.CreateSession(upload(spec(frames=4), video=video), timeout=60))["session"][0].session.session_id
     limit = engine.settings.max_queued_turns
     engine.settings.max_queued_turns = 1
     try:
@@ -218,8 +220,8 @@ def test_full_queue_is_resource_exhausted_with_retry_hint(server, stub, session_
         reader = threading.Thread(target=consume)
         reader.start()
         assert started.wait(30)
-        with pytest.raises(grpc.RpcError) as err:
-            list(stub.Ask(pb.AskRequest(session_id=session_id, question="me too?"), timeout=10))
+        with pytest.raises(grpc.RpcError) as err:  # another session: not held up by the first one's turn lock
+            list(stub.Ask(pb.AskRequest(session_id=other, question="me too?"), timeout=10))
         assert err.value.code() == EXHAUSTED
         retry = [d for d in rpc_status.from_call(err.value).details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
         assert retry, "a full queue should say when to retry"

@@ -77,4 +77,4 @@ def test_affinity_and_failover(loop_thread, cluster):
 
 
 def _holds(running, session_id: str) -> bool:
-    return session_id in running.engine.sessions._sessions
+    return session_id in running.engine.sessions._hot

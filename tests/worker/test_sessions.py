@@ -1,11 +1,13 @@
-"""The in-memory session store: idle TTL, capacity, tenant isolation, delete."""
+"""The in-process session store: idle TTL, capacity, versioned appends, locks, delete."""
 
 from __future__ import annotations
 
 import pytest
 
 from videoqa.worker.errors import LimitExceeded, SessionNotFound
-from videoqa.worker.sessions import InMemorySessionStore
+from videoqa.worker.kvcache.store import InProcessStore, VersionConflict
+
+OWNER = {"tenant": "a", "model_id": "m", "revision": "r", "created_at": 0.0}
 
 
 class Clock:
@@ -16,47 +18,56 @@ class Clock:
         return self.now
 
 
-class FakeSession:
-    def __init__(self, session_id: str, tenant: str = "a") -> None:
-        self.session_id, self.tenant, self.last_used_at = session_id, tenant, 0.0
+def store(clock: Clock, **kw) -> InProcessStore:
+    kw.setdefault("max_sessions", 10)
+    kw.setdefault("max_session_bytes", 1 << 20)
+    return InProcessStore(ttl_s=60, clock=clock, **kw)
 
 
 def test_ttl_is_idle_time_and_use_refreshes_it():
     clock = Clock()
-    store = InMemorySessionStore(max_sessions=10, ttl_s=60, clock=clock)
-    store.put(FakeSession("s1"))
+    s = store(clock)
+    s.create("s1", OWNER, b"prefix")
     clock.now += 50
-    store.get("a", "s1")  # used: the 60 s start again
+    s.load("s1")  # used: the 60 s start again
     clock.now += 50
-    assert store.get("a", "s1").session_id == "s1"
+    assert s.load("s1").prefix == b"prefix"
     clock.now += 61
     with pytest.raises(SessionNotFound):
-        store.get("a", "s1")
-    assert len(store) == 0
+        s.load("s1")
 
 
-def test_capacity_counts_live_sessions_only():
+def test_capacity_and_size_cap():
     clock = Clock()
-    store = InMemorySessionStore(max_sessions=2, ttl_s=60, clock=clock)
-    store.put(FakeSession("s1"))
-    store.put(FakeSession("s2"))
-    store.put(FakeSession("s2"))  # replacing an existing session is not a new one
+    s = store(clock, max_sessions=2, max_session_bytes=100)
+    s.create("s1", OWNER, b"x")
+    s.create("s2", OWNER, b"y")
     with pytest.raises(LimitExceeded):
-        store.reserve_check()
+        s.reserve_check()
     with pytest.raises(LimitExceeded):
-        store.put(FakeSession("s3"))
+        s.create("s3", OWNER, b"z")
     clock.now += 61  # both expire
-    store.put(FakeSession("s3"))
-    assert len(store) == 1
+    s.create("s3", OWNER, b"z" * 100)
+    with pytest.raises(LimitExceeded):
+        s.append("s3", 0, b"one byte too many")
 
 
-def test_sessions_of_another_tenant_are_not_found():
-    store = InMemorySessionStore(max_sessions=10, ttl_s=60)
-    store.put(FakeSession("s1", tenant="a"))
+def test_versioned_appends_and_locks():
+    clock = Clock()
+    s = store(clock)
+    s.create("s1", OWNER, b"p")
+    s.append("s1", 0, b"t1")
+    with pytest.raises(VersionConflict):
+        s.append("s1", 0, b"stale writer")
+    s.append("s1", 1, b"t2")
+    loaded = s.load("s1")
+    assert loaded.manifest["version"] == 2 and loaded.turns == [b"t1", b"t2"]
+    token = s.acquire("s1", 5)
+    assert token and s.acquire("s1", 5) is None
+    clock.now += 6  # the lease ran out
+    other = s.acquire("s1", 5)
+    assert other and not s.renew("s1", token, 5)
+    s.release("s1", other)
+    assert s.delete("s1") and not s.delete("s1")
     with pytest.raises(SessionNotFound):
-        store.get("b", "s1")
-    with pytest.raises(SessionNotFound):
-        store.delete("b", "s1")
-    store.delete("a", "s1")
-    with pytest.raises(SessionNotFound):
-        store.get("a", "s1")
+        s.load("s1")
