@@ -395,12 +395,25 @@ class Engine:
         )
         session.extra["awaiting_question"] = plan.question is None
         plan.media.frames = plan.media.frames[:0]  # the cache is what we keep; drop the pixels
-        _, timings.save_s = _stage(emit, control, Stage.SAVE, lambda: self.sessions.create(session), lambda _: "")
+        _, timings.save_s = _stage(emit, control, Stage.SAVE, lambda: self._store_new(session, plan.question), str)
         emit(SessionEvent(session.snapshot()))
         if plan.question is not None:
             self._answer(
                 session, gen, logits, prompt.layout.prompt_length, plan.generation, control, emit, timings, started
             )
+
+    def _store_new(self, session, question: str | None) -> str:
+        """Store a new session. If the store is unreachable and a question came with the upload,
+        the question is still answered (it needs no stored session); the session is not kept."""
+        try:
+            self.sessions.create(session)
+            return ""
+        except NotReady:
+            if question is None:
+                raise
+            session.extra["unstored"] = True
+            self.counters["sessions_unstored"] += 1
+            return "not stored: the session store is unavailable; this answer is the only one"
 
     async def ask(
         self, tenant: str, session_id: str, question: str, params: GenerationParams, control: TurnControl
@@ -486,7 +499,8 @@ class Engine:
         session.extra["awaiting_question"] = False
         t0 = time.perf_counter()
         try:
-            self.sessions.save_turn(session)
+            if not session.extra.get("unstored"):
+                self.sessions.save_turn(session)
         except BaseException:  # not stored: the session stays at its last saved turn
             session.turns -= 1
             session.extra["awaiting_question"] = awaiting

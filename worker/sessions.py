@@ -179,9 +179,9 @@ class SessionManager:
             hot.last_used_at = time.time()
             self._remember(hot)
             return hot
-        stored = self._counted(self.store.load, session_id)
         lm = self.models[model_id]
         try:
+            stored = self._counted(self.store.load, session_id)
             session = restore(
                 stored.prefix, stored.turns, model_id=model_id, revision=lm.revision, device=lm.device, dtype=lm.dtype
             )
