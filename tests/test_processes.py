@@ -100,3 +100,32 @@ def test_worker_and_frontend_apart(video):
     finally:
         stop(frontend)
         stop(worker)
+
+
+def test_session_survives_a_restart_of_the_whole_service(video, redis_server):
+    from videoqa.client import FrameSampling, Generation, Pruning, VideoQAClient
+
+    port = free_port()
+    args = ("serve", "--listen", f"127.0.0.1:{port}", "--redis-url", redis_server.url)
+    server = start(*args)
+    try:
+        wait_serving(f"127.0.0.1:{port}", timeout=180)
+        with VideoQAClient(f"127.0.0.1:{port}") as client:
+            session = client.create_session(
+                str(video), sampling=FrameSampling(num_frames=8), pruning=Pruning(method="das", budget=0.3)
+            )
+            first = session.ask_text("what is in the video?", max_new_tokens=4)
+    finally:
+        output = stop(server)
+    assert "stored in Redis" in output
+    server = start(*args)
+    try:
+        wait_serving(f"127.0.0.1:{port}", timeout=180)
+        with VideoQAClient(f"127.0.0.1:{port}") as client:
+            again = client.session(session.id)
+            assert again.info.turns == 1
+            second = again.ask_text("and then?", generation=Generation(max_new_tokens=4))
+            assert second.stats.turn == 2 and first.stats.turn == 1
+            again.delete()
+    finally:
+        stop(server)

@@ -63,7 +63,8 @@ class WorkerSettings(BaseSettings):
     """Size of the chunks a stored record is split into (Redis strings stay far below 512 MiB)."""
     hot_tier_bytes: int = Field(default=4 << 30, ge=0, le=1 << 40)
     """KV bytes of live sessions this worker keeps in memory (LRU) in front of the store."""
-    lock_lease_s: float = Field(default=60.0, gt=0, le=3600)
-    """Lease of a session's turn lock (renewed while the turn runs)."""
+    lock_lease_s: float = Field(default=10.0, gt=0, le=3600)
+    """Lease of a session's turn lock, renewed every third of it while the turn runs; a lock left by a
+    worker that died (or lost Redis) frees itself after this long."""
     storage_quantization: Literal["none", "int8"] = "none"
     """Lossy int8 per-channel storage of stored K/V (off by default)."""

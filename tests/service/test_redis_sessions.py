@@ -201,3 +201,36 @@ def test_sessions_belong_to_their_tenant(start_pair, video):
             call()
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert ask(stub, session_id, "still mine?", metadata=[("x-tenant", "alice")])["stats"][0].turn == 2
+
+
+def test_redis_killed_mid_conversation_then_back(start_pair, video, redis_server):
+    # The failed turn's lock cannot be released while Redis is down; a short lease frees it soon after.
+    address, worker = start_pair(lock_lease_s=2.0)
+    stub, _ = stub_for(address)
+    session = events(stub.CreateSession(upload(spec(), video=video), timeout=60))["session"][0].session.session_id
+    assert ask(stub, session, "first?")["stats"][0].turn == 1
+    long = pb.AskRequest(
+        session_id=session, question="tell me everything", generation=pb.GenerationParams(max_new_tokens=400)
+    )
+    call = stub.Ask(long, timeout=60)
+    seen = 0
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            for response in call:
+                seen += response.HasField("token")
+                if seen == 2:
+                    redis_server.kill()
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.RpcError) as err:  # while Redis is down: retryable, with a hint
+            ask(stub, session, "anyone?")
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10)  # what needs no session still works
+        assert info.session_store == "redis"
+        one_shot = events(stub.CreateSession(upload(spec(question="what is it?"), video=video), timeout=60))
+        assert one_shot["stats"], "a question sent with the upload is answered even though nothing can be stored"
+        assert any("not stored" in p.detail for p in one_shot["progress"])
+    finally:
+        redis_server.start()
+    after = ask(stub, session, "and now?")
+    assert after["stats"][0].turn == 2, "the session continues from its last saved turn"
+    assert worker.engine.counters["store_unavailable"] >= 2
