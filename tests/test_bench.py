@@ -35,3 +35,27 @@ def test_prune_overhead_quick(tmp_path):
     assert row["prefill_seconds"] > 0 and set(row["methods"]) == {"das", "snapkv"}
     assert all(m["overhead_ratio"] >= 0 for m in row["methods"].values())
     assert "| frames |" in out_md.read_text()
+
+
+def test_session_store_quick(tmp_path, redis_server):
+    out_json = tmp_path / "s.json"
+    run = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "session_store.py"),
+            "--quick",
+            "--redis-url",
+            redis_server.url,
+            "--json",
+            str(out_json),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    (result,) = json.loads(out_json.read_text())["results"]
+    rows = {row["method"]: row for row in result["runs"]}
+    assert set(rows) == {"full", "das"}
+    assert rows["das"]["stored_bytes"] < rows["full"]["stored_bytes"]
+    assert all(row["ttft_redis_ms"] > 0 and row["redis_get_MBps"] > 0 for row in rows.values())
