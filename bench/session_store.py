@@ -82,7 +82,7 @@ async def create(engine: Engine, video: bytes, frames: int, pruning: PruningSpec
         model=engine.default_model,
         media_kind=MediaKind.VIDEO,
         payload=video,
-        sampling=SamplingSpec(num_frames=frames),
+        sampling=SamplingSpec(num_frames=frames, max_frames=0, max_resolution=0),
         pruning=pruning,
         question=question,
         generation=GenerationParams(max_new_tokens=4),
