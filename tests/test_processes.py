@@ -129,3 +129,34 @@ def test_session_survives_a_restart_of_the_whole_service(video, redis_server):
             again.delete()
     finally:
         stop(server)
+
+
+def test_two_processes_share_sessions_through_redis(video, redis_server):
+    """Created in one `videoqa serve` process, continued in another: answers equal a live session."""
+    from videoqa.client import FrameSampling, Generation, Pruning, VideoQAClient
+
+    ports = [free_port(), free_port()]
+    servers = [start("serve", "--listen", f"127.0.0.1:{p}", "--redis-url", redis_server.url) for p in ports]
+    try:
+        for port in ports:
+            wait_serving(f"127.0.0.1:{port}", timeout=180)
+        options = dict(
+            sampling=FrameSampling(num_frames=8),
+            pruning=Pruning(method="das", budget=0.3),
+            question="what is in the video?",
+            generation=Generation(max_new_tokens=5),
+        )
+        follow = Generation(max_new_tokens=5)
+        with VideoQAClient(f"127.0.0.1:{ports[0]}") as a, VideoQAClient(f"127.0.0.1:{ports[1]}") as b:
+            live = a.create_session(str(video), **options)
+            live_turns = [live.first_answer, live.ask_text("and then?", generation=follow)]
+            moved = a.create_session(str(video), **options)
+            moved_turns = [moved.first_answer, b.session(moved.id).ask_text("and then?", generation=follow)]
+            assert [t.text for t in moved_turns] == [t.text for t in live_turns]
+            assert [tok.token_id for tok in moved_turns[1].tokens] == [tok.token_id for tok in live_turns[1].tokens]
+            assert moved_turns[1].stats.turn == 2
+            live.delete()
+            moved.delete()
+    finally:
+        for server in servers:
+            stop(server)

@@ -104,3 +104,18 @@ def test_unreachable_redis_is_not_ready():
     with pytest.raises(NotReady) as err:
         store.load("x")
     assert err.value.retry_after_s
+
+
+def test_acl_user_and_password_from_configuration(redis_server):
+    client = redis_server.client()
+    client.execute_command("ACL", "SETUSER", "videoqa", "on", ">s3cret", "~videoqa:*", "+@all")
+    try:
+        store = RedisStore(redis_server.url, ttl_s=10, max_session_bytes=1000, username="videoqa", password="s3cret")
+        s = sid()
+        store.create(s, OWNER, b"x")
+        assert store.load(s).prefix == b"x" and store.delete(s)
+        wrong = RedisStore(redis_server.url, ttl_s=10, max_session_bytes=1000, username="videoqa", password="nope")
+        with pytest.raises(NotReady):
+            wrong.load(s)
+    finally:
+        client.execute_command("ACL", "DELUSER", "videoqa")
