@@ -180,17 +180,11 @@ class SessionManager:
             self._remember(hot)
             return hot
         lm = self.models[model_id]
-        try:
+        with self._classified(session_id):
             stored = self._counted(self.store.load, session_id)
             session = restore(
                 stored.prefix, stored.turns, model_id=model_id, revision=lm.revision, device=lm.device, dtype=lm.dtype
             )
-        except CorruptSession:
-            self._discard(session_id)
-            raise
-        except IncompatibleSession:
-            self.counters["lookup_incompatible"] += 1
-            raise
         if session.tenant != tenant:
             raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
         self.counters["lookup_store"] += 1
@@ -198,8 +192,14 @@ class SessionManager:
         return session
 
     def _manifest(self, session_id: str) -> dict | None:
-        try:
+        with self._classified(session_id):
             return self._counted(self.store.manifest, session_id)
+
+    @contextlib.contextmanager
+    def _classified(self, session_id: str):
+        """Damaged sessions are discarded (DATA_LOSS once); incompatible ones are counted."""
+        try:
+            yield
         except CorruptSession:
             self._discard(session_id)
             raise

@@ -54,6 +54,28 @@ def _record(blob: bytes, chunk_bytes: int) -> tuple[dict[str, Any], list[bytes]]
     return meta, chunks
 
 
+def _new_manifest(session_id: str, owner: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The manifest of a session whose only record is its prefix (version 0)."""
+    return {
+        **owner,
+        "format_version": FORMAT_VERSION,
+        "session_id": session_id,
+        "version": 0,
+        "size": meta["size"],
+        "records": [meta],
+    }
+
+
+def _appended(manifest: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+    """The manifest after one more turn record."""
+    return {
+        **manifest,
+        "version": manifest["version"] + 1,
+        "size": manifest["size"] + meta["size"],
+        "records": [*manifest["records"], meta],
+    }
+
+
 def _assemble(meta: dict[str, Any], chunks: list[bytes | None]) -> bytes:
     if any(chunk is None for chunk in chunks):
         raise CorruptSession("a chunk of the stored session is missing")
@@ -163,14 +185,7 @@ class RedisStore(_Limits):
     def create(self, session_id: str, owner: dict[str, Any], prefix: bytes) -> None:
         self.check_size(len(prefix))
         meta, chunks = _record(prefix, self.chunk_bytes)
-        manifest = {
-            **owner,
-            "format_version": FORMAT_VERSION,
-            "session_id": session_id,
-            "version": 0,
-            "size": len(prefix),
-            "records": [meta],
-        }
+        manifest = _new_manifest(session_id, owner, meta)
 
         def run() -> None:
             self._write_chunks(session_id, meta, chunks)
@@ -185,15 +200,12 @@ class RedisStore(_Limits):
             manifest = _check_manifest(self.client.get(self._manifest_key(session_id)))
             if manifest is None:
                 raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
+            if manifest["version"] != expected_version:  # the new manifest is built from this one
+                raise VersionConflict("another turn of this session was saved first; retry", retry_after_s=0.1)
             self.check_size(manifest["size"] + len(turn))
             meta, chunks = _record(turn, self.chunk_bytes)
             self._write_chunks(session_id, meta, chunks)
-            updated = {
-                **manifest,
-                "version": expected_version + 1,
-                "size": manifest["size"] + len(turn),
-                "records": [*manifest["records"], meta],
-            }
+            updated = _appended(manifest, meta)
             result = self._append(
                 keys=[self._manifest_key(session_id)], args=[expected_version, json.dumps(updated), self._ms()]
             )
@@ -312,30 +324,22 @@ class InProcessStore(_Limits):
     def reserve_check(self) -> None:
         """Refuse early (before decoding) when the process holds its maximum of sessions."""
         with self._lock:
-            self._expire_all()
-            if len(self._manifests) >= self.max_sessions:
-                raise LimitExceeded(
-                    f"this worker holds its maximum of {self.max_sessions} sessions; retry later", retry_after_s=30.0
-                )
+            self._check_capacity_locked()
+
+    def _check_capacity_locked(self) -> None:
+        self._expire_all()
+        if len(self._manifests) >= self.max_sessions:
+            raise LimitExceeded(
+                f"this worker holds its maximum of {self.max_sessions} sessions; retry later", retry_after_s=30.0
+            )
 
     def create(self, session_id: str, owner: dict[str, Any], prefix: bytes) -> None:
         self.check_size(len(prefix))
         with self._lock:
-            self._expire_all()
-            if len(self._manifests) >= self.max_sessions:
-                raise LimitExceeded(
-                    f"this worker holds its maximum of {self.max_sessions} sessions; retry later", retry_after_s=30.0
-                )
+            self._check_capacity_locked()
             meta, _ = _record(prefix, self.chunk_bytes)
             self._blobs[(session_id, meta["id"])] = prefix
-            manifest = {
-                **owner,
-                "format_version": FORMAT_VERSION,
-                "session_id": session_id,
-                "version": 0,
-                "size": len(prefix),
-                "records": [meta],
-            }
+            manifest = _new_manifest(session_id, owner, meta)
             self._manifests[session_id] = (self._clock() + self.ttl_s, json.dumps(manifest))
 
     def append(self, session_id: str, expected_version: int, turn: bytes) -> None:
@@ -348,9 +352,7 @@ class InProcessStore(_Limits):
             self.check_size(manifest["size"] + len(turn))
             meta, _ = _record(turn, self.chunk_bytes)
             self._blobs[(session_id, meta["id"])] = turn
-            manifest.update(
-                version=expected_version + 1, size=manifest["size"] + len(turn), records=[*manifest["records"], meta]
-            )
+            manifest = _appended(manifest, meta)
             self._manifests[session_id] = (self._clock() + self.ttl_s, json.dumps(manifest))
 
     def manifest(self, session_id: str) -> dict[str, Any] | None:
