@@ -46,12 +46,14 @@ SERVER_COMMANDS = {
     "frontend": "videoqa.service.app",
     "worker": "videoqa.service.app",
     "diagnose": "videoqa.worker.pruning.diagnose",
+    "eval": "videoqa.worker.lab.harness",
 }
 _SERVER_HELP = {
     "serve": "run a frontend and a worker in one process",
     "frontend": "run the public API frontend",
     "worker": "run a model worker",
     "diagnose": "plot per-frame attention (attention myopia) and kept tokens per method, locally",
+    "eval": "accuracy of a model on a video-QA suite for methods x budgets x modes, locally",
 }
 SERVER_EXTRA_HINT = "the server needs the server extra: pip install 'videoqa[server]'"
 EXIT_ERROR = 1

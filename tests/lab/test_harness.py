@@ -1,0 +1,64 @@
+"""The eval harness runs end to end on a tiny split: tables, plots, and keep-all equals full."""
+
+from __future__ import annotations
+
+import json
+
+from PIL import Image
+
+from videoqa.client.cli import main as cli_main
+from videoqa.worker.lab.harness import Row, bucket, summarize
+from videoqa.worker.lab.sample import Sample, is_correct, normalize
+from videoqa.worker.types import MediaKind
+
+
+def test_answer_matching():
+    item = Sample("x", "ordering", "q?", "red", MediaKind.VIDEO, b"", 8, aliases=["red circle"])
+    assert normalize("  The Red!\nmore") == "red"
+    assert is_correct("Red.", item) and is_correct("red circle", item) and is_correct("red, I think", item)
+    assert not is_correct("reddish", item) and not is_correct("blue", item) and not is_correct("", item)
+
+
+def test_summary_groups_and_checks_keep_all():
+    rows = [
+        Row("a", "needle", 0.1, "full", 1.0, "aware", "red", "red", True, 100, 10),
+        Row("a", "needle", 0.1, "das", 1.0, "aware", "red", "red", True, 100, 10),
+        Row("a", "needle", 0.1, "das", 0.2, "aware", "blue", "red", False, 40, 4),
+        Row("b", "counting", None, "das", 0.2, "aware", "3", "3", True, 40, 4),
+    ]
+    summary = summarize(rows)
+    das = next(c for c in summary["configs"] if c["method"] == "das" and c["budget"] == 0.2)
+    assert das["accuracy"] == 0.5 and das["families"] == {"counting": 1.0, "needle": 0.0}
+    assert das["needle_buckets"] == {"0-25%": 0.0} and bucket(1.0) == "75-100%"
+    assert summary["keep_all_equals_full"] is True
+    rows[1].prediction = "green"
+    assert summarize(rows)["keep_all_equals_full"] is False
+
+
+def test_eval_command_on_a_tiny_split(tmp_path, capsys):
+    out = tmp_path / "eval"
+    code = cli_main(
+        [
+            "eval",
+            "--count",
+            "3",
+            "--frames",
+            "8",
+            "--methods",
+            "full,das",
+            "--budgets",
+            "1,0.2",
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "3",
+        ]
+    )
+    assert code == 0
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["rows"]) == 3 * (2 + 4)  # full: 2 modes; das: 2 budgets × 2 modes
+    assert data["summary"]["keep_all_equals_full"] is True
+    assert "| method | budget |" in (out / "results.md").read_text()
+    for mode in ("aware", "agnostic"):
+        with Image.open(out / f"accuracy_{mode}.png") as image:
+            assert image.format == "PNG"

@@ -1,0 +1,274 @@
+"""``videoqa eval``: accuracy of a model over a suite, for methods × budgets × modes.
+
+Runs each sample through the same worker code the service uses: the crash-isolated media decoder,
+the family adapter, the pruned prefill (question-aware: the question is in the prefill;
+question-agnostic: the video is pruned first, with the probe, and the question follows), and the
+greedy decode loop. Writes ``results.json`` (every prediction), ``results.md`` (accuracy overall,
+per question family, per needle-position bucket, KV bytes per configuration) and two PNG plots:
+accuracy vs budget per method, and accuracy vs needle position at 20% (the myopia curve).
+
+    videoqa eval --model tiny-qwen2-vl --split test --count 60 --frames 8,16 \\
+        --methods full,das,snapkv --budgets 1,0.5,0.2,0.1 --modes aware,agnostic --out eval/
+    videoqa eval --milebench /data/MileBench --datasets ActionSequence --out eval-milebench/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from videoqa.worker.lab.sample import Sample, is_correct
+
+BUCKETS = ("0-25%", "25-50%", "50-75%", "75-100%")
+
+
+@dataclass(frozen=True)
+class Config:
+    method: str
+    budget: float
+    aware: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}@{self.budget:g}/{'aware' if self.aware else 'agnostic'}"
+
+
+@dataclass
+class Row:
+    sample_id: str
+    family: str
+    needle: float | None
+    method: str
+    budget: float
+    mode: str
+    prediction: str
+    answer: str
+    correct: bool
+    kv_bytes: int
+    cache_length: int
+
+
+def bucket(needle: float | None) -> str | None:
+    if needle is None:
+        return None
+    return BUCKETS[min(3, int(needle * 4))]
+
+
+def evaluate(
+    lm,
+    samples: list[Sample],
+    configs: list[Config],
+    *,
+    max_new_tokens: int = 6,
+    max_resolution: int = 448,
+    progress=None,
+) -> list[Row]:
+    """Answer every sample under every configuration (greedy)."""
+    from videoqa.worker.model.generate import Generator
+    from videoqa.worker.pruning.pipeline import PrunedPrefill
+    from videoqa.worker.pruning.registry import build_method
+    from videoqa.worker.types import GenerationParams, PruningSpec, SamplingSpec
+    from videoqa.worker.video.decode import MediaDecoder
+
+    gen = Generator(lm)
+    greedy = GenerationParams(max_new_tokens=max_new_tokens)
+    rows: list[Row] = []
+    with MediaDecoder() as decoder:
+        for index, item in enumerate(samples):
+            spec = SamplingSpec(num_frames=item.num_frames, max_frames=item.num_frames, max_resolution=max_resolution)
+            media = decoder.decode(item.kind, item.media, spec, 1.0)
+            for config in configs:
+                method = build_method(PruningSpec(config.method, {}, config.budget))
+                pipeline = PrunedPrefill(gen, method, question_aware=config.aware)
+                state, logits = pipeline.prefill(lm.adapter.prepare(media, item.question if config.aware else None))
+                pipeline.prune(state)
+                kv_bytes, cache_length = state.cache_bytes(), state.cache_length
+                if not config.aware:
+                    logits = gen.feed(state, gen.turn_input(state, item.question, first=True))
+                tokens = list(gen.stream(state, logits, greedy))
+                text = lm.tokenizer.decode(tokens, skip_special_tokens=True)
+                rows.append(
+                    Row(
+                        item.sample_id,
+                        item.family,
+                        item.needle,
+                        config.method,
+                        config.budget,
+                        "aware" if config.aware else "agnostic",
+                        text,
+                        item.answer,
+                        is_correct(text, item),
+                        kv_bytes,
+                        cache_length,
+                    )
+                )
+            if progress:
+                progress(index + 1, len(samples))
+    return rows
+
+
+def summarize(rows: list[Row]) -> dict:
+    """Accuracy per configuration: overall, per family, per needle bucket; mean KV bytes; and
+    whether every method at budget 1 answered exactly as ``full`` (same predictions)."""
+    groups: dict[tuple[str, float, str], list[Row]] = defaultdict(list)
+    for row in rows:
+        groups[(row.method, row.budget, row.mode)].append(row)
+
+    def accuracy(items: list[Row]) -> float:
+        return sum(r.correct for r in items) / len(items) if items else float("nan")
+
+    configs = []
+    for (method, budget, mode), items in sorted(groups.items()):
+        families: dict[str, list[Row]] = defaultdict(list)
+        buckets: dict[str, list[Row]] = defaultdict(list)
+        for r in items:
+            families[r.family].append(r)
+            if bucket(r.needle):
+                buckets[bucket(r.needle)].append(r)
+        configs.append(
+            {
+                "method": method,
+                "budget": budget,
+                "mode": mode,
+                "samples": len(items),
+                "accuracy": accuracy(items),
+                "families": {f: accuracy(v) for f, v in sorted(families.items())},
+                "needle_buckets": {b: accuracy(buckets[b]) for b in BUCKETS if buckets[b]},
+                "kv_bytes": sum(r.kv_bytes for r in items) / len(items),
+            }
+        )
+    reference = {(r.sample_id, r.mode): r.prediction for r in rows if r.method == "full"}
+    at_full_budget = [r for r in rows if r.budget == 1.0 and r.method != "full" and (r.sample_id, r.mode) in reference]
+    equal = all(r.prediction == reference[(r.sample_id, r.mode)] for r in at_full_budget)
+    return {"configs": configs, "keep_all_equals_full": equal if at_full_budget else None}
+
+
+def markdown(summary: dict) -> str:
+    configs = summary["configs"]
+    families = sorted({f for c in configs for f in c["families"]})
+    lines = [
+        "| method | budget | mode | n | accuracy | "
+        + " | ".join(families)
+        + " | "
+        + " | ".join(BUCKETS)
+        + " | KV bytes |",
+        "|---" * (6 + len(families) + len(BUCKETS)) + "|",
+    ]
+    for c in configs:
+        fam = " | ".join(f"{c['families'].get(f, float('nan')):.2f}" for f in families)
+        buc = " | ".join(f"{c['needle_buckets'].get(b, float('nan')):.2f}" for b in BUCKETS)
+        lines.append(
+            f"| {c['method']} | {c['budget']:.0%} | {c['mode']} | {c['samples']} | {c['accuracy']:.3f} | "
+            f"{fam} | {buc} | {c['kv_bytes'] / 1024:.0f} KiB |"
+        )
+    if summary["keep_all_equals_full"] is not None:
+        lines.append(f"\nAt 100% every method answers exactly as `full`: **{summary['keep_all_equals_full']}**")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, out: Path, myopia_budget: float = 0.2) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for mode in sorted({c["mode"] for c in summary["configs"]}):
+        fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+        by_method: dict[str, list[dict]] = defaultdict(list)
+        for c in summary["configs"]:
+            if c["mode"] == mode:
+                by_method[c["method"]].append(c)
+        for method, items in sorted(by_method.items()):
+            items.sort(key=lambda c: c["budget"])
+            left.plot([c["budget"] for c in items], [c["accuracy"] for c in items], marker="o", label=method)
+            at = [c for c in items if abs(c["budget"] - myopia_budget) < 1e-9] or [
+                c for c in items if c["budget"] == 1.0
+            ]
+            if at and at[0]["needle_buckets"]:
+                right.plot(
+                    list(at[0]["needle_buckets"]),
+                    list(at[0]["needle_buckets"].values()),
+                    marker="o",
+                    label=f"{method} @ {at[0]['budget']:.0%}",
+                )
+        left.set(title=f"accuracy vs budget ({mode})", xlabel="fraction of visual tokens kept", ylabel="accuracy")
+        left.set_xscale("log")
+        left.legend(fontsize=8)
+        right.set(
+            title=f"accuracy vs needle position at {myopia_budget:.0%} ({mode})",
+            xlabel="where the evidence is in the video",
+            ylabel="accuracy",
+        )
+        right.legend(fontsize=8)
+        path = out / f"accuracy_{mode}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "eval":
+        args = args[1:]
+    parser = argparse.ArgumentParser(prog="videoqa eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="tiny-qwen2-vl")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    parser.add_argument("--count", type=int, default=60)
+    parser.add_argument("--frames", default="8,16")
+    parser.add_argument("--milebench", type=Path, help="a MileBench-format data root instead of the synthetic suite")
+    parser.add_argument("--datasets", default="", help="MileBench datasets (comma separated; default all)")
+    parser.add_argument("--methods", default="full,das,snapkv,h2o,fastv")
+    parser.add_argument("--budgets", default="1,0.5,0.2,0.1")
+    parser.add_argument("--modes", default="aware,agnostic")
+    parser.add_argument("--max-new-tokens", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=Path("eval"))
+    opts = parser.parse_args(args)
+
+    from videoqa.worker.model.loader import load_model
+
+    if opts.milebench:
+        from videoqa.worker.lab.milebench import load
+
+        samples = load(opts.milebench, [d for d in opts.datasets.split(",") if d] or None, opts.count)
+    else:
+        from videoqa.worker.lab.suite import generate
+
+        samples = generate(opts.split, opts.count, tuple(int(f) for f in opts.frames.split(",")))
+    configs = []
+    for method in [m for m in opts.methods.split(",") if m]:
+        for budget in [float(b) for b in opts.budgets.split(",")]:
+            if method == "full" and budget != 1.0:
+                continue
+            for mode in opts.modes.split(","):
+                configs.append(Config(method, budget, mode == "aware"))
+    lm = load_model(opts.model, device=opts.device)
+    rows = evaluate(
+        lm,
+        samples,
+        configs,
+        max_new_tokens=opts.max_new_tokens,
+        progress=lambda i, n: print(f"\r{i}/{n} samples", end="", file=sys.stderr, flush=True),
+    )
+    print(file=sys.stderr)
+    summary = summarize(rows)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / "results.json").write_text(
+        json.dumps({"summary": summary, "rows": [asdict(r) for r in rows]}, indent=1)
+    )
+    table = markdown(summary)
+    (opts.out / "results.md").write_text(table)
+    for path in plot(summary, opts.out):
+        print(f"wrote {path}", file=sys.stderr)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

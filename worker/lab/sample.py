@@ -1,0 +1,47 @@
+"""One evaluation item, whatever suite it comes from (the synthetic suite, MileBench-format data)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from videoqa.worker.types import MediaKind
+
+
+@dataclass
+class Sample:
+    """A question about a video or an image sequence, with an exactly checkable answer.
+
+    ``media`` is the encoded video file (``kind`` VIDEO) or one encoded image per item (IMAGES).
+    ``needle`` is where the evidence sits, as a fraction of the sequence in [0, 1] (None when the
+    question is about the whole sequence); the harness buckets it for the myopia curve.
+    """
+
+    sample_id: str
+    family: str
+    question: str
+    answer: str
+    kind: MediaKind
+    media: bytes | list[bytes]
+    num_frames: int
+    needle: float | None = None
+    #: Accepted answers besides ``answer`` (e.g. a multiple-choice letter and its text).
+    aliases: list[str] = field(default_factory=list)
+
+
+def normalize(text: str) -> str:
+    """Lower case, first line, punctuation and articles dropped, spaces collapsed."""
+    text = text.strip().splitlines()[0] if text.strip() else ""
+    text = re.sub(r"[^\w\s]", " ", text.lower())
+    words = [w for w in text.split() if w not in {"a", "an", "the"}]
+    return " ".join(words)
+
+
+def is_correct(prediction: str, sample: Sample) -> bool:
+    """Exact match after normalisation, or the prediction starts with an accepted answer."""
+    guess = normalize(prediction)
+    for accepted in [sample.answer, *sample.aliases]:
+        want = normalize(accepted)
+        if want and (guess == want or guess.startswith(want + " ")):
+            return True
+    return False

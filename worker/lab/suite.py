@@ -1,0 +1,207 @@
+"""A synthetic multi-frame video-QA suite: seeded scenes of coloured shapes, encoded to real H.264.
+
+Each video is ``T`` frames (8 to 64); a frame shows one object (a colour and a shape at a position,
+some moving from frame to frame) or is a distractor (noise, no object). Question families mirror
+MileBench's diagnostic and temporal groups, with short, exactly checkable answers:
+
+- ``needle``: what colour is the shape in frame k;
+- ``retrieval``: in which frame is the <colour> <shape> (it appears once);
+- ``ordering``: which appears first, the <a> or the <b> (answer: the first one's colour);
+- ``counting``: how many frames show a <shape>;
+- ``state_change``: what colour does the <shape> turn into;
+- ``last_frames``: what shape is in the last frame.
+
+Splits come from disjoint seed ranges: ``train`` (0…), ``validation`` (10⁶…), ``test`` (2·10⁶…).
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+from fractions import Fraction
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from videoqa.worker.lab.sample import Sample
+from videoqa.worker.types import MediaKind
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (50, 80, 230),
+    "yellow": (230, 210, 40),
+    "white": (240, 240, 240),
+    "orange": (240, 140, 30),
+    "purple": (150, 60, 200),
+}
+SHAPES = ("circle", "square", "triangle", "cross")
+FAMILIES = ("needle", "retrieval", "ordering", "counting", "state_change", "last_frames")
+SPLITS = {"train": 0, "validation": 1_000_000, "test": 2_000_000}
+BACKGROUND = (70, 70, 80)
+
+
+@dataclass(frozen=True)
+class Item:
+    """What one frame shows: an object, or nothing (a distractor frame)."""
+
+    color: str
+    shape: str
+    x: float  # centre, as a fraction of the width
+    y: float
+
+
+Scene = list[Item | None]
+
+
+def _random_item(rng: random.Random, avoid: set[tuple[str, str]] = frozenset(), **fixed) -> Item:
+    while True:
+        color = fixed.get("color") or rng.choice(list(COLORS))
+        shape = fixed.get("shape") or rng.choice(SHAPES)
+        if (color, shape) not in avoid:
+            return Item(color, shape, rng.uniform(0.25, 0.75), rng.uniform(0.25, 0.75))
+
+
+def _background_scene(rng: random.Random, frames: int, avoid: set[tuple[str, str]], distractors: float = 0.2) -> Scene:
+    """Random objects (about a fifth of the frames distractors), some drifting, none in ``avoid``."""
+    scene: Scene = []
+    for _ in range(frames):
+        if rng.random() < distractors:
+            scene.append(None)
+            continue
+        previous = scene[-1] if scene else None
+        if previous is not None and rng.random() < 0.3:  # the same object, moved a little
+            item = Item(
+                previous.color,
+                previous.shape,
+                min(0.8, max(0.2, previous.x + rng.uniform(-0.1, 0.1))),
+                min(0.8, max(0.2, previous.y + rng.uniform(-0.1, 0.1))),
+            )
+        else:
+            item = _random_item(rng, avoid)
+        scene.append(item)
+    return scene
+
+
+def _slots(rng: random.Random, frames: int, count: int) -> list[int]:
+    return sorted(rng.sample(range(frames), count))
+
+
+def build(family: str, seed: int, frames: int) -> tuple[Scene, str, str, float | None, list[str]]:
+    """A scene and its question: ``(scene, question, answer, needle, aliases)``."""
+    rng = random.Random(f"{family}:{seed}:{frames}")
+    last = frames - 1
+    if family == "needle":
+        scene = _background_scene(rng, frames, set())
+        k = rng.randrange(frames)
+        scene[k] = scene[k] or _random_item(rng)
+        return scene, f"What color is the shape in frame {k + 1}?", scene[k].color, k / last, []
+    if family == "retrieval":
+        target = _random_item(rng)
+        scene = _background_scene(rng, frames, {(target.color, target.shape)})
+        k = rng.randrange(frames)
+        scene[k] = target
+        return scene, f"In which frame is the {target.color} {target.shape}?", str(k + 1), k / last, []
+    if family == "ordering":
+        a = _random_item(rng)
+        b = _random_item(rng, {(c, a.shape) for c in COLORS} | {(a.color, s) for s in SHAPES})
+        scene = _background_scene(rng, frames, {(a.color, a.shape), (b.color, b.shape)})
+        i, j = _slots(rng, frames, 2)
+        scene[i], scene[j] = a, b
+        first, second = (a, b) if rng.random() < 0.5 else (b, a)
+        question = f"Which appears first, the {first.color} {first.shape} or the {second.color} {second.shape}?"
+        return scene, question, a.color, None, [f"{a.color} {a.shape}"]
+    if family == "counting":
+        shape = rng.choice(SHAPES)
+        others = [s for s in SHAPES if s != shape]
+        scene = [None if rng.random() < 0.2 else _random_item(rng, shape=rng.choice(others)) for _ in range(frames)]
+        count = rng.randint(1, min(9, frames))
+        for k in _slots(rng, frames, count):
+            scene[k] = _random_item(rng, shape=shape)
+        return scene, f"How many frames show a {shape}?", str(count), None, []
+    if family == "state_change":
+        shape = rng.choice(SHAPES)
+        before, after = rng.sample(list(COLORS), 2)
+        others = [s for s in SHAPES if s != shape]
+        scene = [None if rng.random() < 0.2 else _random_item(rng, shape=rng.choice(others)) for _ in range(frames)]
+        switch = rng.randint(1, last)
+        appearances = _slots(rng, switch, min(switch, 2)) + [
+            k + switch for k in _slots(rng, frames - switch, min(frames - switch, 2))
+        ]
+        for k in appearances:
+            scene[k] = _random_item(rng, shape=shape, color=before if k < switch else after)
+        return scene, f"What color does the {shape} turn into?", after, switch / last, []
+    if family == "last_frames":
+        scene = _background_scene(rng, frames, set())
+        scene[last] = _random_item(rng)
+        return scene, "What shape is in the last frame?", scene[last].shape, 1.0, []
+    raise ValueError(f"unknown family {family!r}; families: {', '.join(FAMILIES)}")
+
+
+def render(scene: Scene, size: int, seed: int = 0) -> np.ndarray:
+    """Frames [T, size, size, 3] uint8: each item drawn on a plain background; distractor frames
+    are noise with no object."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for item in scene:
+        if item is None:
+            noise = rng.integers(40, 110, size=(size, size, 3), dtype=np.uint8)
+            frames.append(noise)
+            continue
+        image = Image.new("RGB", (size, size), BACKGROUND)
+        draw = ImageDraw.Draw(image)
+        r = size * 0.18
+        cx, cy = item.x * size, item.y * size
+        color = COLORS[item.color]
+        if item.shape == "circle":
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color)
+        elif item.shape == "square":
+            draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=color)
+        elif item.shape == "triangle":
+            draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=color)
+        else:
+            w = r / 3
+            draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=color)
+            draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=color)
+        frames.append(np.asarray(image))
+    return np.stack(frames)
+
+
+def encode_mp4(frames: np.ndarray, fps: int = 4) -> bytes:
+    """H.264 in MP4 via PyAV (frames [T, H, W, 3] uint8, even sizes), near-lossless."""
+    import av
+
+    buffer = io.BytesIO()
+    with av.open(buffer, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(fps))
+        stream.height, stream.width = frames.shape[1:3]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"preset": "ultrafast", "crf": "10"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buffer.getvalue()
+
+
+def sample(family: str, seed: int, frames: int, size: int = 112) -> Sample:
+    scene, question, answer, needle, aliases = build(family, seed, frames)
+    video = encode_mp4(render(scene, size, seed))
+    return Sample(
+        f"{family}-{frames}-{seed}", family, question, answer, MediaKind.VIDEO, video, frames, needle, aliases
+    )
+
+
+def generate(
+    split: str, count: int, frames: tuple[int, ...] = (8, 16), size: int = 112, families: tuple[str, ...] = FAMILIES
+) -> list[Sample]:
+    """``count`` samples of a split, cycling through families and frame counts; deterministic."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; splits: {', '.join(SPLITS)}")
+    base = SPLITS[split]
+    return [
+        sample(families[i % len(families)], base + i, frames[(i // len(families)) % len(frames)], size)
+        for i in range(count)
+    ]
