@@ -32,8 +32,9 @@ class Sample:
 def normalize(text: str) -> str:
     """Lower case, first line, punctuation and articles dropped, spaces collapsed."""
     text = text.strip().splitlines()[0] if text.strip() else ""
-    text = re.sub(r"[^\w\s]", " ", text.lower())
-    words = [w for w in text.split() if w not in {"a", "an", "the"}]
+    words = re.sub(r"[^\w\s]", " ", text.lower()).split()
+    if len(words) > 1:  # "A" alone is an answer (option A), not an article
+        words = [w for w in words if w not in {"a", "an", "the"}] or words
     return " ".join(words)
 
 
