@@ -329,8 +329,11 @@ def build_tiny(model_id: str, seed: int = 0) -> tuple[Any, Any]:
     return build_from_spec(TINY_MODELS[model_id], seed)
 
 
-def build_from_spec(spec: TinySpec, seed: int = 0) -> tuple[Any, Any]:
-    """Build ``(model, processor)`` of a family at the sizes ``spec`` gives (random weights)."""
+def build_from_spec(spec: TinySpec, seed: int = 0, wide_init: bool = True) -> tuple[Any, Any]:
+    """Build ``(model, processor)`` of a family at the sizes ``spec`` gives (random weights).
+
+    ``wide_init`` redraws weights from N(0, 0.2) (lively untrained output); ``False`` keeps the
+    library's initialisation, the one to train from."""
     tok = build_tokenizer(spec.family)
     torch.manual_seed(seed)
     if spec.family == "llava_onevision":
@@ -339,7 +342,7 @@ def build_from_spec(spec: TinySpec, seed: int = 0) -> tuple[Any, Any]:
         model, processor = _build_qwen(spec, tok)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, param in model.named_parameters():
+        for name, param in model.named_parameters() if wide_init else ():
             if param.dim() >= 2:
                 param.normal_(0.0, 0.2, generator=generator)
             elif "norm" not in name:
