@@ -39,14 +39,7 @@ QUESTION = "What happens in the last frames of the video?"
 
 def frames(count: int, size: int = 224) -> DecodedMedia:
     rng = np.random.RandomState(count)
-    return DecodedMedia(
-        frames=(rng.rand(count, size, size, 3) * 255).astype(np.uint8),
-        indices=list(range(count)),
-        timestamps=[i * 0.5 for i in range(count)],
-        source_frames=count,
-        source_fps=2.0,
-        duration_s=count * 0.5,
-    )
+    return DecodedMedia.from_array((rng.rand(count, size, size, 3) * 255).astype(np.uint8))
 
 
 def register_spec(name: str, spec: tiny.TinySpec) -> str:

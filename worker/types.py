@@ -45,6 +45,12 @@ class DecodedMedia:
     source_fps: float
     duration_s: float
 
+    @classmethod
+    def from_array(cls, frames: np.ndarray, fps: float = 2.0) -> DecodedMedia:
+        """Every frame of ``frames`` [T, H, W, 3] uint8, taken at ``fps`` (tests, training, benchmarks)."""
+        count = len(frames)
+        return cls(frames, list(range(count)), [i / fps for i in range(count)], count, fps, count / fps)
+
     @property
     def sampled_fps(self) -> float:
         """Frames per second of the sampled sequence (what temporal position ids assume)."""

@@ -13,14 +13,7 @@ from videoqa.worker.types import DecodedMedia, PruningSpec
 
 def media(frames: int = 8, seed: int = 0, size: tuple[int, int] = (96, 128)) -> DecodedMedia:
     rng = np.random.RandomState(seed)
-    return DecodedMedia(
-        frames=(rng.rand(frames, *size, 3) * 255).astype(np.uint8),
-        indices=list(range(frames)),
-        timestamps=[i * 0.5 for i in range(frames)],
-        source_frames=frames,
-        source_fps=2.0,
-        duration_s=frames * 0.5,
-    )
+    return DecodedMedia.from_array((rng.rand(frames, *size, 3) * 255).astype(np.uint8))
 
 
 @dataclass

@@ -16,14 +16,7 @@ GREEDY = GenerationParams(max_new_tokens=6)
 
 def media(frames: int = 8, seed: int = 0) -> DecodedMedia:
     rng = np.random.RandomState(seed)
-    return DecodedMedia(
-        frames=(rng.rand(frames, 96, 128, 3) * 255).astype(np.uint8),
-        indices=list(range(frames)),
-        timestamps=[i * 0.5 for i in range(frames)],
-        source_frames=frames,
-        source_fps=2.0,
-        duration_s=frames * 0.5,
-    )
+    return DecodedMedia.from_array((rng.rand(frames, 96, 128, 3) * 255).astype(np.uint8))
 
 
 def run(gen: Generator, state: ConversationState, logits: torch.Tensor) -> tuple[list[int], list[torch.Tensor]]:

@@ -29,9 +29,7 @@ SPEC = tiny.TinySpec("qwen2_vl", layers=4, hidden=192, heads=6, kv_heads=2, inte
 
 
 def media_of(scene, seed: int, size: int) -> DecodedMedia:
-    frames = render(scene, size, seed)
-    count = len(frames)
-    return DecodedMedia(frames, list(range(count)), [i / 4 for i in range(count)], count, 4.0, count / 4)
+    return DecodedMedia.from_array(render(scene, size, seed), fps=4.0)
 
 
 def example(adapter, family: str, seed: int, frames: int, size: int):
