@@ -101,22 +101,26 @@ class SessionManager:
         self.lease_s = lease_s
         self.counters: Counter[str] = counters if counters is not None else Counter()
         self._hot: OrderedDict[str, Session] = OrderedDict()
+        self._hot_sizes: dict[str, int] = {}  # KV bytes of each hot session when last remembered
+        self._hot_total = 0
         self._lock = threading.Lock()
 
     # --- hot tier --------------------------------------------------------------------------------
 
     def _remember(self, session: Session) -> None:
+        size = session.state.cache_bytes()
         with self._lock:
-            self._hot[session.session_id] = session
+            self._hot_total += size - self._hot_sizes.get(session.session_id, 0)
+            self._hot[session.session_id], self._hot_sizes[session.session_id] = session, size
             self._hot.move_to_end(session.session_id)
-            total = sum(s.state.cache_bytes() for s in self._hot.values())
-            while total > self.hot_bytes and len(self._hot) > 1:
-                _, evicted = self._hot.popitem(last=False)
-                total -= evicted.state.cache_bytes()
+            while self._hot_total > self.hot_bytes and len(self._hot) > 1:
+                evicted, _ = self._hot.popitem(last=False)
+                self._hot_total -= self._hot_sizes.pop(evicted)
 
     def _forget(self, session_id: str) -> None:
         with self._lock:
             self._hot.pop(session_id, None)
+            self._hot_total -= self._hot_sizes.pop(session_id, 0)
 
     @property
     def hot_sessions(self) -> int:

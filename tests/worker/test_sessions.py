@@ -71,3 +71,48 @@ def test_versioned_appends_and_locks():
     assert s.delete("s1") and not s.delete("s1")
     with pytest.raises(SessionNotFound):
         s.load("s1")
+
+
+def test_hot_tier_is_bounded_in_bytes(tiny_model):
+    """The LRU keeps the most recently used sessions within its byte budget."""
+    from tests.pruning.conftest import media
+    from videoqa.worker.model.generate import Generator
+    from videoqa.worker.sessions import Session, SessionManager
+    from videoqa.worker.types import MediaKind, PruningSpec, SamplingSpec
+
+    lm = tiny_model("tiny-qwen2-vl")
+    gen = Generator(lm)
+    prompt = lm.adapter.prepare(media(), "what?")
+
+    def session(name: str) -> Session:
+        state, _ = gen.prefill(prompt)
+        return Session(
+            name,
+            "a",
+            lm.model_id,
+            MediaKind.VIDEO,
+            SamplingSpec(),
+            PruningSpec(),
+            media(),
+            prompt.layout,
+            state,
+            0,
+            0,
+            lm.kv_bytes_per_token,
+        )
+
+    one = session("s0").state.cache_bytes()
+    manager = SessionManager(
+        InProcessStore(ttl_s=60, max_session_bytes=1 << 30, max_sessions=10),
+        models={lm.model_id: lm},
+        hot_bytes=int(2.5 * one),
+    )
+    for name in ("s1", "s2", "s3"):
+        manager.create(session(name))
+    assert list(manager._hot) == ["s2", "s3"] and manager._hot_total == 2 * one
+    manager.get("a", "s2")  # used: s2 becomes the most recent
+    manager.create(session("s4"))
+    assert list(manager._hot) == ["s2", "s4"]
+    assert manager.get("a", "s1").session_id == "s1"  # evicted from the hot tier, restored from the store
+    manager.delete("a", "s1")
+    assert "s1" not in manager._hot and manager._hot_total == sum(manager._hot_sizes.values())
