@@ -49,7 +49,7 @@ def example(adapter, family: str, seed: int, frames: int, size: int):
 
 
 @torch.no_grad()
-def validate(model, processor, count: int, frames: int, size: int) -> float:
+def validate(model, processor, count: int, frames: int, size: int, families: tuple[str, ...] = FAMILIES) -> float:
     from videoqa.worker.model.generate import Generator
     from videoqa.worker.model.loader import LoadedModel
 
@@ -60,7 +60,7 @@ def validate(model, processor, count: int, frames: int, size: int) -> float:
     right = 0
     base = SPLITS["validation"]
     for i in range(count):
-        family = FAMILIES[i % len(FAMILIES)]
+        family = families[i % len(families)]
         scene, question, answer, _, aliases = build(family, base + i, frames)
         state, logits = gen.prefill(adapter.prepare(media_of(scene, base + i, size), question))
         text = processor.tokenizer.decode(
@@ -82,9 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=500)
     parser.add_argument("--eval-count", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--families", default=",".join(FAMILIES), help="question families to train and validate on")
     args = parser.parse_args(argv)
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
+    families = tuple(f for f in args.families.split(",") if f)
     model, processor = tiny.build_from_spec(SPEC, args.seed, wide_init=False)
     model.train()
     adapter = adapter_for(model, processor)
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"step {step} loss {running / 50:.3f} ({time.time() - started:.0f}s)", flush=True)
             running = 0.0
         if step % args.eval_every == 0 or step == args.steps:
-            accuracy = validate(model, processor, args.eval_count, args.frames, args.size)
+            accuracy = validate(model, processor, args.eval_count, args.frames, args.size, families)
             print(f"step {step} validation accuracy {accuracy:.3f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     model.eval().save_pretrained(args.out)
