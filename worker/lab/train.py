@@ -25,7 +25,9 @@ from videoqa.worker.model import tiny
 from videoqa.worker.model.families import adapter_for
 from videoqa.worker.types import DecodedMedia, GenerationParams, MediaKind
 
-SPEC = tiny.TinySpec("qwen2_vl", layers=4, hidden=192, heads=6, kv_heads=2, intermediate=512)
+SPEC = tiny.TinySpec(
+    "qwen2_vl", layers=4, hidden=192, heads=6, kv_heads=2, intermediate=512, vision_hidden=128, vision_depth=4
+)
 
 
 def media_of(scene, seed: int, size: int) -> DecodedMedia:

@@ -195,6 +195,9 @@ class TinySpec:
     image_size: int = 224
     #: MLP width (default: 2 × hidden).
     intermediate: int | None = None
+    #: Vision tower width and depth (Qwen families).
+    vision_hidden: int = 32
+    vision_depth: int = 2
 
 
 TINY_MODELS: dict[str, TinySpec] = {
@@ -251,7 +254,13 @@ def _build_qwen(spec: TinySpec, tok: Any) -> tuple[Any, Any]:
         vision_end_token_id=ids["<|vision_end|>"],
     )
     if spec.family == "qwen2_vl":
-        vision = dict(depth=2, embed_dim=32, hidden_size=spec.hidden, num_heads=2, mlp_ratio=2)
+        vision = dict(
+            depth=spec.vision_depth,
+            embed_dim=spec.vision_hidden,
+            hidden_size=spec.hidden,
+            num_heads=max(2, spec.vision_hidden // 32),
+            mlp_ratio=2,
+        )
         config = Qwen2VLConfig(text_config=_text_config(spec, tok), vision_config=vision, **token_ids)
         model_cls, proc_cls = Qwen2VLForConditionalGeneration, Qwen2VLProcessor
     else:
