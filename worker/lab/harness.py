@@ -28,13 +28,33 @@ BUCKETS = ("0-25%", "25-50%", "50-75%", "75-100%")
 
 @dataclass(frozen=True)
 class Config:
+    """One pruning configuration: ``name`` labels it in the results (the method's name unless it
+    is a variant with its own ``params``)."""
+
     method: str
     budget: float
     aware: bool
+    params: tuple[tuple[str, float], ...] = ()
+    name: str = ""
 
     @property
     def label(self) -> str:
-        return f"{self.method}@{self.budget:g}/{'aware' if self.aware else 'agnostic'}"
+        return f"{self.name or self.method}@{self.budget:g}/{'aware' if self.aware else 'agnostic'}"
+
+
+def parse_variant(text: str) -> tuple[str, str, tuple[tuple[str, float], ...]]:
+    """``NAME=METHOD:key=value,key=value`` (parameters optional) -> ``(name, method, params)``."""
+    name, sep, rest = text.partition("=")
+    method, _, assignments = rest.partition(":")
+    if not sep or not name or not method:
+        raise ValueError(f"variant {text!r} is not NAME=METHOD[:key=value,...]")
+    params = []
+    for assignment in filter(None, assignments.split(",")):
+        key, eq, value = assignment.partition("=")
+        if not eq:
+            raise ValueError(f"variant parameter {assignment!r} is not key=value")
+        params.append((key, float(value)))
+    return name, method, tuple(params)
 
 
 @dataclass
@@ -82,7 +102,7 @@ def evaluate(
             spec = SamplingSpec(num_frames=item.num_frames, max_frames=item.num_frames, max_resolution=max_resolution)
             media = decoder.decode(item.kind, item.media, spec, 1.0)
             for config in configs:
-                method = build_method(PruningSpec(config.method, {}, config.budget))
+                method = build_method(PruningSpec(config.method, dict(config.params), config.budget))
                 pipeline = PrunedPrefill(gen, method, question_aware=config.aware)
                 state, logits = pipeline.prefill(lm.adapter.prepare(media, item.question if config.aware else None))
                 pipeline.prune(state)
@@ -96,7 +116,7 @@ def evaluate(
                         item.sample_id,
                         item.family,
                         item.needle,
-                        config.method,
+                        config.name or config.method,
                         config.budget,
                         "aware" if config.aware else "agnostic",
                         text,
@@ -212,6 +232,25 @@ def plot(summary: dict, out: Path, myopia_budget: float = 0.2) -> list[Path]:
     return paths
 
 
+def configurations(methods: str, variants: list[str], budgets: str, modes: str) -> list[Config]:
+    """Every (method or variant) × budget × mode; ``full`` only at budget 1; ``all`` = every
+    registered method."""
+    from videoqa.worker.pruning.registry import describe_methods
+
+    names = [m for m in methods.split(",") if m]
+    if names == ["all"]:
+        names = [d.name for d in describe_methods()]
+    entries = [(name, name, ()) for name in names] + [parse_variant(v) for v in variants]
+    configs = []
+    for name, method, params in entries:
+        for budget in [float(b) for b in budgets.split(",")]:
+            if method == "full" and budget != 1.0:
+                continue
+            for mode in modes.split(","):
+                configs.append(Config(method, budget, mode == "aware", params, name))
+    return configs
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] == "eval":
@@ -224,7 +263,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", default="8,16")
     parser.add_argument("--milebench", type=Path, help="a MileBench-format data root instead of the synthetic suite")
     parser.add_argument("--datasets", default="", help="MileBench datasets (comma separated; default all)")
-    parser.add_argument("--methods", default="full,das,snapkv,h2o,fastv")
+    parser.add_argument("--methods", default="full,das,snapkv,h2o,fastv", help="comma separated, or 'all'")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=METHOD:key=value,...",
+        help="an extra configuration of a method with its own parameters (repeatable)",
+    )
     parser.add_argument("--budgets", default="1,0.5,0.2,0.1")
     parser.add_argument("--modes", default="aware,agnostic")
     parser.add_argument("--max-new-tokens", type=int, default=6)
@@ -241,13 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         from videoqa.worker.lab.suite import generate
 
         samples = generate(opts.split, opts.count, tuple(int(f) for f in opts.frames.split(",")))
-    configs = []
-    for method in [m for m in opts.methods.split(",") if m]:
-        for budget in [float(b) for b in opts.budgets.split(",")]:
-            if method == "full" and budget != 1.0:
-                continue
-            for mode in opts.modes.split(","):
-                configs.append(Config(method, budget, mode == "aware"))
+    configs = configurations(opts.methods, opts.variant, opts.budgets, opts.modes)
     lm = load_model(opts.model, device=opts.device)
     rows = evaluate(
         lm,

@@ -4,19 +4,21 @@ Each video is ``T`` frames (8 to 64); a frame shows one object (a colour and a s
 some moving from frame to frame) or is a distractor (noise, no object). Question families mirror
 MileBench's diagnostic and temporal groups, with short, exactly checkable answers:
 
-- ``needle``: what colour is the shape in frame k;
-- ``retrieval``: in which frame is the <colour> <shape> (it appears once);
+- ``needle``: what colour is the <shape> (the only frame that shows that shape: the needle);
+- ``retrieval``: which shape is <colour> (the only frame that shows that colour);
 - ``ordering``: which appears first, the <a> or the <b> (answer: the first one's colour);
 - ``counting``: how many frames show a <shape>;
 - ``state_change``: what colour does the <shape> turn into;
 - ``last_frames``: what shape is in the last frame.
 
-Splits come from disjoint seed ranges: ``train`` (0…), ``validation`` (10⁶…), ``test`` (2·10⁶…).
+Questions name content, never a frame number: a model whose only clock is rotary positions (as
+here) cannot count frames from the start (see docs/quality.md). Splits come from disjoint seed ranges: ``train`` (0…), ``validation`` (10⁶…), ``test`` (2·10⁶…).
 """
 
 from __future__ import annotations
 
 import io
+import math
 import random
 from dataclasses import dataclass
 from fractions import Fraction
@@ -36,10 +38,12 @@ COLORS: dict[str, tuple[int, int, int]] = {
     "orange": (240, 140, 30),
     "purple": (150, 60, 200),
 }
-SHAPES = ("circle", "square", "triangle", "cross")
+SHAPES = ("circle", "square", "triangle", "star")
 FAMILIES = ("needle", "retrieval", "ordering", "counting", "state_change", "last_frames")
 SPLITS = {"train": 0, "validation": 1_000_000, "test": 2_000_000}
 BACKGROUND = (70, 70, 80)
+#: Counting questions ask about 1 to MAX_COUNT frames.
+MAX_COUNT = 5
 
 
 @dataclass(frozen=True)
@@ -93,16 +97,17 @@ def build(family: str, seed: int, frames: int) -> tuple[Scene, str, str, float |
     rng = random.Random(f"{family}:{seed}:{frames}")
     last = frames - 1
     if family == "needle":
-        scene = _background_scene(rng, frames, set())
+        shape = rng.choice(SHAPES)
+        scene = _background_scene(rng, frames, {(c, shape) for c in COLORS})
         k = rng.randrange(frames)
-        scene[k] = scene[k] or _random_item(rng)
-        return scene, f"What color is the shape in frame {k + 1}?", scene[k].color, k / last, []
+        scene[k] = _random_item(rng, shape=shape)
+        return scene, f"What color is the {shape}?", scene[k].color, k / last, []
     if family == "retrieval":
-        target = _random_item(rng)
-        scene = _background_scene(rng, frames, {(target.color, target.shape)})
+        color = rng.choice(list(COLORS))
+        scene = _background_scene(rng, frames, {(color, s) for s in SHAPES})
         k = rng.randrange(frames)
-        scene[k] = target
-        return scene, f"In which frame is the {target.color} {target.shape}?", str(k + 1), k / last, []
+        scene[k] = _random_item(rng, color=color)
+        return scene, f"Which shape is {color}?", scene[k].shape, k / last, []
     if family == "ordering":
         a = _random_item(rng)
         b = _random_item(rng, {(c, a.shape) for c in COLORS} | {(a.color, s) for s in SHAPES})
@@ -116,7 +121,7 @@ def build(family: str, seed: int, frames: int) -> tuple[Scene, str, str, float |
         shape = rng.choice(SHAPES)
         others = [s for s in SHAPES if s != shape]
         scene = [None if rng.random() < 0.2 else _random_item(rng, shape=rng.choice(others)) for _ in range(frames)]
-        count = rng.randint(1, min(9, frames))
+        count = rng.randint(1, min(MAX_COUNT, frames))
         for k in _slots(rng, frames, count):
             scene[k] = _random_item(rng, shape=shape)
         return scene, f"How many frames show a {shape}?", str(count), None, []
@@ -160,10 +165,13 @@ def render(scene: Scene, size: int, seed: int = 0) -> np.ndarray:
             draw.rectangle([cx - r, cy - r, cx + r, cy + r], fill=color)
         elif item.shape == "triangle":
             draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=color)
-        else:
-            w = r / 3
-            draw.rectangle([cx - r, cy - w, cx + r, cy + w], fill=color)
-            draw.rectangle([cx - w, cy - r, cx + w, cy + r], fill=color)
+        else:  # a five-pointed star
+            points = []
+            for k in range(10):
+                radius = r if k % 2 == 0 else r * 0.45
+                angle = math.pi * k / 5 - math.pi / 2
+                points.append((cx + radius * math.cos(angle), cy + radius * math.sin(angle)))
+            draw.polygon(points, fill=color)
         frames.append(np.asarray(image))
     return np.stack(frames)
 

@@ -1,12 +1,22 @@
-"""Train a small video-QA model on the synthetic suite (deterministic; CPU or GPU).
+"""Train the demo video-QA model on the synthetic suite (deterministic; CPU or GPU).
 
-    python -m videoqa.worker.lab.train --out models/videoqa-demo --steps 4000
+    python -m videoqa.worker.lab.train --out models/videoqa-demo
 
-Builds a Qwen2-VL-architecture model from a config (library initialisation), then trains it with
-teacher forcing on the suite's train split (question-aware prompts; loss on the answer tokens and
-the end-of-turn token only), logging the loss and the greedy validation accuracy as it goes. The
-checkpoint (weights, processor, tokenizer) is written with ``save_pretrained`` and loads through
-the normal model path (``--model models/videoqa-demo``).
+A Qwen2-VL-architecture model is built from a config (library initialisation) and trained in two
+stages, both on the suite's train split:
+
+1. **Vision warm-up** (``--vision-steps``): the vision tower alone, with a linear probe that reads
+   from each merged token the colour and shape of the object under it (or "no object"), as a
+   detector head would.
+   Trained end to end from the start, a from-scratch tower gets almost no gradient once the language
+   model has learned each question's answer prior, and never learns shapes; this stage fixes that.
+2. **Question answering** (``--steps``): the whole model, teacher forced on question-aware prompts
+   (loss on the answer and the end-of-turn token), in padded batches, with the probe loss kept as an
+   auxiliary term (``--probe-weight``) so the tower keeps encoding what the questions ask about.
+
+The probe is dropped afterwards: the checkpoint (weights, processor, tokenizer) is a plain Qwen2-VL
+model written with ``save_pretrained``, loading through the normal model path (``--model DIR``).
+Greedy validation accuracy per family is logged as it trains.
 """
 
 from __future__ import annotations
@@ -15,104 +25,237 @@ import argparse
 import random
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 
 from videoqa.worker.lab.sample import Sample, is_correct
-from videoqa.worker.lab.suite import FAMILIES, SPLITS, build, render
+from videoqa.worker.lab.suite import BACKGROUND, COLORS, FAMILIES, SHAPES, SPLITS, Scene, build, render
 from videoqa.worker.model import tiny
 from videoqa.worker.model.families import adapter_for
 from videoqa.worker.types import DecodedMedia, GenerationParams, MediaKind
 
 SPEC = tiny.TinySpec(
-    "qwen2_vl", layers=4, hidden=192, heads=6, kv_heads=2, intermediate=512, vision_hidden=128, vision_depth=4
+    "qwen2_vl", layers=4, hidden=192, heads=6, kv_heads=2, intermediate=576, vision_hidden=128, vision_depth=4
 )
+COLOR_NAMES = list(COLORS)
 
 
-def media_of(scene, seed: int, size: int) -> DecodedMedia:
+def media_of(scene: Scene, seed: int, size: int) -> DecodedMedia:
     return DecodedMedia.from_array(render(scene, size, seed), fps=4.0)
 
 
-def example(adapter, family: str, seed: int, frames: int, size: int):
+@dataclass
+class Example:
+    """One tokenised training example: prompt ids, answer ids, processor output, and the probe's
+    per-token targets."""
+
+    inputs: dict[str, torch.Tensor]
+    prompt_ids: list[int]
+    answer_ids: list[int]
+    targets: tuple[torch.Tensor, torch.Tensor]
+
+
+def example(adapter, probe: TokenProbe, region: int, family: str, seed: int, frames: int, size: int) -> Example:
     scene, question, answer, *_ = build(family, seed, frames)
-    prompt = adapter.prepare(media_of(scene, seed, size), question)
+    pixels = render(scene, size, seed)
+    prompt = adapter.prepare(DecodedMedia.from_array(pixels, fps=4.0), question)
     answer_ids = [*adapter.encode_text(answer), adapter.tokenizer.eos_token_id]
-    inputs = dict(prompt.inputs)
-    prompt_len = inputs["input_ids"].shape[1]
-    inputs["input_ids"] = torch.cat([inputs["input_ids"], torch.tensor([answer_ids])], dim=1)
-    inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
-    inputs["mm_token_type_ids"] = torch.cat(
-        [inputs["mm_token_type_ids"], torch.zeros(1, len(answer_ids), dtype=inputs["mm_token_type_ids"].dtype)], dim=1
+    return Example(prompt.inputs, prompt.input_ids, answer_ids, probe.targets(scene, pixels, region))
+
+
+def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch: ``input_ids``/``attention_mask``/``labels``/``mm_token_type_ids`` [B, L]
+    (labels -100 outside the answers), pixels and grids concatenated in batch order."""
+    length = max(len(e.prompt_ids) + len(e.answer_ids) for e in examples)
+    n = len(examples)
+    ids = torch.full((n, length), pad_id)
+    mask = torch.zeros(n, length, dtype=torch.long)
+    labels = torch.full((n, length), -100)
+    token_types = torch.zeros(n, length, dtype=torch.long)
+    for row, e in enumerate(examples):
+        prompt, total = len(e.prompt_ids), len(e.prompt_ids) + len(e.answer_ids)
+        ids[row, :total] = torch.tensor(e.prompt_ids + e.answer_ids)
+        mask[row, :total] = 1
+        labels[row, prompt:total] = torch.tensor(e.answer_ids)
+        token_types[row, :prompt] = e.inputs["mm_token_type_ids"][0]
+    return dict(
+        input_ids=ids,
+        attention_mask=mask,
+        labels=labels,
+        mm_token_type_ids=token_types,
+        pixel_values_videos=torch.cat([e.inputs["pixel_values_videos"] for e in examples]),
+        video_grid_thw=torch.cat([e.inputs["video_grid_thw"] for e in examples]),
     )
-    labels = inputs["input_ids"].clone()
-    labels[:, :prompt_len] = -100
-    return inputs, labels
+
+
+class TokenProbe(nn.Module):
+    """Reads, from each merged visual token, the colour and shape of the object under it in each of
+    its frames (an extra class: no object there), like a detector head on a ViT.
+
+    ``forward(tokens [N, hidden])`` returns colour logits [N, F, colours+1] and shape logits
+    [N, F, shapes+1], F = temporal patch size. Targets come from the rendered frames: a token's
+    region shows the object in a frame when at least ``cover`` of its pixels are the object's."""
+
+    def __init__(self, hidden: int, frames_per_group: int, cover: float = 0.1):
+        super().__init__()
+        self.frames, self.cover = frames_per_group, cover
+        self.colors, self.shapes = len(COLOR_NAMES) + 1, len(SHAPES) + 1
+        self.linear = nn.Linear(hidden, frames_per_group * (self.colors + self.shapes))
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.linear(tokens).view(tokens.shape[0], self.frames, -1)
+        return logits[..., : self.colors], logits[..., self.colors :]
+
+    def targets(self, scene: Scene, frames: np.ndarray, region: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Colour and shape class per merged token and frame, [N, F] each, in the tower's token
+        order (frame groups, then rows, then columns of ``region``-pixel squares)."""
+        count, height, width, _ = frames.shape
+        covered = (np.abs(frames.astype(np.int16) - np.array(BACKGROUND)).sum(-1) > 30).astype(np.float32)
+        cover = covered.reshape(count, height // region, region, width // region, region).mean((2, 4)) >= self.cover
+        colors = np.full(cover.shape, len(COLOR_NAMES))
+        shapes = np.full(cover.shape, len(SHAPES))
+        for index, item in enumerate(scene):
+            if item is not None:
+                colors[index][cover[index]] = COLOR_NAMES.index(item.color)
+                shapes[index][cover[index]] = SHAPES.index(item.shape)
+
+        def arrange(labels: np.ndarray) -> torch.Tensor:  # [T, h, w] -> [T/F * h * w, F]
+            grouped = labels.reshape(count // self.frames, self.frames, -1).transpose(0, 2, 1)
+            return torch.from_numpy(grouped.reshape(-1, self.frames).copy())
+
+        return arrange(colors), arrange(shapes)
+
+    def loss(self, tokens: torch.Tensor, targets: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        color_logits, shape_logits = self(tokens)
+        colors = torch.cat([c for c, _ in targets])
+        shapes = torch.cat([s for _, s in targets])
+        ce = nn.functional.cross_entropy
+        return ce(color_logits.flatten(0, 1), colors.flatten()) + ce(shape_logits.flatten(0, 1), shapes.flatten())
+
+
+class VisionCapture:
+    """Keeps the vision tower's merged output tokens [N, hidden] of the latest forward."""
+
+    def __init__(self, visual: nn.Module):
+        self.tokens: torch.Tensor | None = None
+        visual.register_forward_hook(self._keep)
+
+    def _keep(self, module, args, output) -> None:
+        pooled = output.pooler_output
+        self.tokens = pooled if torch.is_tensor(pooled) else torch.cat(pooled)
 
 
 @torch.no_grad()
-def validate(model, processor, count: int, frames: int, size: int, families: tuple[str, ...] = FAMILIES) -> float:
+def validate(model, processor, count: int, frames: tuple[int, ...], size: int, families: tuple[str, ...]) -> dict:
+    """Greedy accuracy per family on the validation split (the service's prefill + decode path)."""
     from videoqa.worker.model.generate import Generator
     from videoqa.worker.model.loader import LoadedModel
 
     model.eval()
     adapter = adapter_for(model, processor)
-    lm = LoadedModel("training", model, processor, adapter, "training", torch.device("cpu"), torch.float32)
-    gen = Generator(lm)
-    right = 0
+    gen = Generator(LoadedModel("training", model, processor, adapter, "training", torch.device("cpu"), torch.float32))
+    results: dict[str, list[bool]] = {f: [] for f in families}
     base = SPLITS["validation"]
     for i in range(count):
-        family = families[i % len(families)]
-        scene, question, answer, _, aliases = build(family, base + i, frames)
+        family, length = families[i % len(families)], frames[(i // len(families)) % len(frames)]
+        scene, question, answer, _, aliases = build(family, base + i, length)
         state, logits = gen.prefill(adapter.prepare(media_of(scene, base + i, size), question))
         text = processor.tokenizer.decode(
-            list(gen.stream(state, logits, GenerationParams(4))), skip_special_tokens=True
+            list(gen.stream(state, logits, GenerationParams(6))), skip_special_tokens=True
         )
-        right += is_correct(text, Sample("v", family, question, answer, MediaKind.VIDEO, b"", frames, None, aliases))
+        sample = Sample("v", family, question, answer, MediaKind.VIDEO, b"", length, None, aliases)
+        results[family].append(is_correct(text, sample))
     model.train()
-    return right / count
+    per_family = {f: sum(r) / len(r) for f, r in results.items() if r}
+    return {"overall": sum(map(sum, results.values())) / count, **per_family}
+
+
+def _format(accuracy: dict) -> str:
+    return " ".join(f"{k} {v:.2f}" for k, v in accuracy.items())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("models/videoqa-demo"))
-    parser.add_argument("--steps", type=int, default=4000)
-    parser.add_argument("--frames", type=int, default=8)
+    parser.add_argument("--vision-steps", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--frames", default="8,16", help="frame counts to train on (one per batch, cycled)")
     parser.add_argument("--size", type=int, default=112)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--accumulate", type=int, default=4)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--vision-lr", type=float, default=2e-3)
+    parser.add_argument("--probe-weight", type=float, default=0.3)
     parser.add_argument("--eval-every", type=int, default=500)
-    parser.add_argument("--eval-count", type=int, default=60)
+    parser.add_argument("--eval-count", type=int, default=96)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", default=",".join(FAMILIES), help="question families to train and validate on")
     args = parser.parse_args(argv)
+    families = tuple(f for f in args.families.split(",") if f)
+    frame_counts = tuple(int(f) for f in args.frames.split(","))
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    families = tuple(f for f in args.families.split(",") if f)
     model, processor = tiny.build_from_spec(SPEC, args.seed, wide_init=False)
     model.train()
     adapter = adapter_for(model, processor)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.steps, pct_start=0.05)
-    started, running = time.time(), 0.0
-    for step in range(1, args.steps + 1):
-        for _ in range(args.accumulate):
-            inputs, labels = example(
-                adapter, rng.choice(FAMILIES), rng.randrange(SPLITS["validation"]), args.frames, args.size
+    vision_config = model.config.vision_config
+    probe = TokenProbe(SPEC.hidden, vision_config.temporal_patch_size)
+    region = vision_config.patch_size * vision_config.spatial_merge_size
+    capture = VisionCapture(model.model.visual)
+    started = time.time()
+
+    def draw(step: int, n: int) -> list[Example]:
+        frames = frame_counts[step % len(frame_counts)]
+        return [
+            example(
+                adapter, probe, region, rng.choice(families), rng.randrange(SPLITS["validation"]), frames, args.size
             )
-            loss = model(**inputs, labels=labels).loss / args.accumulate
-            loss.backward()
-            running += loss.item()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step % 50 == 0:
-            print(f"step {step} loss {running / 50:.3f} ({time.time() - started:.0f}s)", flush=True)
-            running = 0.0
-        if step % args.eval_every == 0 or step == args.steps:
-            accuracy = validate(model, processor, args.eval_count, args.frames, args.size, families)
-            print(f"step {step} validation accuracy {accuracy:.3f}", flush=True)
+            for _ in range(n)
+        ]
+
+    def optimise(params: list, lr: float, steps: int, loss_of, label: str) -> None:
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.05)
+        running: dict[str, float] = {}
+        for step in range(1, steps + 1):
+            losses = loss_of(step)
+            sum(losses.values()).backward()
+            for name, value in losses.items():
+                running[name] = running.get(name, 0.0) + value.item()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step % 50 == 0:
+                shown = " ".join(f"{k} {v / 50:.3f}" for k, v in running.items())
+                print(f"{label} step {step} {shown} ({time.time() - started:.0f}s)", flush=True)
+                running = {}
+            if label == "qa" and (step % args.eval_every == 0 or step == steps):
+                accuracy = validate(model, processor, args.eval_count, frame_counts, args.size, families)
+                print(f"qa step {step} validation {_format(accuracy)}", flush=True)
+
+    def vision_loss(step: int) -> dict[str, torch.Tensor]:
+        batch = draw(step, args.batch * 2)
+        pixels = torch.cat([e.inputs["pixel_values_videos"] for e in batch])
+        grids = torch.cat([e.inputs["video_grid_thw"] for e in batch])
+        model.model.visual(pixels, grid_thw=grids)
+        return {"probe": probe.loss(capture.tokens, [e.targets for e in batch])}
+
+    def qa_loss(step: int) -> dict[str, torch.Tensor]:
+        batch = draw(step, args.batch)
+        inputs = collate(batch, processor.tokenizer.pad_token_id)
+        answer = model(**inputs).loss
+        probe_loss = probe.loss(capture.tokens, [e.targets for e in batch])
+        return {"answer": answer, "probe": args.probe_weight * probe_loss}
+
+    if args.vision_steps:
+        vision_params = [*model.model.visual.parameters(), *probe.parameters()]
+        optimise(vision_params, args.vision_lr, args.vision_steps, vision_loss, "vision")
+    if args.steps:
+        optimise([*model.parameters(), *probe.parameters()], args.lr, args.steps, qa_loss, "qa")
     args.out.mkdir(parents=True, exist_ok=True)
     model.eval().save_pretrained(args.out)
     processor.save_pretrained(args.out)
