@@ -7,7 +7,7 @@ import json
 from PIL import Image
 
 from videoqa.client.cli import main as cli_main
-from videoqa.worker.lab.harness import Row, bucket, summarize
+from videoqa.worker.lab.harness import Row, bucket, configurations, parse_variant, summarize
 from videoqa.worker.lab.sample import Sample, is_correct, normalize
 from videoqa.worker.types import MediaKind
 
@@ -62,3 +62,23 @@ def test_eval_command_on_a_tiny_split(tmp_path, capsys):
     for mode in ("aware", "agnostic"):
         with Image.open(out / f"accuracy_{mode}.png") as image:
             assert image.format == "PNG"
+
+
+def test_configurations_expand_methods_variants_budgets_and_modes():
+    from videoqa.worker.pruning.registry import describe_methods
+
+    assert parse_variant("das_g2=das:gamma=2,alpha=0.25") == ("das_g2", "das", (("gamma", 2.0), ("alpha", 0.25)))
+    assert parse_variant("plain=snapkv") == ("plain", "snapkv", ())
+    for bad in ("das", "=das", "x=das:gamma"):
+        try:
+            parse_variant(bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad!r} was accepted")
+    configs = configurations("all", ["das_g2=das:gamma=2"], "1,0.2", "aware,agnostic")
+    names = {d.name for d in describe_methods()}
+    assert {c.method for c in configs} == names
+    assert [c for c in configs if c.method == "full"] and all(c.budget == 1 for c in configs if c.method == "full")
+    variant = [c for c in configs if c.name == "das_g2"]
+    assert len(variant) == 4 and all(c.params == (("gamma", 2.0),) for c in variant)
+    assert len(configs) == (len(names) - 1) * 4 + 2 + 4

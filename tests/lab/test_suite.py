@@ -58,7 +58,7 @@ def test_answers_follow_from_the_scene(family, frames):
 
 
 def test_rendered_colours_and_decoded_video():
-    scene, question, answer, needle, _ = build("needle", 3, 8)
+    scene, _, answer, needle, _ = build("needle", 3, 8)
     frames = render(scene, 112, 3)
     k = round(needle * 7)
     item = scene[k]

@@ -12,7 +12,8 @@ MileBench's diagnostic and temporal groups, with short, exactly checkable answer
 - ``last_frames``: what shape is in the last frame.
 
 Questions name content, never a frame number: a model whose only clock is rotary positions (as
-here) cannot count frames from the start (see docs/quality.md). Splits come from disjoint seed ranges: ``train`` (0…), ``validation`` (10⁶…), ``test`` (2·10⁶…).
+here) cannot count frames from the start (see docs/quality.md). Splits come from disjoint seed
+ranges: ``train`` (0…), ``validation`` (10⁶…), ``test`` (2·10⁶…).
 """
 
 from __future__ import annotations
