@@ -38,7 +38,7 @@ def test_default_chart_renders_grpc_probes_and_non_root():
     pod = docs["Deployment"]["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["args"][:2] == ["serve", "--listen=0.0.0.0:50051"]
-    assert "--model=tiny-qwen2-vl" in container["args"]
+    assert "--model=videoqa-demo" in container["args"]
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["grpc"]["port"] == 50051, probe
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0

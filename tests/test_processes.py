@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import wait_serving
 from tests.media import make_video
+from videoqa.worker.lab.sample import normalize
 
 VIDEOQA = str(Path(sys.executable).parent / "videoqa")
 
@@ -41,13 +42,13 @@ def stop(process: subprocess.Popen) -> str:
     return output
 
 
-def ask(address: str, video: Path, *extra: str) -> dict:
+def ask(address: str, video: Path, *extra: str, question: str = "What is in the video?") -> dict:
     result = subprocess.run(
         [
             VIDEOQA,
             "ask",
             str(video),
-            "What is in the video?",
+            question,
             "--server",
             address,
             "--frames",
@@ -72,18 +73,28 @@ def video(tmp_path_factory) -> Path:
     return path
 
 
-def test_serve_answers_the_cli(video):
+def test_serve_answers_the_readme_demo_right(tmp_path):
+    """`make demo`: a suite video, its question, the embedded default model; the answer is right."""
+    demo = tmp_path / "demo.mp4"
+    made = subprocess.run(
+        [sys.executable, "-m", "videoqa.worker.lab.suite", str(demo), "--family", "needle", "--frames", "16"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    question, expected = made.stdout.strip(), made.stderr.strip().rsplit("expected answer: ", 1)[1]
     port = free_port()
     server = start("serve", "--listen", f"127.0.0.1:{port}")
     try:
         wait_serving(f"127.0.0.1:{port}", timeout=180)
-        reply = ask(f"127.0.0.1:{port}", video)
-        assert reply["session_id"] and isinstance(reply["answer"], str)
-        assert reply["stats"]["frames_used"] == 8 and reply["stats"]["generated_tokens"] >= 1
+        reply = ask(f"127.0.0.1:{port}", demo, "--frames", "16", question=question)
+        assert reply["session_id"] and normalize(reply["answer"]) == expected
+        assert reply["stats"]["frames_used"] == 16 and reply["stats"]["generated_tokens"] >= 1
         info = subprocess.run(
             [VIDEOQA, "info", "--server", f"127.0.0.1:{port}"], capture_output=True, text=True, timeout=60
         )
-        assert info.returncode == 0 and "tiny-qwen2-vl" in info.stdout
+        assert info.returncode == 0 and "videoqa-demo" in info.stdout
     finally:
         output = stop(server)
     assert "sessions are kept in memory" in output

@@ -15,8 +15,9 @@ class WorkerSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VIDEOQA_", extra="ignore", use_attribute_docstrings=True)
 
-    models: list[str] = Field(default=["tiny-qwen2-vl"], min_length=1)
-    """Model ids to load (``tiny-*``, a local directory, or a hub id); the first is the default."""
+    models: list[str] = Field(default=["videoqa-demo"], min_length=1)
+    """Model ids to load (``videoqa-demo``, ``tiny-*``, a local directory, or a hub id); the first
+    is the default."""
     device: str = "cpu"
     """Torch device of the models, e.g. ``cpu`` or ``cuda:0``."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"

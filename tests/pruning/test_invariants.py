@@ -115,6 +115,21 @@ def test_das_without_subsidy_or_bin_is_plain_alpha_mixed_topk(pruned):
         assert torch.equal(layer.keys, expected)
 
 
+def test_agnostic_alpha_governs_only_the_question_agnostic_prefill(pruned):
+    def kept(aware: bool, **params):
+        run = pruned("tiny-qwen2-vl", "das", 0.3, aware=aware, **params)
+        return run.result.kept_per_frame, run.pipeline.context(run.state).window
+
+    # Without a question, agnostic_alpha=0 runs no probe and scores like alpha=0.
+    no_probe, window = kept(False, agnostic_alpha=0.0)
+    assert not window.groups
+    assert no_probe == kept(False, agnostic_alpha=0.0, alpha=0.0)[0] == kept(False, alpha=0.3, agnostic_alpha=0.0)[0]
+    with_probe, window = kept(False, agnostic_alpha=0.9)
+    assert window.groups and with_probe != no_probe
+    # With the question in the prompt, agnostic_alpha changes nothing.
+    assert kept(True, agnostic_alpha=0.0)[0] == kept(True, agnostic_alpha=1.0)[0]
+
+
 def test_subsidy_moves_kept_tokens_toward_later_frames(pruned):
     kept = {}
     for gamma in (1.0, 4.0):

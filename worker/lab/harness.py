@@ -7,7 +7,7 @@ greedy decode loop. Writes ``results.json`` (every prediction), ``results.md`` (
 per question family, per needle-position bucket, KV bytes per configuration) and two PNG plots:
 accuracy vs budget per method, and accuracy vs needle position at 20% (the myopia curve).
 
-    videoqa eval --model tiny-qwen2-vl --split test --count 60 --frames 8,16 \\
+    videoqa eval --model videoqa-demo --split test --count 60 --frames 8,16 \\
         --methods full,das,snapkv --budgets 1,0.5,0.2,0.1 --modes aware,agnostic --out eval/
     videoqa eval --milebench /data/MileBench --datasets ActionSequence --out eval-milebench/
 """
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     if args and args[0] == "eval":
         args = args[1:]
     parser = argparse.ArgumentParser(prog="videoqa eval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny-qwen2-vl")
+    parser.add_argument("--model", default="videoqa-demo")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
     parser.add_argument("--count", type=int, default=60)

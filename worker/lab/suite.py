@@ -214,3 +214,28 @@ def generate(
         sample(families[i % len(families)], base + i, frames[(i // len(families)) % len(frames)], size)
         for i in range(count)
     ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write one suite video; print its question on stdout and the expected answer on stderr."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="Write one synthetic suite video and print its question.")
+    parser.add_argument("out", type=Path, help="where to write the MP4")
+    parser.add_argument("--family", default="needle", choices=FAMILIES)
+    parser.add_argument("--split", default="test", choices=list(SPLITS))
+    parser.add_argument("--index", type=int, default=0, help="sample index within the split")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=112)
+    args = parser.parse_args(argv)
+    item = sample(args.family, SPLITS[args.split] + args.index, args.frames, args.size)
+    args.out.write_bytes(item.media)
+    print(item.question)
+    print(f"{args.out}: {args.frames} frames; expected answer: {item.answer}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -19,6 +19,11 @@ from videoqa.worker.model.tiny import TINY_MODELS, build_tiny
 
 log = logging.getLogger(__name__)
 
+#: Checkpoints that ship inside the package, by id. ``videoqa-demo`` is the demo model trained on
+#: the synthetic suite by ``python -m videoqa.worker.lab.train`` (see docs/quality.md).
+BUILTIN_CHECKPOINTS = {"videoqa-demo": Path(__file__).parent / "demo"}
+DEFAULT_MODEL = "videoqa-demo"
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -110,8 +115,9 @@ def _state_fingerprint(model: Any, digest: hashlib._Hash) -> None:
 
 
 def load_model(model_id: str, *, device: str = "cpu", dtype: str = "float32") -> LoadedModel:
-    """Load ``model_id``: ``tiny-*`` (built in code), a directory saved by ``save_pretrained``,
-    or a hub id (needs the weights in the local Hugging Face cache or network access)."""
+    """Load ``model_id``: ``tiny-*`` (built in code), a built-in checkpoint (``videoqa-demo``), a
+    directory saved by ``save_pretrained``, or a hub id (needs the weights in the local Hugging
+    Face cache or network access)."""
     if dtype not in DTYPES:
         raise InvalidInput(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     torch_dtype = DTYPES[dtype]
@@ -123,7 +129,7 @@ def load_model(model_id: str, *, device: str = "cpu", dtype: str = "float32") ->
     else:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        source = os.path.expanduser(model_id)
+        source = str(BUILTIN_CHECKPOINTS.get(model_id) or os.path.expanduser(model_id))
         log.info("loading %s", source)
         processor = AutoProcessor.from_pretrained(source)
         model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype).eval()

@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="videoqa diagnose", description=__doc__.split("\n\n")[0])
     parser.add_argument("video", type=Path)
     parser.add_argument("--question", default="What happens in the last frames of the video?")
-    parser.add_argument("--model", default="tiny-qwen2-vl")
+    parser.add_argument("--model", default="videoqa-demo")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--max-resolution", type=int, default=448)
     parser.add_argument("--budget", type=float, default=0.2)

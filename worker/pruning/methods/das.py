@@ -9,7 +9,8 @@ and every choice it leaves open is a parameter. Per layer, over the visual token
   prompt when there is none);
 - frame→frame score ``r_j``: attention from visual queries (strided to ``visual_rows``), divided
   by how many of those queries could see j, so early tokens get no free mass;
-- mix ``s = α·c/Σc + (1−α)·r/Σr``, optionally pooled within each frame span;
+- mix ``s = α·c/Σc + (1−α)·r/Σr``, optionally pooled within each frame span (α is
+  ``agnostic_alpha`` when the question is not in the prefill; 0 there skips the probe);
 - subsidy ``s'_j = s_j · w_{m(j)}`` for frame span m of M:
   ``subsidy=0`` (position prior) ``w_m = γ^{m/(M−1)}``; ``subsidy=1`` (fitted decay) fits
   ``log mean_m(s) ≈ a − λ·m`` and sets ``w_m = exp(clip(λ, 0, λ_max)·m·(1 − 1/γ))``;
@@ -58,6 +59,13 @@ class DynamicAttentionSubsidy(ScoredMethod):
     description = "Dynamic Attention Subsidy + Recycling Bin (reconstruction of Myopia Rectification, CVPR'26F)."
     params = (
         MethodParam("alpha", "Weight of question->frame attention against frame->frame attention", 0.5, 0, 1),
+        MethodParam(
+            "agnostic_alpha",
+            "alpha when the question is not known yet (the window is the probe prompt; 0: no probe)",
+            0.5,
+            0,
+            1,
+        ),
         MethodParam("gamma", "Subsidy strength: last frame's weight relative to the first (1: none)", 1.5, 1, 10),
         MethodParam("subsidy", "0: exponential position prior, 1: fitted-decay variant", 0, 0, 1, integer=True),
         MethodParam("lambda_max", "Cap on the fitted per-frame decay rate (subsidy=1)", 1.0, 0, 10),
@@ -74,13 +82,17 @@ class DynamicAttentionSubsidy(ScoredMethod):
         *_SHARED,
     )
 
+    def mix(self, question_aware: bool) -> float:
+        """α of this prefill: ``alpha`` with the question in the prompt, else ``agnostic_alpha``."""
+        return float(self.alpha if question_aware else self.agnostic_alpha)
+
     def prefill_groups(self, rows: RowSets) -> list[RowGroup]:
-        if float(self.alpha) >= 1.0:
+        if self.mix(rows.question_aware) >= 1.0:
             return []
         return [RowGroup("visual", rows.visual(int(self.visual_rows)))]
 
     def window_groups(self, rows: RowSets) -> list[RowGroup]:
-        return [RowGroup("window", rows.window)] if float(self.alpha) > 0 else []
+        return [RowGroup("window", rows.window)] if self.mix(rows.question_aware) > 0 else []
 
     def layer_slots(self, layer: int, slots: int, ctx: PruneContext) -> int:
         return int(ctx.visual.numel()) if layer < int(self.skip_first) else slots
@@ -90,7 +102,7 @@ class DynamicAttentionSubsidy(ScoredMethod):
 
     def mixed(self, layer: int, ctx: PruneContext) -> torch.Tensor:
         """The α-mixed score before subsidy, [rows, n_visual]."""
-        alpha = float(self.alpha)
+        alpha = self.mix(ctx.question_aware)
         total = 0
         if alpha > 0:
             c = self._reduce(ctx.visual_columns(ctx.stats(layer, "window").mean()), ctx).float().cpu()
