@@ -73,3 +73,14 @@ def test_rendered_colours_and_decoded_video():
     assert media.frames.shape == (8, 112, 112, 3)
     decoded = media.frames[k, int(item.y * 112), int(item.x * 112)]
     assert np.abs(decoded.astype(int) - COLORS[answer]).max() < 25  # H.264 near-lossless
+
+
+def test_suite_command_writes_a_video_and_prints_its_question(tmp_path, capsys):
+    from videoqa.worker.lab.suite import main
+
+    out = tmp_path / "demo.mp4"
+    assert main([str(out), "--family", "retrieval", "--index", "3", "--frames", "8"]) == 0
+    printed = capsys.readouterr()
+    _, question, answer, *_ = build("retrieval", 2_000_003, 8)
+    assert printed.out.strip() == question and printed.err.strip().endswith(f"expected answer: {answer}")
+    assert out.read_bytes() == sample("retrieval", 2_000_003, 8).media
