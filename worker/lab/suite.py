@@ -19,6 +19,7 @@ ranges: ``train`` (0…), ``validation`` (10⁶…), ``test`` (2·10⁶…).
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import random
 from dataclasses import dataclass
@@ -143,6 +144,51 @@ def build(family: str, seed: int, frames: int) -> tuple[Scene, str, str, float |
         scene[last] = _random_item(rng)
         return scene, "What shape is in the last frame?", scene[last].shape, 1.0, []
     raise ValueError(f"unknown family {family!r}; families: {', '.join(FAMILIES)}")
+
+
+@dataclass(frozen=True)
+class Question:
+    """A question a scene answers, and the frames that hold its evidence."""
+
+    family: str
+    text: str
+    answer: str
+    evidence: tuple[int, ...]
+
+
+def questions_about(scene: Scene, rng: random.Random) -> list[Question]:
+    """Every question of every family that ``scene`` answers unambiguously (ordering: one random
+    pair of distinct objects). A training script uses these to ask several questions per video."""
+    shown = [(i, item) for i, item in enumerate(scene) if item is not None]
+    found: list[Question] = []
+    for shape in SHAPES:
+        frames = [(i, item) for i, item in shown if item.shape == shape]
+        where = tuple(i for i, _ in frames)
+        if len(frames) == 1:
+            found.append(Question("needle", f"What color is the {shape}?", frames[0][1].color, where))
+        if 1 <= len(frames) <= MAX_COUNT:
+            found.append(Question("counting", f"How many frames show a {shape}?", str(len(frames)), where))
+        colors = [item.color for _, item in frames]
+        changes = sum(a != b for a, b in itertools.pairwise(colors))
+        if changes == 1 and len(set(colors)) == 2:
+            after = tuple(i for i, item in frames if item.color == colors[-1])
+            found.append(Question("state_change", f"What color does the {shape} turn into?", colors[-1], after))
+    for color in COLORS:
+        frames = [(i, item) for i, item in shown if item.color == color]
+        if len(frames) == 1:
+            found.append(Question("retrieval", f"Which shape is {color}?", frames[0][1].shape, (frames[0][0],)))
+    if scene[-1] is not None:
+        found.append(Question("last_frames", "What shape is in the last frame?", scene[-1].shape, (len(scene) - 1,)))
+    first: dict[tuple[str, str], int] = {}
+    for i, item in shown:
+        first.setdefault((item.color, item.shape), i)
+    pairs = [(a, b) for a in first for b in first if first[a] < first[b] and a[0] != b[0] and a[1] != b[1]]
+    if pairs:
+        a, b = rng.choice(pairs)
+        named = (a, b) if rng.random() < 0.5 else (b, a)
+        question = f"Which appears first, the {' '.join(named[0])} or the {' '.join(named[1])}?"
+        found.append(Question("ordering", question, a[0], (first[a], first[b])))
+    return found
 
 
 def render(scene: Scene, size: int, seed: int = 0) -> np.ndarray:

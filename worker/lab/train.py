@@ -33,13 +33,32 @@ import torch
 from torch import nn
 
 from videoqa.worker.lab.sample import Sample, is_correct
-from videoqa.worker.lab.suite import BACKGROUND, COLORS, FAMILIES, SHAPES, SPLITS, Scene, build, render
+from videoqa.worker.lab.suite import (
+    BACKGROUND,
+    COLORS,
+    FAMILIES,
+    SHAPES,
+    SPLITS,
+    Scene,
+    build,
+    questions_about,
+    render,
+)
 from videoqa.worker.model import tiny
 from videoqa.worker.model.families import adapter_for
 from videoqa.worker.types import DecodedMedia, GenerationParams, MediaKind
 
+#: 56×56 frames (any upload is resized to that area): 2×2 merged tokens per pair of frames.
 SPEC = tiny.TinySpec(
-    "qwen2_vl", layers=4, hidden=192, heads=6, kv_heads=2, intermediate=576, vision_hidden=128, vision_depth=4
+    "qwen2_vl",
+    layers=4,
+    hidden=192,
+    heads=6,
+    kv_heads=2,
+    image_size=56,
+    intermediate=576,
+    vision_hidden=128,
+    vision_depth=4,
 )
 COLOR_NAMES = list(COLORS)
 
@@ -50,38 +69,71 @@ def media_of(scene: Scene, seed: int, size: int) -> DecodedMedia:
 
 @dataclass
 class Example:
-    """One tokenised training example: prompt ids, answer ids, processor output, and the probe's
-    per-token targets."""
+    """One tokenised training conversation: its ids, which of them are supervised (the answers and
+    the end-of-turn token after each), the processor output, and the probe's per-token targets."""
 
     inputs: dict[str, torch.Tensor]
-    prompt_ids: list[int]
-    answer_ids: list[int]
+    ids: list[int]
+    supervised: list[bool]
     targets: tuple[torch.Tensor, torch.Tensor]
+    #: Per question: the position that predicts its answer, and the visual tokens of its evidence.
+    evidence: list[tuple[int, list[int]]]
 
 
-def example(adapter, probe: TokenProbe, region: int, family: str, seed: int, frames: int, size: int) -> Example:
-    scene, question, answer, *_ = build(family, seed, frames)
+def example(adapter, probe, family: str, seed: int, frames: int, size: int, turns: int) -> Example:
+    """A video of ``family`` and a conversation about it: a question of that family first, then up
+    to ``turns - 1`` other questions the same video answers (more supervised tokens per video)."""
+    scene, question, *_ = build(family, seed, frames)
+    rng = random.Random(seed)
+    questions = questions_about(scene, rng)
+    first = next((q for q in questions if q.text == question), None) or next(q for q in questions if q.family == family)
+    others = [q for q in questions if q is not first]
+    rng.shuffle(others)
+    conversation = [first, *others[: turns - 1]]
     pixels = render(scene, size, seed)
-    prompt = adapter.prepare(DecodedMedia.from_array(pixels, fps=4.0), question)
-    answer_ids = [*adapter.encode_text(answer), adapter.tokenizer.eos_token_id]
-    return Example(prompt.inputs, prompt.input_ids, answer_ids, probe.targets(scene, pixels, region))
+    prompt = adapter.prepare(DecodedMedia.from_array(pixels, fps=4.0), first.text)
+    merge = adapter.model.config.vision_config.spatial_merge_size
+    region = size // (int(prompt.inputs["video_grid_thw"][0, 2]) // merge)  # rendered pixels per merged token
+    covered = probe.cover(pixels, region)  # [T, h*w]
+    spans = prompt.layout.frame_spans
+    ids, supervised = list(prompt.input_ids), [False] * len(prompt.input_ids)
+    evidence = []
+    end = adapter.tokenizer.eos_token_id
+    for turn, item in enumerate(conversation):
+        tokens = []
+        for frame in item.evidence:
+            start, stop = spans[frame // probe.frames]
+            hits = covered[frame].nonzero().flatten().tolist()
+            tokens += [start + r for r in hits] if hits else list(range(start, stop))
+        evidence.append((len(ids) - 1, sorted(set(tokens))))
+        reply_ids = adapter.encode_text(item.answer)
+        ids += reply_ids
+        supervised += [True] * len(reply_ids)
+        following = [end]
+        if turn + 1 < len(conversation):
+            following = adapter.encode_text(adapter.followup_text(conversation[turn + 1].text))
+            assert following[0] == end, "the follow-up text starts by closing the answer"
+        ids += following
+        supervised += [True] + [False] * (len(following) - 1)
+    return Example(prompt.inputs, ids, supervised, probe.targets(scene, pixels, region), evidence)
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch: ``input_ids``/``attention_mask``/``labels``/``mm_token_type_ids`` [B, L]
-    (labels -100 outside the answers), pixels and grids concatenated in batch order."""
-    length = max(len(e.prompt_ids) + len(e.answer_ids) for e in examples)
+    (labels -100 where not supervised), pixels and grids concatenated in batch order."""
+    length = max(len(e.ids) for e in examples)
     n = len(examples)
     ids = torch.full((n, length), pad_id)
     mask = torch.zeros(n, length, dtype=torch.long)
     labels = torch.full((n, length), -100)
     token_types = torch.zeros(n, length, dtype=torch.long)
     for row, e in enumerate(examples):
-        prompt, total = len(e.prompt_ids), len(e.prompt_ids) + len(e.answer_ids)
-        ids[row, :total] = torch.tensor(e.prompt_ids + e.answer_ids)
-        mask[row, :total] = 1
-        labels[row, prompt:total] = torch.tensor(e.answer_ids)
-        token_types[row, :prompt] = e.inputs["mm_token_type_ids"][0]
+        sequence = torch.tensor(e.ids)
+        ids[row, : len(e.ids)] = sequence
+        mask[row, : len(e.ids)] = 1
+        labels[row, : len(e.ids)] = torch.where(torch.tensor(e.supervised), sequence, -100)
+        prompt_types = e.inputs["mm_token_type_ids"][0]
+        token_types[row, : prompt_types.numel()] = prompt_types
     return dict(
         input_ids=ids,
         attention_mask=mask,
@@ -98,11 +150,11 @@ class TokenProbe(nn.Module):
 
     ``forward(tokens [N, hidden])`` returns colour logits [N, F, colours+1] and shape logits
     [N, F, shapes+1], F = temporal patch size. Targets come from the rendered frames: a token's
-    region shows the object in a frame when at least ``cover`` of its pixels are the object's."""
+    region shows the object in a frame when at least ``threshold`` of its pixels are the object's."""
 
-    def __init__(self, hidden: int, frames_per_group: int, cover: float = 0.1):
+    def __init__(self, hidden: int, frames_per_group: int, threshold: float = 0.1):
         super().__init__()
-        self.frames, self.cover = frames_per_group, cover
+        self.frames, self.threshold = frames_per_group, threshold
         self.colors, self.shapes = len(COLOR_NAMES) + 1, len(SHAPES) + 1
         self.linear = nn.Linear(hidden, frames_per_group * (self.colors + self.shapes))
 
@@ -110,12 +162,19 @@ class TokenProbe(nn.Module):
         logits = self.linear(tokens).view(tokens.shape[0], self.frames, -1)
         return logits[..., : self.colors], logits[..., self.colors :]
 
+    def cover(self, frames: np.ndarray, region: int) -> torch.Tensor:
+        """Which ``region``-pixel squares of each frame show the object, [T, rows * columns] bool
+        (distractor frames: whatever their noise covers; their labels say "no object")."""
+        count, height, width, _ = frames.shape
+        covered = (np.abs(frames.astype(np.int16) - np.array(BACKGROUND)).sum(-1) > 30).astype(np.float32)
+        squares = covered.reshape(count, height // region, region, width // region, region).mean((2, 4))
+        return torch.from_numpy(squares.reshape(count, -1) >= self.threshold)
+
     def targets(self, scene: Scene, frames: np.ndarray, region: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Colour and shape class per merged token and frame, [N, F] each, in the tower's token
         order (frame groups, then rows, then columns of ``region``-pixel squares)."""
         count, height, width, _ = frames.shape
-        covered = (np.abs(frames.astype(np.int16) - np.array(BACKGROUND)).sum(-1) > 30).astype(np.float32)
-        cover = covered.reshape(count, height // region, region, width // region, region).mean((2, 4)) >= self.cover
+        cover = self.cover(frames, region).numpy().reshape(count, height // region, width // region)
         colors = np.full(cover.shape, len(COLOR_NAMES))
         shapes = np.full(cover.shape, len(SHAPES))
         for index, item in enumerate(scene):
@@ -174,6 +233,34 @@ def validate(model, processor, count: int, frames: tuple[int, ...], size: int, f
     return {"overall": sum(map(sum, results.values())) / count, **per_family}
 
 
+def evidence_loss(attentions: tuple[torch.Tensor, ...], batch: list[Example], layers: list[int]) -> torch.Tensor:
+    """Mean over questions and ``layers`` of −log(attention mass that head 0, at the position that
+    predicts the answer, puts on the evidence's visual tokens); ``attentions[l]`` is [B, H, L, L].
+
+    A grounding signal for one head per layer: it breaks the long plateau a from-scratch model
+    sits on before it discovers where to look; the other heads stay free."""
+    terms = []
+    for layer in layers:
+        probabilities = attentions[layer][:, 0]
+        for row, e in enumerate(batch):
+            for position, tokens in e.evidence:
+                mass = probabilities[row, position, tokens].sum()
+                terms.append(-torch.log(mass.clamp(min=1e-6)))
+    return torch.stack(terms).mean()
+
+
+def widen_query_key(model: nn.Module, std: float) -> None:
+    """Redraw the language model's query and key projections from N(0, std²).
+
+    With the library's 0.02, attention logits start near zero and their gradient is a product of
+    two tiny matrices: the model sits on each question's answer prior for thousands of steps
+    before it learns where to look. A wider start shortens that plateau."""
+    with torch.no_grad():
+        for name, param in model.model.language_model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                param.normal_(0.0, std)
+
+
 def _format(accuracy: dict) -> str:
     return " ".join(f"{k} {v:.2f}" for k, v in accuracy.items())
 
@@ -181,16 +268,20 @@ def _format(accuracy: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("models/videoqa-demo"))
-    parser.add_argument("--vision-steps", type=int, default=600)
-    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--vision-steps", type=int, default=400)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--frames", default="8,16", help="frame counts to train on (one per batch, cycled)")
+    parser.add_argument("--frames", default="8,16,32", help="frame counts to train on (one per batch, cycled)")
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--vision-lr", type=float, default=2e-3)
     parser.add_argument("--probe-weight", type=float, default=0.3)
-    parser.add_argument("--eval-every", type=int, default=500)
-    parser.add_argument("--eval-count", type=int, default=96)
+    parser.add_argument("--turns", type=int, default=4, help="questions per training video (a multi-turn chat)")
+    parser.add_argument("--attend-weight", type=float, default=0.5, help="weight of the evidence-attention loss")
+    parser.add_argument("--attend-layers", default="1", help="layers whose head 0 learns to look at the evidence")
+    parser.add_argument("--qk-init", type=float, default=0.1, help="std of the language model's query/key weights")
+    parser.add_argument("--eval-every", type=int, default=1000)
+    parser.add_argument("--eval-count", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--families", default=",".join(FAMILIES), help="question families to train and validate on")
     args = parser.parse_args(argv)
@@ -199,21 +290,22 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     model, processor = tiny.build_from_spec(SPEC, args.seed, wide_init=False)
+    widen_query_key(model, args.qk_init)
+    attend_layers = [int(x) for x in args.attend_layers.split(",") if x]
+    if args.attend_weight > 0:
+        model.set_attn_implementation("eager")  # attention probabilities for the evidence loss
     model.train()
     adapter = adapter_for(model, processor)
     vision_config = model.config.vision_config
     probe = TokenProbe(SPEC.hidden, vision_config.temporal_patch_size)
-    region = vision_config.patch_size * vision_config.spatial_merge_size
     capture = VisionCapture(model.model.visual)
     started = time.time()
 
     def draw(step: int, n: int) -> list[Example]:
         frames = frame_counts[step % len(frame_counts)]
         return [
-            example(
-                adapter, probe, region, rng.choice(families), rng.randrange(SPLITS["validation"]), frames, args.size
-            )
-            for _ in range(n)
+            example(adapter, probe, family, rng.randrange(SPLITS["validation"]), frames, args.size, args.turns)
+            for family in [rng.choice(families) for _ in range(n)]
         ]
 
     def optimise(params: list, lr: float, steps: int, loss_of, label: str) -> None:
@@ -247,9 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     def qa_loss(step: int) -> dict[str, torch.Tensor]:
         batch = draw(step, args.batch)
         inputs = collate(batch, processor.tokenizer.pad_token_id)
-        answer = model(**inputs).loss
+        output = model(**inputs, output_attentions=args.attend_weight > 0)
         probe_loss = probe.loss(capture.tokens, [e.targets for e in batch])
-        return {"answer": answer, "probe": args.probe_weight * probe_loss}
+        losses = {"answer": output.loss, "probe": args.probe_weight * probe_loss}
+        if args.attend_weight > 0:
+            losses["attend"] = args.attend_weight * evidence_loss(output.attentions, batch, attend_layers)
+        return losses
 
     if args.vision_steps:
         vision_params = [*model.model.visual.parameters(), *probe.parameters()]
@@ -257,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         optimise([*model.parameters(), *probe.parameters()], args.lr, args.steps, qa_loss, "qa")
     args.out.mkdir(parents=True, exist_ok=True)
+    model.set_attn_implementation("sdpa")
     model.eval().save_pretrained(args.out)
     processor.save_pretrained(args.out)
     print(f"saved {args.out} after {time.time() - started:.0f}s")
