@@ -82,3 +82,4 @@ def test_configurations_expand_methods_variants_budgets_and_modes():
     variant = [c for c in configs if c.name == "das_g2"]
     assert len(variant) == 4 and all(c.params == (("gamma", 2.0),) for c in variant)
     assert len(configs) == (len(names) - 1) * 4 + 2 + 4
+    assert {c.budget for c in configurations("full,das", [], "0.2", "aware") if c.method == "full"} == {1.0}

@@ -233,8 +233,8 @@ def plot(summary: dict, out: Path, myopia_budget: float = 0.2) -> list[Path]:
 
 
 def configurations(methods: str, variants: list[str], budgets: str, modes: str) -> list[Config]:
-    """Every (method or variant) × budget × mode; ``full`` only at budget 1; ``all`` = every
-    registered method."""
+    """Every (method or variant) × budget × mode; ``full`` at budget 1 whatever the budgets (the
+    reference); ``all`` = every registered method."""
     from videoqa.worker.pruning.registry import describe_methods
 
     names = [m for m in methods.split(",") if m]
@@ -242,10 +242,9 @@ def configurations(methods: str, variants: list[str], budgets: str, modes: str) 
         names = [d.name for d in describe_methods()]
     entries = [(name, name, ()) for name in names] + [parse_variant(v) for v in variants]
     configs = []
+    fractions = [float(b) for b in budgets.split(",")]
     for name, method, params in entries:
-        for budget in [float(b) for b in budgets.split(",")]:
-            if method == "full" and budget != 1.0:
-                continue
+        for budget in [1.0] if method == "full" else fractions:
             for mode in modes.split(","):
                 configs.append(Config(method, budget, mode == "aware", params, name))
     return configs
