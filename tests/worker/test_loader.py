@@ -45,3 +45,25 @@ def test_revision_changes_with_weights(tiny_model, tmp_path):
 def test_unknown_dtype_is_refused():
     with pytest.raises(InvalidInput):
         load_model("tiny-qwen2-vl", dtype="int3")
+
+
+def test_the_embedded_demo_model_ships_in_the_package_and_answers(monkeypatch):
+    """`videoqa-demo` (the default) loads from the package, offline, and answers a suite question."""
+    from videoqa.worker.lab.suite import build, render
+    from videoqa.worker.model.loader import BUILTIN_CHECKPOINTS, DEFAULT_MODEL
+    from videoqa.worker.settings import WorkerSettings
+    from videoqa.worker.types import DecodedMedia, GenerationParams
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert WorkerSettings().models[0] == DEFAULT_MODEL == "videoqa-demo"
+    assert (BUILTIN_CHECKPOINTS[DEFAULT_MODEL] / "model.safetensors").is_file()
+    lm = load_model(DEFAULT_MODEL)
+    assert lm.family == "qwen2_vl" and lm.num_layers == 4
+    right = 0
+    for seed in range(2_000_000, 2_000_012):
+        scene, question, answer, *_ = build("last_frames", seed, 16)
+        gen = Generator(lm)
+        state, logits = gen.prefill(lm.adapter.prepare(DecodedMedia.from_array(render(scene, 112, seed)), question))
+        text = lm.tokenizer.decode(list(gen.stream(state, logits, GenerationParams(4))), skip_special_tokens=True)
+        right += text.strip() == answer
+    assert right >= 9, f"{right}/12 last-frame questions answered right"
