@@ -31,7 +31,7 @@ def test_diagnose_writes_png_and_numbers(tmp_path, capsys):
     )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    assert len(result["attention"]) == 2  # one row per layer of the tiny model
+    assert len(result["attention"]) == 4  # one row per layer of the default model (videoqa-demo)
     spans = len(result["attention"][0])
     assert spans == 4  # 8 frames, Qwen's 2-frame temporal patches
     for row in result["attention"]:

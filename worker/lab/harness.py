@@ -199,6 +199,8 @@ def plot(summary: dict, out: Path, myopia_budget: float = 0.2) -> list[Path]:
     paths = []
     for mode in sorted({c["mode"] for c in summary["configs"]}):
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+        for axes in (left, right):  # more methods than the default 10-colour cycle
+            axes.set_prop_cycle(color=plt.cm.tab20.colors)
         by_method: dict[str, list[dict]] = defaultdict(list)
         for c in summary["configs"]:
             if c["mode"] == mode:

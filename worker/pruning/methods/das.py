@@ -66,7 +66,7 @@ class DynamicAttentionSubsidy(ScoredMethod):
             0,
             1,
         ),
-        MethodParam("gamma", "Subsidy strength: last frame's weight relative to the first (1: none)", 1.5, 1, 10),
+        MethodParam("gamma", "Subsidy strength: last frame's weight relative to the first (1: none)", 2.5, 1, 10),
         MethodParam("subsidy", "0: exponential position prior, 1: fitted-decay variant", 0, 0, 1, integer=True),
         MethodParam("lambda_max", "Cap on the fitted per-frame decay rate (subsidy=1)", 1.0, 0, 10),
         WINDOW,
