@@ -77,3 +77,15 @@ def test_evidence_loss_is_low_when_head_zero_looks_at_the_evidence():
     spread = torch.full((1, 2, 5, 5), 0.2)
     assert evidence_loss((focused,), [item], [0]).item() < 1e-6
     assert abs(evidence_loss((spread,), [item], [0]).item() + torch.log(torch.tensor(0.4)).item()) < 1e-6
+
+
+def test_training_is_deterministic(tmp_path):
+    """Same seed, same steps: bit-identical weights (what makes the committed checkpoint reproducible)."""
+    from safetensors.torch import load_file
+
+    args = ["--vision-steps", "2", "--steps", "3", "--batch", "2", "--frames", "8", "--eval-every", "100"]
+    for name in ("a", "b"):
+        assert train_main(["--out", str(tmp_path / name), *args, "--eval-count", "1"]) == 0
+    first, second = (load_file(tmp_path / n / "model.safetensors") for n in ("a", "b"))
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
