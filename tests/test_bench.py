@@ -10,25 +10,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_prune_overhead_quick(tmp_path):
-    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+def run_quick(script: str, *args: str) -> None:
+    """Run ``bench/<script>`` in its quick mode; fail with its stderr if it fails."""
     run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "prune_overhead.py"),
-            "--quick",
-            "--methods",
-            "das,snapkv",
-            "--json",
-            str(out_json),
-            "--markdown",
-            str(out_md),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, str(ROOT / "bench" / script), "--quick", *args], capture_output=True, text=True, timeout=300
     )
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_prune_overhead_quick(tmp_path):
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    run_quick("prune_overhead.py", "--methods", "das,snapkv", "--json", str(out_json), "--markdown", str(out_md))
     data = json.loads(out_json.read_text())
     (result,) = data["results"]
     (row,) = result["runs"]
@@ -39,21 +31,7 @@ def test_prune_overhead_quick(tmp_path):
 
 def test_session_store_quick(tmp_path, redis_server):
     out_json = tmp_path / "s.json"
-    run = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "session_store.py"),
-            "--quick",
-            "--redis-url",
-            redis_server.url,
-            "--json",
-            str(out_json),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
+    run_quick("session_store.py", "--redis-url", redis_server.url, "--json", str(out_json))
     (result,) = json.loads(out_json.read_text())["results"]
     rows = {row["method"]: row for row in result["runs"]}
     assert set(rows) == {"full", "das"}

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from videoqa.worker.lab.suite import COLORS, SHAPES, build, questions_about, render
-from videoqa.worker.lab.train import SPEC, TokenProbe, evidence_loss, example
+from videoqa.worker.lab.suite import COLORS, SHAPES, build, questions_about
+from videoqa.worker.lab.train import SPEC, TokenProbe, evidence_loss, example, media_of
 from videoqa.worker.lab.train import main as train_main
 from videoqa.worker.model import tiny
 from videoqa.worker.model.families import adapter_for
@@ -35,7 +35,7 @@ def test_conversation_supervises_every_answer_and_points_at_its_evidence():
     first_answer = adapter.encode_text(answer)
     assert supervised[: len(first_answer)].tolist() == first_answer  # the family's question comes first
     assert (supervised == adapter.tokenizer.eos_token_id).sum() == len(item.evidence) == 3
-    span = adapter.prepare(item_media(scene), question).layout.frame_spans[round(needle * 7) // 2]
+    span = adapter.prepare(media_of(scene, 5, 112), question).layout.frame_spans[round(needle * 7) // 2]
     position, tokens = item.evidence[0]
     assert item.ids[position + 1 : position + 1 + len(first_answer)] == first_answer
     assert tokens and all(span[0] <= t < span[1] for t in tokens)
@@ -45,12 +45,6 @@ def test_conversation_supervises_every_answer_and_points_at_its_evidence():
     labels = colors[:, k % 2].view(4, 4)[k // 2]
     assert (labels == list(COLORS).index(answer)).any() and (labels <= len(COLORS)).all()
     assert (shapes[:, k % 2].view(4, 4)[k // 2] == SHAPES.index(question.split("the ")[1].rstrip("?"))).any()
-
-
-def item_media(scene):
-    from videoqa.worker.types import DecodedMedia
-
-    return DecodedMedia.from_array(render(scene, 112, 5), fps=4.0)
 
 
 def test_questions_about_a_scene_are_answerable():
