@@ -1,0 +1,1 @@
+"""Observability: the Grafana dashboard and Prometheus rules checked with real promtool/Prometheus."""
