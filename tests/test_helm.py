@@ -337,7 +337,10 @@ def test_rendering_fails_clearly_when_the_public_port_is_neither_secured_nor_exp
     assert "security.tls.existingSecret" in render_error(
         "--set", "security.insecure=false", "--set", "security.tls.enabled=true"
     )
-    assert "mode must be split or single" in render_error("--set", "mode=both")
+    assert "mode" in render_error("--set", "mode=both")
+    # the values schema refuses root and unknown dtypes before anything renders
+    assert "runAsUser" in render_error("--set", "podSecurityContext.runAsUser=0")
+    assert "worker.dtype" in render_error("--set", "worker.dtype=fp8")
     # insecure only when asked for, and not when something is configured anyway
     secured = render("--set", "security.apiKeys.enabled=true", "--set", "security.apiKeys.existingSecret=keys")
     assert "VIDEOQA_INSECURE" not in env_of(pod(secured, "t-videoqa-frontend")["containers"][0])
