@@ -516,3 +516,21 @@ def test_single_mode_runs_videoqa_serve():
     assert json.loads(env["VIDEOQA_MODELS"]) == ["videoqa-demo"] and "VIDEOQA_INSECURE" not in env
     assert secret_file(spec, server, env["VIDEOQA_API_KEYS_FILE"]) == ("t-videoqa-api-keys", "api-keys.json")
     assert one(docs, "Service", "t-videoqa")["spec"]["selector"]["app.kubernetes.io/component"] == "server"
+    monitored = render(
+        "-f",
+        str(CHART / "ci" / "single-values.yaml"),
+        "--set",
+        "redis.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "networkPolicy.enabled=true",
+    )
+    monitor = one(monitored, "ServiceMonitor", "t-videoqa-server")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items()
+        <= one(monitored, "Service", "t-videoqa")["metadata"]["labels"].items()
+    )
+    (rule,) = one(monitored, "NetworkPolicy", "t-videoqa-redis")["spec"]["ingress"]
+    assert rule["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "server"
+    assert "VIDEOQA_REDIS_URL" in env_of(pod(monitored, "t-videoqa-server")["containers"][0])
