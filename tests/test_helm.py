@@ -218,15 +218,21 @@ def test_probes_are_native_grpc_with_the_health_service_names():
     assert grpc_probes(worker) == {
         "startupProbe": (50061, ""),
         "readinessProbe": (50061, "videoqa.internal.v1.Worker"),
-        "livenessProbe": (50061, ""),
+        "livenessProbe": (50061, "liveness"),
     }
     # model loading may take long: the startup probe allows at least ten minutes
     assert worker["startupProbe"]["failureThreshold"] * worker["startupProbe"]["periodSeconds"] >= 600
     (frontend,) = pod(docs, "t-videoqa-frontend")["containers"]
-    assert grpc_probes(frontend) == {"readinessProbe": (50051, "videoqa.v1.VideoQA"), "livenessProbe": (50051, "")}
+    assert grpc_probes(frontend) == {
+        "readinessProbe": (50051, "videoqa.v1.VideoQA"),
+        "livenessProbe": (50051, "liveness"),
+    }
     # with TLS on the public port the kubelet (no TLS in gRPC probes) asks a plaintext health port
     (frontend,) = pod(production(), "t-videoqa-frontend")["containers"]
-    assert grpc_probes(frontend) == {"readinessProbe": (50052, "videoqa.v1.VideoQA"), "livenessProbe": (50052, "")}
+    assert grpc_probes(frontend) == {
+        "readinessProbe": (50052, "videoqa.v1.VideoQA"),
+        "livenessProbe": (50052, "liveness"),
+    }
     assert env_of(frontend)["VIDEOQA_HEALTH_LISTEN"] == "0.0.0.0:50052"
     assert {"name": "health", "containerPort": 50052, "protocol": "TCP"} in frontend["ports"]
     (worker,) = pod(production(), "t-videoqa-worker")["containers"]
@@ -510,7 +516,7 @@ def test_single_mode_runs_videoqa_serve():
     assert grpc_probes(server) == {
         "startupProbe": (50051, ""),
         "readinessProbe": (50051, "videoqa.v1.VideoQA"),
-        "livenessProbe": (50051, ""),
+        "livenessProbe": (50051, "liveness"),
     }
     env = env_of(server)
     assert json.loads(env["VIDEOQA_MODELS"]) == ["videoqa-demo"] and "VIDEOQA_INSECURE" not in env

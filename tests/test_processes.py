@@ -25,9 +25,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start(*args: str) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    return subprocess.Popen([VIDEOQA, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+def start(command: str, *args: str, env: dict | None = None) -> subprocess.Popen:
+    """``videoqa COMMAND``: public ports in the explicit insecure mode and no metrics endpoint,
+    unless ``args`` say otherwise (a repeated flag's last value wins)."""
+    defaults = ["--metrics-listen", ""] + (["--insecure"] if command != "worker" else [])
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.Popen(
+        [VIDEOQA, command, *defaults, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
 
 
 def stop(process: subprocess.Popen) -> str:

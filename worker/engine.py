@@ -13,7 +13,6 @@ import asyncio
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ from videoqa.worker.errors import (
     VideoQAError,
 )
 from videoqa.worker.settings import WorkerSettings
+from videoqa.worker.telemetry import CacheBuilt, Telemetry
 from videoqa.worker.types import (
     Event,
     FinishReason,
@@ -146,6 +146,22 @@ def _stage(emit: Emit, control: TurnControl, stage: Stage, work: Callable[[], T]
     return result, seconds
 
 
+def _reset_gpu_peak(device) -> None:
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _gpu_peak(device) -> int:
+    """Peak CUDA memory allocated since the last reset (0 off CUDA)."""
+    if device.type != "cuda":
+        return 0
+    import torch
+
+    return int(torch.cuda.max_memory_allocated(device))
+
+
 class Engine:
     """Loads the models, holds the sessions, and runs turns."""
 
@@ -155,20 +171,22 @@ class Engine:
         self.settings = settings or WorkerSettings()
         self.models: dict = {}
         self._generators: dict = {}
-        #: Plain counters (turns by outcome, generated tokens, session lookups); the metrics layer reads them.
-        self.counters: Counter[str] = Counter()
+        #: Plain stats (counters, timed operations, per-turn records); ``service.metrics`` exports them.
+        self.telemetry = Telemetry()
+        self.counters = self.telemetry.counters
         self.sessions = SessionManager(
             store or make_store(self.settings),
             models=self.models,
             hot_bytes=self.settings.hot_tier_bytes,
             quantize=self.settings.storage_quantization,
             lease_s=self.settings.lock_lease_s,
-            counters=self.counters,
+            telemetry=self.telemetry,
         )
         self._decoder = decoder
         self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="videoqa-compute")
         self._admission = threading.Lock()
         self._queued = 0
+        self._running = 0
         self.ready = False
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -361,6 +379,7 @@ class Engine:
         from videoqa.worker.sessions import Session
 
         lm, gen, req = self.models[plan.model_id], self._generators[plan.model_id], plan.request
+        _reset_gpu_peak(lm.device)
         prompt, timings.encode_s = _stage(
             emit,
             control,
@@ -396,10 +415,35 @@ class Engine:
         session.extra["awaiting_question"] = plan.question is None
         plan.media.frames = plan.media.frames[:0]  # the cache is what we keep; drop the pixels
         _, timings.save_s = _stage(emit, control, Stage.SAVE, lambda: self._store_new(session, plan.question), str)
+        self.telemetry.record(
+            CacheBuilt(
+                model=plan.model_id,
+                method=plan.method.name,
+                frames=len(plan.media.indices),
+                visual_tokens=prompt.layout.num_visual_tokens,
+                visual_tokens_kept=result.visual_kept,
+                recycled_tokens=result.recycled,
+                kv_bytes_full=state.next_pos * lm.kv_bytes_per_token,
+                kv_bytes_compressed=state.cache_bytes(),
+                decode_s=timings.decode_s,
+                encode_s=timings.encode_s,
+                prefill_s=timings.prefill_s,
+                prune_s=timings.prune_s,
+            )
+        )
         emit(SessionEvent(session.snapshot()))
         if plan.question is not None:
             self._answer(
-                session, gen, logits, prompt.layout.prompt_length, plan.generation, control, emit, timings, started
+                session,
+                gen,
+                logits,
+                prompt.layout.prompt_length,
+                plan.generation,
+                control,
+                emit,
+                timings,
+                started,
+                first=True,
             )
 
     def _store_new(self, session, question: str | None) -> str:
@@ -443,6 +487,7 @@ class Engine:
         """One follow-up turn on the compute thread: restore (hot tier or store), feed, answer."""
         session = self.sessions.get(tenant, session_id)
         gen = self._generators[session.model_id]
+        _reset_gpu_peak(gen.lm.device)
         control.check()
         checkpoint = session.state.checkpoint()
         try:
@@ -466,19 +511,25 @@ class Engine:
         timings: Timings,
         started: float,
         checkpoint=None,
+        first: bool = False,
     ) -> None:
-        """Stream an answer; commit the turn only if it completes, else roll the session back."""
+        """Stream an answer; commit the turn only if it completes, else roll the session back.
+        ``first``: this turn built the session's video cache (its TTFT includes that)."""
         from videoqa.worker.model.generate import TextStreamer
 
         state = session.state
         checkpoint = checkpoint or state.checkpoint()
         streamer = TextStreamer(gen.lm.tokenizer)
-        t0 = time.perf_counter()
-        count, last = 0, None
+        t0 = previous = time.perf_counter()
+        count, last, gaps = 0, None, []
         try:
             for index, token in enumerate(gen.stream(state, logits, params, check=control.check)):
+                now = time.perf_counter()
                 if index == 0:
-                    timings.ttft_s = time.perf_counter() - started
+                    timings.ttft_s = now - started
+                else:
+                    gaps.append(now - previous)
+                previous = now
                 count, last = index + 1, token
                 self.counters["generated_tokens"] += 1
                 emit(TokenEvent(streamer.push(token), token, index))
@@ -510,13 +561,18 @@ class Engine:
         timings.total_s = time.perf_counter() - started
         self.counters["turns_completed"] += 1
         finish = FinishReason.STOP if last in gen.eos else FinishReason.LENGTH
-        emit(StatsEvent(self._stats(session, prompt_tokens, count, finish, timings)))
+        stats = self._stats(session, prompt_tokens, count, finish, timings)
+        stats.first, stats.token_gaps_s, stats.gpu_peak_bytes = first, gaps, _gpu_peak(gen.lm.device)
+        self.telemetry.record(stats)
+        emit(StatsEvent(stats))
 
     @staticmethod
     def _stats(session, prompt_tokens: int, generated: int, finish: FinishReason, timings: Timings) -> TurnStats:
         state = session.state
         return TurnStats(
             session_id=session.session_id,
+            model=session.model_id,
+            method=session.pruning.method,
             turn=session.turns,
             frames_used=len(session.media.indices),
             visual_tokens_before=session.layout.num_visual_tokens,
@@ -556,7 +612,12 @@ class Engine:
 
     @property
     def queued_turns(self) -> int:
+        """Turns admitted and not finished (waiting or running)."""
         return self._queued
+
+    @property
+    def running_turns(self) -> int:
+        return self._running
 
     async def _run(self, job: Callable[[Emit, float], None], control: TurnControl) -> AsyncIterator[Event]:
         """Run ``job`` on the compute thread, yielding the events it emits as they come."""
@@ -572,14 +633,19 @@ class Engine:
                     control.cancelled.set()
 
             def runner() -> None:
+                self._running += 1  # only the single compute thread writes it
                 try:
                     job(put, time.perf_counter() - submitted)
                 except BaseException as error:  # handed to the RPC side, which maps it to a status
                     if not isinstance(error, VideoQAError):
                         log.exception("turn failed")
+                    if not isinstance(error, TurnCancelled | TurnDeadlineExceeded):
+                        self.counters["turns_failed"] += 1
                     put(_Failure(error))
                 else:
                     put(_DONE)
+                finally:
+                    self._running -= 1
 
             loop.run_in_executor(self._compute, runner)
             try:

@@ -49,6 +49,12 @@ class SessionNotFound(VideoQAError):
     status = "NOT_FOUND"
 
 
+class SessionForbidden(VideoQAError):
+    """The session exists but belongs to another tenant."""
+
+    status = "PERMISSION_DENIED"
+
+
 class IncompatibleSession(VideoQAError):
     """The session was built by another model, revision or format version."""
 

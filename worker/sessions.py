@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,11 +13,13 @@ from videoqa.worker.errors import (
     CorruptSession,
     IncompatibleSession,
     NotReady,
+    SessionForbidden,
     SessionNotFound,
     TurnDeadlineExceeded,
 )
 from videoqa.worker.model.families import TokenLayout
 from videoqa.worker.model.generate import ConversationState
+from videoqa.worker.telemetry import StoreFailure, Telemetry
 from videoqa.worker.types import DecodedMedia, MediaKind, PruningSpec, SamplingSpec, SessionSnapshot
 
 
@@ -81,7 +83,9 @@ class SessionManager:
     The hot tier is an LRU bounded in bytes; a hot copy is used only while its turn count equals
     the stored manifest's version, so a turn written by another worker invalidates it. Every
     lookup outcome is counted in ``counters`` (``lookup_hot``, ``lookup_store``, ``lookup_missing``,
-    ``lookup_corrupt``, ``lookup_incompatible``, ``store_unavailable``).
+    ``lookup_expired``, ``lookup_corrupt``, ``lookup_incompatible``, ``store_unavailable``), as are
+    ``sessions_created``, ``sessions_deleted`` and ``hot_evicted``; store operations and record
+    encoding are timed into ``telemetry``.
     """
 
     def __init__(
@@ -92,14 +96,16 @@ class SessionManager:
         hot_bytes: int,
         quantize: str = "none",
         lease_s: float = 60.0,
-        counters: Counter | None = None,
+        telemetry: Telemetry | None = None,
     ):
         self.store = store
         self.models = models
         self.hot_bytes = hot_bytes
         self.quantize = quantize
         self.lease_s = lease_s
-        self.counters: Counter[str] = counters if counters is not None else Counter()
+        self.telemetry = telemetry or Telemetry()
+        self.counters = self.telemetry.counters
+        self.backend: str = getattr(store, "backend", type(store).__name__)
         self._hot: OrderedDict[str, Session] = OrderedDict()
         self._hot_sizes: dict[str, int] = {}  # KV bytes of each hot session when last remembered
         self._hot_total = 0
@@ -116,6 +122,7 @@ class SessionManager:
             while self._hot_total > self.hot_bytes and len(self._hot) > 1:
                 evicted, _ = self._hot.popitem(last=False)
                 self._hot_total -= self._hot_sizes.pop(evicted)
+                self.counters["hot_evicted"] += 1
 
     def _forget(self, session_id: str) -> None:
         with self._lock:
@@ -126,13 +133,20 @@ class SessionManager:
     def hot_sessions(self) -> int:
         return len(self._hot)
 
+    @property
+    def hot_bytes_used(self) -> int:
+        return self._hot_total
+
     # --- operations ------------------------------------------------------------------------------
 
-    def _counted(self, fn, *args):
+    def _counted(self, op: str, fn, *args):
+        """Run one store operation ``op``, timed; an unreachable store is counted."""
         try:
-            return fn(*args)
+            with self.telemetry.timed("store", backend=self.backend, op=op):
+                return fn(*args)
         except NotReady:
             self.counters["store_unavailable"] += 1
+            self.telemetry.record(StoreFailure(self.backend, op))
             raise
 
     def create(self, session: Session) -> None:
@@ -140,14 +154,17 @@ class SessionManager:
         from videoqa.worker.kvcache.records import encode_prefix
 
         lm = self.models[session.model_id]
-        blob = encode_prefix(session, lm.revision, str(lm.dtype).removeprefix("torch."), self.quantize)
+        with self.telemetry.timed("serialize", op="encode"):
+            blob = encode_prefix(session, lm.revision, str(lm.dtype).removeprefix("torch."), self.quantize)
+        self.telemetry.size("record_bytes", len(blob), kind="prefix")
         owner = {
             "tenant": session.tenant,
             "model_id": session.model_id,
             "revision": lm.revision,
             "created_at": session.created_at,
         }
-        self._counted(self.store.create, session.session_id, owner, blob)
+        self._counted("create", self.store.create, session.session_id, owner, blob)
+        self.counters["sessions_created"] += 1
         session.mark_saved()
         self._remember(session)
 
@@ -155,8 +172,10 @@ class SessionManager:
         """Append the turn just completed (``session.turns``) as a delta; compare-and-set."""
         from videoqa.worker.kvcache.records import encode_turn
 
-        blob = encode_turn(session, session.saved, self.quantize)
-        self._counted(self.store.append, session.session_id, session.turns - 1, blob)
+        with self.telemetry.timed("serialize", op="encode"):
+            blob = encode_turn(session, session.saved, self.quantize)
+        self.telemetry.size("record_bytes", len(blob), kind="turn")
+        self._counted("append", self.store.append, session.session_id, session.turns - 1, blob)
         session.mark_saved()
         session.last_used_at = time.time()
         self._remember(session)
@@ -165,10 +184,7 @@ class SessionManager:
         """The session, from the hot tier when current, else restored from the store."""
         from videoqa.worker.kvcache.records import restore
 
-        manifest = self._manifest(session_id)
-        if manifest is None or manifest.get("tenant") != tenant:
-            self.counters["lookup_missing"] += 1
-            raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
+        manifest = self._owned_manifest(tenant, session_id)
         model_id = manifest.get("model_id")
         if model_id not in self.models or self.models[model_id].revision != manifest.get("revision"):
             self.counters["lookup_incompatible"] += 1
@@ -185,19 +201,38 @@ class SessionManager:
             return hot
         lm = self.models[model_id]
         with self._classified(session_id):
-            stored = self._counted(self.store.load, session_id)
-            session = restore(
-                stored.prefix, stored.turns, model_id=model_id, revision=lm.revision, device=lm.device, dtype=lm.dtype
-            )
+            stored = self._counted("load", self.store.load, session_id)
+            with self.telemetry.timed("serialize", op="decode"):
+                session = restore(
+                    stored.prefix,
+                    stored.turns,
+                    model_id=model_id,
+                    revision=lm.revision,
+                    device=lm.device,
+                    dtype=lm.dtype,
+                )
         if session.tenant != tenant:
-            raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
+            raise SessionForbidden(f"session {session_id!r} belongs to another tenant")
         self.counters["lookup_store"] += 1
         self._remember(session)
         return session
 
+    def _owned_manifest(self, tenant: str, session_id: str) -> dict:
+        """The session's manifest, if it exists and ``tenant`` owns it (else NOT_FOUND or
+        PERMISSION_DENIED, counted as a lookup)."""
+        manifest = self._manifest(session_id)
+        if manifest is None:
+            expired = getattr(self.store, "was_expired", lambda _: False)(session_id)
+            self.counters["lookup_expired" if expired else "lookup_missing"] += 1
+            raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
+        if manifest.get("tenant") != tenant:
+            self.counters["lookup_forbidden"] += 1
+            raise SessionForbidden(f"session {session_id!r} belongs to another tenant")
+        return manifest
+
     def _manifest(self, session_id: str) -> dict | None:
         with self._classified(session_id):
-            return self._counted(self.store.manifest, session_id)
+            return self._counted("manifest", self.store.manifest, session_id)
 
     @contextlib.contextmanager
     def _classified(self, session_id: str):
@@ -218,11 +253,10 @@ class SessionManager:
         self.store.delete(session_id)
 
     def delete(self, tenant: str, session_id: str) -> None:
-        manifest = self._manifest(session_id)
-        if manifest is None or manifest.get("tenant") != tenant:
-            raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
+        self._owned_manifest(tenant, session_id)
         self._forget(session_id)
-        self._counted(self.store.delete, session_id)
+        self._counted("delete", self.store.delete, session_id)
+        self.counters["sessions_deleted"] += 1
 
     def reserve_check(self) -> None:
         """Fail before decoding when an in-process store is full."""
@@ -236,7 +270,7 @@ class SessionManager:
         import asyncio
 
         while True:
-            token = await asyncio.to_thread(self._counted, self.store.acquire, session_id, self.lease_s)
+            token = await asyncio.to_thread(self._counted, "acquire", self.store.acquire, session_id, self.lease_s)
             if token is not None:
                 break
             if deadline is not None and time.monotonic() > deadline:

@@ -160,6 +160,8 @@ class FinishReason(str, enum.Enum):
 @dataclass
 class TurnStats:
     session_id: str
+    model: str
+    method: str
     turn: int
     frames_used: int
     visual_tokens_before: int
@@ -173,6 +175,12 @@ class TurnStats:
     generated_tokens: int
     finish_reason: FinishReason
     timings: Timings
+    #: This turn built the session's video cache (CreateSession with a question).
+    first: bool = False
+    #: Seconds between consecutive answer tokens (generated - 1 entries).
+    token_gaps_s: list[float] = field(default_factory=list)
+    #: Peak CUDA memory allocated during the turn (0 off CUDA).
+    gpu_peak_bytes: int = 0
 
 
 @dataclass

@@ -60,11 +60,12 @@ def test_questions_about_a_scene_are_answerable():
                 assert q.answer in (scene[frame].color, scene[frame].shape)
             elif q.family == "counting":
                 assert int(q.answer) == len(q.evidence)
-            elif q.family == "ordering":  # the evidence is the earlier shape only; the later one is shown once, after it
+            elif q.family == "ordering":  # evidence: the earlier shape only; the later one is shown once, after it
                 (frame,) = q.evidence
                 later = next(s for s in q.text.rstrip("?").split("first, the ")[1].split(" or the ") if s != q.answer)
                 assert scene[frame].shape == q.answer
-                assert [i for i, item in enumerate(scene) if item and item.shape == later] > [frame]
+                (later_frame,) = [i for i, item in enumerate(scene) if item and item.shape == later]
+                assert later_frame > frame
                 assert sum(item is not None and item.shape == q.answer for item in scene) == 1
 
 

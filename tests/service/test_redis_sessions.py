@@ -199,7 +199,7 @@ def test_sessions_belong_to_their_tenant(start_pair, video):
     ):
         with pytest.raises(grpc.RpcError) as err:
             call()
-        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert ask(stub, session_id, "still mine?", metadata=[("x-tenant", "alice")])["stats"][0].turn == 2
 
 

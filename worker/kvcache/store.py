@@ -18,6 +18,7 @@ import json
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -115,6 +116,8 @@ class _Limits:
 class RedisStore(_Limits):
     """Sessions in Redis (redis-py), chunked, with manifests written last."""
 
+    backend = "redis"
+
     _APPEND = """
     local raw = redis.call('GET', KEYS[1])
     if not raw then return -1 end
@@ -173,6 +176,15 @@ class RedisStore(_Limits):
             return fn(*args)
         except self._errors as error:
             raise NotReady("the session store (Redis) is unreachable; retry shortly", retry_after_s=2.0) from error
+
+    def session_count(self) -> int:
+        """Stored sessions (a SCAN over the manifests: call it rarely)."""
+        pattern = f"{self.base('*')}:manifest"
+        return self._call(lambda: sum(1 for _ in self.client.scan_iter(match=pattern, count=1000)))
+
+    def was_expired(self, session_id: str) -> bool:
+        """Redis drops expired keys itself: an expired session looks unknown."""
+        return False
 
     # --- writes ----------------------------------------------------------------------------------
 
@@ -285,6 +297,10 @@ class InProcessStore(_Limits):
     """The same interface in this process's memory (single-process default): sessions do not
     survive a restart and are not shared between workers."""
 
+    backend = "memory"
+    #: How many expired session ids are remembered, so that a lookup can say "expired".
+    REMEMBERED_EXPIRIES = 10_000
+
     def __init__(
         self,
         *,
@@ -301,15 +317,35 @@ class InProcessStore(_Limits):
         self._manifests: dict[str, tuple[float, str]] = {}
         self._blobs: dict[tuple[str, str], bytes] = {}
         self._locks: dict[str, tuple[str, float]] = {}
+        self._expired: OrderedDict[str, None] = OrderedDict()
+        #: Sessions dropped because their time to live ran out.
+        self.expired_total = 0
 
     def _live(self, session_id: str) -> dict[str, Any] | None:
         entry = self._manifests.get(session_id)
         if entry is None:
             return None
         if entry[0] < self._clock():
-            self._drop(session_id)
+            self._expire(session_id)
             return None
         return _check_manifest(entry[1])
+
+    def _expire(self, session_id: str) -> None:
+        self._drop(session_id)
+        self.expired_total += 1
+        self._expired[session_id] = None
+        while len(self._expired) > self.REMEMBERED_EXPIRIES:
+            self._expired.popitem(last=False)
+
+    def session_count(self) -> int:
+        with self._lock:
+            self._expire_all()
+            return len(self._manifests)
+
+    def was_expired(self, session_id: str) -> bool:
+        """Whether ``session_id`` existed and ran out of time (remembered for the last expiries)."""
+        with self._lock:
+            return session_id in self._expired
 
     def _drop(self, session_id: str) -> None:
         self._manifests.pop(session_id, None)
@@ -319,7 +355,7 @@ class InProcessStore(_Limits):
     def _expire_all(self) -> None:
         now = self._clock()
         for session_id in [s for s, (expiry, _) in self._manifests.items() if expiry < now]:
-            self._drop(session_id)
+            self._expire(session_id)
 
     def reserve_check(self) -> None:
         """Refuse early (before decoding) when the process holds its maximum of sessions."""
