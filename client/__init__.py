@@ -14,6 +14,7 @@ Needs only grpcio, protobuf and tqdm: no torch, transformers, decord, numpy or p
 from __future__ import annotations
 
 from . import errors
+from ._common import tls_credentials
 from .aio import AsyncSession, AsyncVideoQAClient
 from .errors import (
     Aborted,
@@ -101,4 +102,5 @@ __all__ = [
     "VideoQAError",
     "errors",
     "from_rpc_error",
+    "tls_credentials",
 ]

@@ -46,12 +46,33 @@ def channel_options(extra: Sequence[tuple[str, Any]] | None) -> list[tuple[str, 
     return list(options.items())
 
 
-def normalize_metadata(metadata: Metadata | None) -> tuple[tuple[str, str], ...]:
-    """Metadata as the tuple of pairs gRPC expects, keys lower-cased."""
-    if metadata is None:
-        return ()
-    pairs = metadata.items() if isinstance(metadata, Mapping) else metadata
-    return tuple((str(k).lower(), v) for k, v in pairs)
+def normalize_metadata(metadata: Metadata | None, api_key: str | None = None) -> tuple[tuple[str, str], ...]:
+    """Metadata as the tuple of pairs gRPC expects, keys lower-cased; ``api_key`` adds (or
+    replaces) ``authorization: Bearer <api_key>``."""
+    pairs = () if metadata is None else metadata.items() if isinstance(metadata, Mapping) else metadata
+    normalized = tuple((str(k).lower(), v) for k, v in pairs)
+    if api_key:
+        normalized = (*(p for p in normalized if p[0] != "authorization"), ("authorization", f"Bearer {api_key}"))
+    return normalized
+
+
+def tls_credentials(
+    ca_cert: str | bytes | None = None, client_cert: str | bytes | None = None, client_key: str | bytes | None = None
+) -> grpc.ChannelCredentials:
+    """TLS channel credentials from PEM files (paths) or PEM bytes: ``ca_cert`` verifies the server
+    (the system's roots when ``None``); ``client_cert`` and ``client_key`` are for mutual TLS."""
+
+    def pem(value: str | bytes | None) -> bytes | None:
+        if value is None or isinstance(value, bytes):
+            return value
+        with open(value, "rb") as f:
+            return f.read()
+
+    if (client_cert is None) != (client_key is None):
+        raise ValueError("client_cert and client_key go together (mutual TLS)")
+    return grpc.ssl_channel_credentials(
+        root_certificates=pem(ca_cert), private_key=pem(client_key), certificate_chain=pem(client_cert)
+    )
 
 
 def check_chunk_size(chunk_size: int) -> int:

@@ -81,13 +81,14 @@ class AsyncVideoQAClient:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Metadata | None = None,
+        api_key: str | None = None,
         channel_options: Sequence[tuple[str, Any]] | None = None,
     ) -> None:
         self.target = target
         self.timeouts = resolve_timeouts(timeout)
         self.retry = RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
         self.chunk_size = check_chunk_size(chunk_size)
-        self._metadata = normalize_metadata(metadata) or None
+        self._metadata = normalize_metadata(metadata, api_key) or None
         self._credentials = credentials
         self._options = _channel_options(channel_options)
         self._channel: grpc.aio.Channel | None = None

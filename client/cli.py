@@ -21,10 +21,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, suppress
 from typing import Any, TextIO
 
-import grpc
 from tqdm import tqdm
 
-from ._common import DEFAULT_TARGET
+from ._common import DEFAULT_TARGET, tls_credentials
 from .errors import VideoQAError
 from .sync import VideoQAClient
 from .types import (
@@ -213,6 +212,8 @@ def _connection_parser() -> argparse.ArgumentParser:
     g.add_argument("--timeout", type=float, metavar="S", help="deadline of each call in seconds")
     g.add_argument("--tls", action="store_true", help="connect with TLS")
     g.add_argument("--ca-cert", metavar="PEM", help="CA certificate for TLS (implies --tls)")
+    g.add_argument("--client-cert", metavar="PEM", help="client certificate for mutual TLS (implies --tls)")
+    g.add_argument("--client-key", metavar="PEM", help="private key of --client-cert")
     g.add_argument(
         "--token",
         default=os.environ.get("VIDEOQA_TOKEN"),
@@ -310,14 +311,9 @@ def _version() -> str:
 
 def _client(args: argparse.Namespace) -> VideoQAClient:
     credentials = None
-    if args.tls or args.ca_cert:
-        root = None
-        if args.ca_cert:
-            with open(args.ca_cert, "rb") as f:
-                root = f.read()
-        credentials = grpc.ssl_channel_credentials(root_certificates=root)
-    metadata = {"authorization": f"Bearer {args.token}"} if args.token else None
-    return VideoQAClient(args.server, timeout=args.timeout, credentials=credentials, metadata=metadata)
+    if args.tls or args.ca_cert or args.client_cert:
+        credentials = tls_credentials(args.ca_cert, args.client_cert, args.client_key)
+    return VideoQAClient(args.server, timeout=args.timeout, credentials=credentials, api_key=args.token or None)
 
 
 def _media(args: argparse.Namespace) -> str | list[str]:

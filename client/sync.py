@@ -78,9 +78,10 @@ class VideoQAClient:
         backoff: first retry delay in seconds, doubled on each retry, with jitter.
         max_backoff: upper bound of the retry delay.
         chunk_size: size of the upload's pieces in bytes.
-        credentials: channel credentials for TLS (``grpc.ssl_channel_credentials()``); plaintext
-            when ``None``.
-        metadata: metadata sent with every call (e.g. ``{"authorization": "Bearer ..."}``).
+        credentials: channel credentials for TLS (:func:`tls_credentials`, or
+            ``grpc.ssl_channel_credentials()``); plaintext when ``None``.
+        metadata: metadata sent with every call.
+        api_key: the server's API key, sent as ``authorization: Bearer <api_key>``.
         channel_options: extra gRPC channel options; they override the defaults, which raise
             the message size limits to 64 MiB.
     """
@@ -96,13 +97,14 @@ class VideoQAClient:
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         credentials: grpc.ChannelCredentials | None = None,
         metadata: Metadata | None = None,
+        api_key: str | None = None,
         channel_options: Sequence[tuple[str, Any]] | None = None,
     ) -> None:
         self.target = target
         self.timeouts = resolve_timeouts(timeout)
         self.retry = RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff)
         self.chunk_size = check_chunk_size(chunk_size)
-        self._metadata = normalize_metadata(metadata) or None
+        self._metadata = normalize_metadata(metadata, api_key) or None
         options = _channel_options(channel_options)
         if credentials is None:
             self._channel = grpc.insecure_channel(target, options=options)

@@ -176,3 +176,66 @@ def test_two_processes_share_sessions_through_redis(video, redis_server):
     finally:
         for server in servers:
             stop(server)
+
+
+def test_sigterm_drains_a_streamed_answer_and_refuses_new_calls(video):
+    """SIGTERM mid-answer: health goes NOT_SERVING (or the port closes), new calls are UNAVAILABLE,
+    the answer in flight streams to its end within the grace period, and the process exits 0."""
+    import time
+
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from tests.service.helpers import events, spec, upload
+    from videoqa.v1 import videoqa_pb2 as pb
+    from videoqa.v1 import videoqa_pb2_grpc
+
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {"VIDEOQA_GRACE_S": "60", "VIDEOQA_MAX_NEW_TOKENS": "4000"}
+    server = start("serve", "--listen", address, "--model", "tiny-qwen2-vl", env=env)
+    try:
+        wait_serving(address, timeout=180)
+        with grpc.insecure_channel(address) as channel:
+            stub = videoqa_pb2_grpc.VideoQAStub(channel)
+            created = events(stub.CreateSession(upload(spec(), video=video.read_bytes()), timeout=120))
+            session_id = created["session"][0].session.session_id
+            long = pb.GenerationParams(max_new_tokens=3000)
+            stream = iter(
+                stub.Ask(pb.AskRequest(session_id=session_id, question="go on", generation=long), timeout=120)
+            )
+            before = 0
+            for response in stream:
+                before += response.HasField("token")
+                if before == 3:
+                    break
+            server.send_signal(signal.SIGTERM)
+            signalled = time.monotonic()
+            with grpc.insecure_channel(address) as fresh:
+                health = health_pb2_grpc.HealthStub(fresh)
+                deadline = time.monotonic() + 10
+                while True:  # NOT_SERVING, or the port already refuses new calls
+                    try:
+                        status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                        if status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                            break
+                    except grpc.RpcError as error:
+                        assert error.code() == grpc.StatusCode.UNAVAILABLE, error
+                        break
+                    assert time.monotonic() < deadline, "health never left SERVING after SIGTERM"
+                    time.sleep(0.02)
+                with pytest.raises(grpc.RpcError) as refused:
+                    videoqa_pb2_grpc.VideoQAStub(fresh).ListModels(pb.ListModelsRequest(), timeout=5)
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+            rest = events(stream)  # the answer in flight goes on to its end
+        assert rest["token"], "nothing was streamed after SIGTERM: the answer was cut, not drained"
+        (stats,) = rest["stats"]
+        assert stats.generated_tokens == before + len(rest["token"]) and stats.turn == 1
+        output, _ = server.communicate(timeout=90)
+        assert server.returncode == 0, output
+        assert time.monotonic() - signalled < 60
+        assert "draining" in output
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.communicate()
