@@ -389,7 +389,7 @@ class _EngineCollector(Collector):
 
 
 def _gpu_memory(engine) -> Iterable:
-    """Allocated and reserved CUDA memory per device the models use (nothing off CUDA)."""
+    """Allocated, reserved and total CUDA memory per device the models use (nothing off CUDA)."""
     devices = sorted({str(lm.device) for lm in list(engine.models.values()) if lm.device.type == "cuda"})
     if not devices:
         return
@@ -399,8 +399,11 @@ def _gpu_memory(engine) -> Iterable:
     reserved = GaugeMetricFamily(
         "videoqa_gpu_memory_reserved_bytes", "CUDA memory reserved by the allocator", labels=("device",)
     )
+    total = GaugeMetricFamily("videoqa_gpu_memory_total_bytes", "CUDA memory of the device", labels=("device",))
     for device in devices:
         allocated.add_metric((device,), torch.cuda.memory_allocated(device))
         reserved.add_metric((device,), torch.cuda.memory_reserved(device))
+        total.add_metric((device,), torch.cuda.mem_get_info(device)[1])
     yield allocated
     yield reserved
+    yield total

@@ -27,18 +27,14 @@ OPERATIONS = ROOT / "docs" / "operations.md"
 #: Labels Prometheus attaches to every scraped series (target labels), usable in any expression.
 TARGET_LABELS = {"job", "instance", "namespace", "pod", "service", "container", "endpoint"}
 #: Exported only when CUDA is present: a CPU machine cannot show them in a live scrape.
-CUDA_ONLY = {"videoqa_gpu_memory_allocated_bytes", "videoqa_gpu_memory_reserved_bytes"}
+CUDA_ONLY = {
+    "videoqa_gpu_memory_allocated_bytes",
+    "videoqa_gpu_memory_reserved_bytes",
+    "videoqa_gpu_memory_total_bytes",
+}
 CUDA_ONLY_PREFIXES = ("videoqa_gpu_memory_", "videoqa_turn_gpu_memory_")
 #: Series Prometheus itself makes for every target.
 PROMETHEUS_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
-#: Names the dashboard and rules need that the catalog does not have yet, asked of the service
-#: (why). Tolerated, with a warning, only while they are missing from docs/operations.md.
-REQUESTED = {
-    "videoqa_gpu_memory_total_bytes": (
-        "gauge, label device, CUDA only: the device's memory capacity (torch.cuda.mem_get_info()[1]); "
-        "without it no alert can tell that GPU memory is nearly full"
-    ),
-}
 
 _KEYWORDS = {
     "and",

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import time
-import warnings
 
 import grpc
 import pytest
@@ -190,8 +189,6 @@ def _available_labels(name: str) -> tuple[set[str], dict[str, list[str]]] | None
         return (labels, dict(INTRO_LABEL_VALUES)) if labels is not None else None
     if name in support.PROMETHEUS_SERIES:
         return set(support.TARGET_LABELS), {}
-    if name in support.REQUESTED:
-        return {"device"} | support.TARGET_LABELS, {}
     base = support.base_name(name, histograms)
     entry = catalog.get(base)
     if entry is None:
@@ -226,11 +223,6 @@ def test_names_and_labels_match_the_catalog(where, expr):
         name = selector.name
         if ":" in name:
             assert name in records, f"{where}: {name} looks like a recording rule but the rules file does not define it"
-        elif name in support.REQUESTED and name not in catalog:
-            warnings.warn(
-                f"{where}: {name} is not in the catalog yet (asked of the service: {support.REQUESTED[name]})",
-                stacklevel=1,
-            )
         elif name not in support.PROMETHEUS_SERIES:
             assert support.base_name(name, histograms) in catalog, f"{where}: {name} is not in docs/operations.md"
             if name.endswith(support.HISTOGRAM_SUFFIXES) and name not in catalog:

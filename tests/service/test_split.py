@@ -78,3 +78,41 @@ def test_affinity_and_failover(loop_thread, cluster):
 
 def _holds(running, session_id: str) -> bool:
     return session_id in running.engine.sessions._hot
+
+
+def test_workers_found_through_dns(loop_thread, cluster):
+    """``dns:NAME:PORT`` finds the workers NAME resolves to; a failed lookup keeps the last set;
+    host:port addresses are never dropped; a frontend with no worker yet still starts."""
+    from videoqa.service.app import FrontendSettings, start_frontend
+    from videoqa.service.routing import WorkerPool
+
+    _, workers, addresses = cluster
+    port = workers[0].port
+
+    async def probe(pool: WorkerPool) -> dict[str, bool]:
+        await pool.probe_once()
+        return {address: handle.healthy for address, handle in pool.workers.items()}
+
+    async def make() -> WorkerPool:  # its channels belong to the servers' loop
+        return WorkerPool([f"dns:localhost:{port}", addresses[1]])
+
+    pool = loop_thread.run(make())
+    found = loop_thread.run(probe(pool))
+    assert found[f"127.0.0.1:{port}"] and found[addresses[1]]
+    pool.names = ["no-such-host.invalid:1"]  # resolution fails: keep what we had
+    assert loop_thread.run(probe(pool)) == found
+    loop_thread.run(pool.close())
+    with pytest.raises(ValueError, match="dns:NAME:PORT"):
+        WorkerPool(["dns:localhost"])
+
+    empty = loop_thread.run(
+        start_frontend(FrontendSettings(listen="127.0.0.1:0", probe_interval_s=0.1), ["dns:no-such-host.invalid:1"])
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{empty.port}") as channel:
+            stub = videoqa_pb2_grpc.VideoQAStub(channel)
+            with pytest.raises(grpc.RpcError) as error:
+                stub.ListModels(pb.ListModelsRequest(), timeout=10)
+            assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        loop_thread.run(empty.stop(0))
