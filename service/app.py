@@ -22,7 +22,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from videoqa.internal.v1 import worker_pb2_grpc
-from videoqa.service.auth import ApiKeys, Authenticator, allow_all
+from videoqa.service.auth import ApiKeyFile, Authenticator, allow_all
 from videoqa.service.frontend import FrontendServicer
 from videoqa.service.metrics import Metrics
 from videoqa.service.routing import WORKER_SERVICE, WorkerPool
@@ -103,7 +103,7 @@ def server_credentials(settings: FrontendSettings) -> grpc.ServerCredentials | N
 
 
 def authenticator_for(settings: FrontendSettings) -> Authenticator:
-    return ApiKeys.from_file(settings.api_keys_file) if settings.api_keys_file else allow_all
+    return ApiKeyFile(settings.api_keys_file) if settings.api_keys_file else allow_all
 
 
 def _server_options(max_bytes: int) -> list[tuple[str, int]]:

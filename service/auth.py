@@ -11,10 +11,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
+import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from videoqa.worker.errors import SessionForbidden, VideoQAError
+
+log = logging.getLogger(__name__)
 
 Metadata = Sequence[tuple[str, str | bytes]]
 Authenticator = Callable[[Metadata], str]
@@ -98,3 +103,45 @@ class ApiKeys:
         if tenant is None:
             raise Unauthenticated("invalid API key")
         return tenant
+
+
+class ApiKeyFile:
+    """:class:`ApiKeys` read from a file and re-read when it changes (checked at most every
+    ``interval_s``), so keys rotate without a restart (a Kubernetes Secret mounted as a directory
+    is updated in place). A changed file that does not parse keeps the previous keys, logged."""
+
+    def __init__(self, path: str | Path, interval_s: float = 5.0, clock: Callable[[], float] = time.monotonic):
+        self.path, self.interval_s, self._clock = Path(path), interval_s, clock
+        self.keys = ApiKeys.from_file(self.path)  # a bad file at start is an error
+        self._stamp = self._stat()
+        self._checked = clock()
+        self._lock = threading.Lock()
+
+    def _stat(self) -> tuple[float, int] | None:
+        try:
+            stat = self.path.stat()
+        except OSError:
+            return None
+        return stat.st_mtime, stat.st_size
+
+    def _refresh(self) -> None:
+        now = self._clock()
+        if now - self._checked < self.interval_s:
+            return
+        with self._lock:
+            self._checked = now
+            stamp = self._stat()
+            if stamp is None or stamp == self._stamp:
+                return
+            self._stamp = stamp
+            try:
+                self.keys = ApiKeys.from_file(self.path)
+                log.info("API keys reloaded from %s (%d tenants)", self.path, len(self.keys.tenants))
+            except ValueError as error:
+                log.error(
+                    "API key file %s changed but cannot be used (%s); keeping the previous keys", self.path, error
+                )
+
+    def __call__(self, metadata: Metadata) -> str:
+        self._refresh()
+        return self.keys(metadata)

@@ -243,3 +243,26 @@ def test_api_key_file_rules(tmp_path):
             load(bad)
     with pytest.raises(ValueError, match="cannot read"):
         ApiKeys.from_file(tmp_path / "missing.json")
+
+
+def test_rotated_keys_are_picked_up_without_a_restart(tmp_path):
+    import os
+
+    from videoqa.service.auth import ApiKeyFile
+
+    now = [0.0]
+    path = tmp_path / "keys.json"
+    path.write_text(json.dumps({"a": ALICE}))
+    keys = ApiKeyFile(path, interval_s=5.0, clock=lambda: now[0])
+    assert keys(bearer(ALICE)) == "a"
+    path.write_text(json.dumps({"a": BOB}))  # rotate: the old key goes, a new one comes
+    os.utime(path, (1, 1))
+    assert keys(bearer(ALICE)) == "a", "checked at most every interval"
+    now[0] = 6.0
+    assert keys(bearer(BOB)) == "a"
+    with pytest.raises(Unauthenticated):
+        keys(bearer(ALICE))
+    path.write_text("{not json")  # a broken rotation keeps the last good keys
+    os.utime(path, (2, 2))
+    now[0] = 12.0
+    assert keys(bearer(BOB)) == "a"
