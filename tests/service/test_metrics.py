@@ -157,3 +157,31 @@ def test_a_cancelled_stream_is_counted_as_cancelled(served, tmp_path):
     else:
         pytest.fail("the cancelled Ask was not counted as CANCELLED")
     assert value(after, "videoqa_requests_in_flight", rpc="Ask") == 0
+
+
+def test_gpu_memory_series_on_cuda_devices(monkeypatch):
+    """No GPU here: torch.cuda's memory functions are stood in for, to check what is exported
+    for a model on ``cuda:0`` (and that nothing is exported for CPU models)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from videoqa.service.metrics import _gpu_memory
+    from videoqa.worker import engine as engine_module
+
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 3 << 20)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 4 << 20)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (1 << 30, 80 << 30))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 5 << 20)
+    gpu, cpu = torch.device("cuda:0"), torch.device("cpu")
+    engine = SimpleNamespace(models={"a": SimpleNamespace(device=gpu), "b": SimpleNamespace(device=cpu)})
+    exported = {
+        family.name: [(sample.labels, sample.value) for sample in family.samples] for family in _gpu_memory(engine)
+    }
+    assert exported == {
+        "videoqa_gpu_memory_allocated_bytes": [({"device": "cuda:0"}, 3 << 20)],
+        "videoqa_gpu_memory_reserved_bytes": [({"device": "cuda:0"}, 4 << 20)],
+        "videoqa_gpu_memory_total_bytes": [({"device": "cuda:0"}, 80 << 30)],
+    }
+    assert list(_gpu_memory(SimpleNamespace(models={"b": SimpleNamespace(device=cpu)}))) == []
+    assert engine_module._gpu_peak(gpu) == 5 << 20 and engine_module._gpu_peak(cpu) == 0
