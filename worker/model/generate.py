@@ -139,17 +139,11 @@ class Generator:
         ``state.pending_token``. ``check`` runs before every forward pass and raises to stop the
         loop (cancellation, deadline). ``on_logits`` sees the logits [vocab] of every step.
         """
-        generator = None
-        if params.temperature > 0:
-            generator = torch.Generator(device="cpu")
-            if params.seed is not None:
-                generator.manual_seed(int(params.seed))
-            else:
-                generator.seed()
+        choose = sampler(params)
         for step in range(params.max_new_tokens):
             if on_logits is not None:
                 on_logits(logits)
-            token = sample(logits, params, generator)
+            token = choose(logits)
             state.pending_token = token
             yield token
             if token in self.eos or step == params.max_new_tokens - 1:
@@ -157,6 +151,18 @@ class Generator:
             check()
             logits = self.feed(state, [token])
             state.pending_token = None
+
+
+def sampler(params: GenerationParams) -> Callable[[torch.Tensor], int]:
+    """``choose(logits [vocab]) -> token`` for one answer: greedy, or seeded sampling."""
+    generator = None
+    if params.temperature > 0:
+        generator = torch.Generator(device="cpu")
+        if params.seed is not None:
+            generator.manual_seed(int(params.seed))
+        else:
+            generator.seed()
+    return lambda logits: sample(logits, params, generator)
 
 
 def sample(logits: torch.Tensor, params: GenerationParams, generator: torch.Generator | None) -> int:

@@ -13,6 +13,8 @@ multi-token chunk to its first ``q`` entries). While idle it is sdpa, bit for bi
   layer budgets), the causal mask is rebuilt for that layer.
 - **Per-slot bias**: an additive logit bias on cache entries (``ln(count)`` for recycled entries
   carrying the mass of the tokens they replace), taken from :func:`attention_bias`.
+- **Row masks** (batched decoding): a float mask per layer [B, H, 1, S] for one-token steps of
+  several sessions whose caches were padded to one width, taken from :func:`row_masks`.
 """
 
 from __future__ import annotations
@@ -126,6 +128,7 @@ def _normalize(logits: torch.Tensor, mode: str) -> torch.Tensor:
 
 _recording: ContextVar[Recording | None] = ContextVar("videoqa_recording", default=None)
 _bias: ContextVar[dict[int, torch.Tensor] | None] = ContextVar("videoqa_attention_bias", default=None)
+_row_masks: ContextVar[dict[int, torch.Tensor] | None] = ContextVar("videoqa_row_masks", default=None)
 
 
 @contextlib.contextmanager
@@ -146,6 +149,17 @@ def attention_bias(bias: dict[int, torch.Tensor] | None) -> Iterator[None]:
         yield
     finally:
         _bias.reset(token)
+
+
+@contextlib.contextmanager
+def row_masks(masks: dict[int, torch.Tensor]) -> Iterator[None]:
+    """Use ``masks[layer]`` (float [B, H, 1, S]: 0 where a row may look, -inf on padding, plus
+    per-slot biases) as the attention mask of one-token steps inside the block."""
+    token = _row_masks.set(masks)
+    try:
+        yield
+    finally:
+        _row_masks.reset(token)
 
 
 def _fit_mask(mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor | None:
@@ -185,6 +199,9 @@ def attention(module, query, key, value, attention_mask, **kwargs):
     if record is not None and layer is not None and query.shape[2] > 1:
         scaling = kwargs.get("scaling") or getattr(module, "scaling", query.shape[-1] ** -0.5)
         record.observe(layer, query, key, scaling)
+    masks = _row_masks.get()
+    if masks is not None and layer in masks and query.shape[2] == 1:
+        return sdpa_attention_forward(module, query, key, value, masks[layer].to(query.dtype), **kwargs)
     mask = _fit_mask(attention_mask, query, key)
     biases = _bias.get()
     if biases is not None and layer in biases:
