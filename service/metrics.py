@@ -354,9 +354,16 @@ class _EngineCollector(Collector):
             family.add_metric(values, value)
             return family
 
+        scheduler = engine.scheduler
         waiting = max(0, engine.queued_turns - engine.running_turns)
         yield gauge("videoqa_turns_queued", "Turns waiting for the worker's model", waiting)
         yield gauge("videoqa_turns_running", "Turns on the model now", engine.running_turns)
+        yield counter("videoqa_decode_steps", "Batched decode steps", (), [((), scheduler.steps)])
+        yield counter("videoqa_decode_rows", "Session-tokens decoded in batched steps", (), [((), scheduler.rows)])
+        yield gauge("videoqa_kv_reserved_bytes", "KV bytes reserved by the running turns", scheduler.reserved_bytes)
+        yield gauge(
+            "videoqa_kv_budget_bytes", "KV bytes the running turns may reserve (0: no limit)", scheduler.kv_budget_bytes
+        )
         yield counter(
             "videoqa_turns",
             "Turns ended, by outcome",

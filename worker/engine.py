@@ -14,7 +14,6 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
@@ -28,6 +27,7 @@ from videoqa.worker.errors import (
     TurnDeadlineExceeded,
     VideoQAError,
 )
+from videoqa.worker.scheduler import DecodeRequest, Turn, TurnScheduler
 from videoqa.worker.settings import WorkerSettings
 from videoqa.worker.telemetry import CacheBuilt, Telemetry
 from videoqa.worker.types import (
@@ -183,10 +183,9 @@ class Engine:
             telemetry=self.telemetry,
         )
         self._decoder = decoder
-        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="videoqa-compute")
+        self._scheduler = TurnScheduler(self.settings.max_batch_size, self.settings.kv_budget_bytes)
         self._admission = threading.Lock()
         self._queued = 0
-        self._running = 0
         self.ready = False
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -212,7 +211,7 @@ class Engine:
 
     def close(self) -> None:
         self.ready = False
-        self._compute.shutdown(wait=False, cancel_futures=True)
+        self._scheduler.close()
         if self._decoder is not None:
             self._decoder.close()
 
@@ -367,14 +366,27 @@ class Engine:
 
         plan = _FirstTurn(req, model_id, method, sampling, generation, question, media)
 
-        def job(emit: Emit, queue_s: float) -> None:
+        def job(emit: Emit, queue_s: float) -> Turn:
             timings = Timings(upload_s=req.upload_s, decode_s=decode_s, queue_s=queue_s)
-            self._first_turn(plan, control, emit, timings, started)
+            yield from self._first_turn(plan, control, emit, timings, started)
 
-        async for event in self._run(job, control):
+        reserve = self._estimate_new_session_bytes(model_id, media, generation)
+        async for event in self._run(job, control, reserve):
             yield event
 
-    def _first_turn(self, plan: _FirstTurn, control: TurnControl, emit: Emit, timings: Timings, started: float) -> None:
+    def _estimate_new_session_bytes(self, model_id: str, media, generation: GenerationParams) -> int:
+        """KV bytes a new session may take while its turn runs: its full (unpruned) prompt plus the
+        answer. Visual tokens are estimated from the frames and the vision tower's patching."""
+        lm = self.models[model_id]
+        vision = getattr(lm.model.config, "vision_config", None)
+        patch = getattr(vision, "patch_size", 14) * getattr(vision, "spatial_merge_size", 2)
+        group = getattr(vision, "temporal_patch_size", 1)
+        height, width = media.frames.shape[1:3] if media.frames.ndim == 4 else (patch, patch)
+        per_frame = -(-height // patch) * -(-width // patch)
+        tokens = -(-len(media.indices) // group) * per_frame + 256 + generation.max_new_tokens
+        return tokens * lm.kv_bytes_per_token
+
+    def _first_turn(self, plan: _FirstTurn, control: TurnControl, emit: Emit, timings: Timings, started: float) -> Turn:
         from videoqa.worker.pruning.pipeline import PrunedPrefill
         from videoqa.worker.sessions import Session
 
@@ -433,7 +445,7 @@ class Engine:
         )
         emit(SessionEvent(session.snapshot()))
         if plan.question is not None:
-            self._answer(
+            yield from self._answer(
                 session,
                 gen,
                 logits,
@@ -470,20 +482,24 @@ class Engine:
         # Turns on one session run one at a time across workers; waiting respects the deadline.
         lease = await self.sessions.lease(session_id, control.deadline)
 
-        def job(emit: Emit, queue_s: float) -> None:
+        def job(emit: Emit, queue_s: float) -> Turn:
             try:
-                self._follow_up(tenant, session_id, question, generation, control, emit, queue_s, started)
+                yield from self._follow_up(tenant, session_id, question, generation, control, emit, queue_s, started)
             finally:
                 lease.release()  # as soon as the turn ends, whatever becomes of the RPC
 
+        reserve = self.sessions.estimate_bytes(session_id) + generation.max_new_tokens * self._bytes_per_token()
         try:
-            async for event in self._run(job, control):
+            async for event in self._run(job, control, reserve):
                 yield event
         except Overloaded:  # refused before the job was queued: it will never release the lease
             await asyncio.to_thread(lease.release)
             raise
 
-    def _follow_up(self, tenant, session_id, question, generation, control, emit, queue_s, started) -> None:
+    def _bytes_per_token(self) -> int:
+        return max(lm.kv_bytes_per_token for lm in self.models.values())
+
+    def _follow_up(self, tenant, session_id, question, generation, control, emit, queue_s, started) -> Turn:
         """One follow-up turn on the compute thread: restore (hot tier or store), feed, answer."""
         session = self.sessions.get(tenant, session_id)
         gen = self._generators[session.model_id]
@@ -497,7 +513,7 @@ class Engine:
             session.state.rollback(checkpoint)
             raise
         timings = Timings(queue_s=queue_s)
-        self._answer(session, gen, logits, len(ids), generation, control, emit, timings, started, checkpoint)
+        yield from self._answer(session, gen, logits, len(ids), generation, control, emit, timings, started, checkpoint)
 
     def _answer(
         self,
@@ -512,18 +528,22 @@ class Engine:
         started: float,
         checkpoint=None,
         first: bool = False,
-    ) -> None:
+    ) -> Turn:
         """Stream an answer; commit the turn only if it completes, else roll the session back.
-        ``first``: this turn built the session's video cache (its TTFT includes that)."""
-        from videoqa.worker.model.generate import TextStreamer
+        ``first``: this turn built the session's video cache (its TTFT includes that). Each token
+        but the last is fed back through the scheduler (batched with other turns' tokens)."""
+        from videoqa.worker.model.generate import TextStreamer, sampler
 
         state = session.state
         checkpoint = checkpoint or state.checkpoint()
         streamer = TextStreamer(gen.lm.tokenizer)
+        choose = sampler(params)
         t0 = previous = time.perf_counter()
         count, last, gaps = 0, None, []
         try:
-            for index, token in enumerate(gen.stream(state, logits, params, check=control.check)):
+            for index in range(params.max_new_tokens):
+                token = choose(logits)
+                state.pending_token = token
                 now = time.perf_counter()
                 if index == 0:
                     timings.ttft_s = now - started
@@ -533,6 +553,11 @@ class Engine:
                 count, last = index + 1, token
                 self.counters["generated_tokens"] += 1
                 emit(TokenEvent(streamer.push(token), token, index))
+                if token in gen.eos or index == params.max_new_tokens - 1:
+                    break
+                control.check()
+                logits = yield DecodeRequest(gen.lm, state, token)
+                state.pending_token = None
         except TurnCancelled:
             self.counters["turns_cancelled"] += 1
             state.rollback(checkpoint)
@@ -617,14 +642,20 @@ class Engine:
 
     @property
     def running_turns(self) -> int:
-        return self._running
+        return self._scheduler.running
 
-    async def _run(self, job: Callable[[Emit, float], None], control: TurnControl) -> AsyncIterator[Event]:
-        """Run ``job`` on the compute thread, yielding the events it emits as they come."""
+    @property
+    def scheduler(self) -> TurnScheduler:
+        return self._scheduler
+
+    async def _run(
+        self, job: Callable[[Emit, float], Turn], control: TurnControl, reserve_bytes: int = 0
+    ) -> AsyncIterator[Event]:
+        """Run the turn ``job`` makes on the compute thread (admitted when ``reserve_bytes`` of KV
+        fit the budget), yielding the events it emits as they come."""
         with self._admit():
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue = asyncio.Queue()
-            submitted = time.perf_counter()
 
             def put(item) -> None:
                 try:
@@ -632,22 +663,17 @@ class Engine:
                 except RuntimeError:  # the event loop closed (server shutting down)
                     control.cancelled.set()
 
-            def runner() -> None:
-                self._running += 1  # only the single compute thread writes it
-                try:
-                    job(put, time.perf_counter() - submitted)
-                except BaseException as error:  # handed to the RPC side, which maps it to a status
-                    if not isinstance(error, VideoQAError):
-                        log.exception("turn failed")
-                    if not isinstance(error, TurnCancelled | TurnDeadlineExceeded):
-                        self.counters["turns_failed"] += 1
-                    put(_Failure(error))
-                else:
+            def finished(error: BaseException | None) -> None:
+                if error is None:
                     put(_DONE)
-                finally:
-                    self._running -= 1
+                    return
+                if not isinstance(error, VideoQAError):  # handed to the RPC side, which maps it to a status
+                    log.error("turn failed", exc_info=error)
+                if not isinstance(error, TurnCancelled | TurnDeadlineExceeded):
+                    self.counters["turns_failed"] += 1
+                put(_Failure(error))
 
-            loop.run_in_executor(self._compute, runner)
+            self._scheduler.submit(lambda queue_s: job(put, queue_s), reserve_bytes, finished)
             try:
                 while True:
                     item = await queue.get()

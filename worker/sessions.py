@@ -137,6 +137,17 @@ class SessionManager:
     def hot_bytes_used(self) -> int:
         return self._hot_total
 
+    def estimate_bytes(self, session_id: str) -> int:
+        """KV bytes of a session, cheaply: its hot copy's, else its stored size (0 if unknown)."""
+        with self._lock:
+            if session_id in self._hot_sizes:
+                return self._hot_sizes[session_id]
+        try:
+            manifest = self.store.manifest(session_id)
+        except Exception:  # unreachable or damaged: the lookup of the turn itself will say so
+            return 0
+        return int(manifest.get("size", 0)) if manifest else 0
+
     # --- operations ------------------------------------------------------------------------------
 
     def _counted(self, op: str, fn, *args):

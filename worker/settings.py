@@ -47,7 +47,13 @@ class WorkerSettings(BaseSettings):
     session_ttl_s: float = Field(default=3600.0, gt=0, le=30 * 86400)
     """Idle time after which a session expires (NOT_FOUND)."""
     max_queued_turns: int = Field(default=64, ge=1, le=100_000)
-    """Turns waiting for the model beyond this are refused with RESOURCE_EXHAUSTED."""
+    """Turns admitted to a worker (waiting or running) beyond this are refused with
+    RESOURCE_EXHAUSTED and a retry hint."""
+    max_batch_size: int = Field(default=16, ge=1, le=1024)
+    """Most sessions decoded together in one batched step."""
+    kv_budget_bytes: int = Field(default=8 << 30, ge=0, le=1 << 44)
+    """KV bytes the running turns may reserve together (their sessions' caches plus the answers);
+    a turn that does not fit waits (0: no limit). One turn always runs, whatever its size."""
 
     # --- session storage -------------------------------------------------------------------------
     redis_url: str | None = None

@@ -53,14 +53,18 @@ class DecodeBatch:
             self._layers.append((keys, values))
             self._masks[index] = mask
         self.cache = DynamicCache(self._layers)
+        self._next = [state.next_pos for state in states]  # what each row's session should be at
 
     @property
     def size(self) -> int:
         return len(self.states)
 
     def holds(self, states: list[ConversationState]) -> bool:
-        """Whether this batch is exactly ``states``, in order."""
-        return len(states) == len(self.states) and all(a is b for a, b in zip(states, self.states, strict=True))
+        """Whether this batch is exactly ``states``, in order, none changed since its last step
+        (a session fed or rolled back outside the batch needs a new stack)."""
+        return len(states) == len(self.states) and all(
+            a is b and a.next_pos == n for a, b, n in zip(states, self.states, self._next, strict=True)
+        )
 
     @torch.inference_mode()
     def step(self, tokens: list[int]) -> torch.Tensor:
@@ -87,4 +91,5 @@ class DecodeBatch:
                 own.values = torch.cat([own.values, stacked.values[b : b + 1, :, -1:]], dim=2)
             state.next_pos += 1
             state.token_ids.append(token)
+            self._next[b] = state.next_pos
         return out.logits[:, -1].float()
