@@ -37,3 +37,17 @@ def test_session_store_quick(tmp_path, redis_server):
     assert set(rows) == {"full", "das"}
     assert rows["das"]["stored_bytes"] < rows["full"]["stored_bytes"]
     assert all(row["ttft_redis_ms"] > 0 and row["redis_get_MBps"] > 0 for row in rows.values())
+
+
+def test_decode_quick(tmp_path):
+    out_json, out_md, plots = tmp_path / "d.json", tmp_path / "d.md", tmp_path / "plots"
+    run_quick(
+        "decode.py", "--methods", "das", "--budgets", "0.2", "--json", str(out_json), "--markdown", str(out_md),
+        "--plots", str(plots),
+    )  # fmt: skip
+    (result,) = json.loads(out_json.read_text())["results"]
+    (run,) = result["runs"]
+    full, das = run["configs"]["full@1"], run["configs"]["das@0.2"]
+    assert das["kv_bytes"] < full["kv_bytes"] and das["sessions_in_kv_budget"] > full["sessions_in_kv_budget"]
+    assert all(row["decode"]["2"]["tokens_per_second"] > 0 for row in (full, das))
+    assert "| frames | config |" in out_md.read_text() and list(plots.glob("*.png"))
