@@ -175,10 +175,15 @@ class TurnScheduler:
                 batch = self._batches.get(key)
                 try:
                     if batch is None or not batch.holds(states):
-                        batch = self._batches[key] = DecodeBatch(chunk[0].pending.lm, states)
+                        stale, batch = batch, DecodeBatch(chunk[0].pending.lm, states)
+                        self._batches[key] = batch
+                        if stale is not None:
+                            stale.release()
                     logits = batch.step([entry.pending.token for entry in chunk])
                 except BaseException as error:  # a failed forward fails the turns in it
-                    self._batches.pop(key, None)
+                    failed = self._batches.pop(key, None)
+                    if failed is not None:
+                        failed.release()  # the sessions get their K/V back (the failed step's column is not kept)
                     log.exception("batched decode step failed")
                     for entry in chunk:
                         entry.pending = None
@@ -190,5 +195,5 @@ class TurnScheduler:
                 self.largest_batch = max(self.largest_batch, len(chunk))
                 for entry, row in zip(chunk, logits, strict=True):
                     entry.pending, entry.reply = None, row
-        for key in set(self._batches) - used:  # sessions that left: drop their stacked copies
-            del self._batches[key]
+        for key in set(self._batches) - used:  # a batch no longer used: whatever it still holds goes back
+            self._batches.pop(key).release()

@@ -72,3 +72,46 @@ def test_a_batch_of_one_is_the_plain_step(pruned):
     torch.testing.assert_close(batched, session.gen.feed(reference, [token]), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError):
         DecodeBatch(session.lm, [state]).step([1, 2])
+
+
+def test_a_lent_session_reads_the_same_and_comes_back_whole(pruned):
+    """While in a batch a session's K/V live only in the stack; its lengths and bytes are answered
+    without moving them; reading its cache gives it back (then the batch refuses to step)."""
+    sessions = [pruned("tiny-qwen2-vl", "das", 0.5, mass_bias=1), pruned("tiny-qwen2-vl", "full", 1.0, frames=12)]
+    states = [copy.deepcopy(s.state) for s in sessions]
+    references = [copy.deepcopy(s.state) for s in sessions]
+    before = [s.cache_bytes() for s in states]
+    batch = DecodeBatch(sessions[0].lm, states)
+    assert all(s.lender is batch for s in states)
+    assert [s.cache_bytes() for s in states] == before
+    for token in (5, 9, 3):
+        batch.step([token, token])
+        for reference in references:
+            sessions[0].gen.feed(reference, [token])
+    assert [s.cache_lengths for s in states] == [r.cache_lengths for r in references]
+    assert [s.cache_bytes() for s in states] == [r.cache_bytes() for r in references]
+    assert batch.holds(states)
+    layers = states[0].cache.layers  # gives the first session back
+    assert states[0].lender is None and states[1].lender is batch and not batch.holds(states)
+    for mine, theirs in zip(layers, references[0].cache.layers, strict=True):
+        torch.testing.assert_close(mine.keys, theirs.keys, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError):
+        batch.step([1, 1])
+    batch.release()
+    assert states[1].lender is None
+    for mine, theirs in zip(states[1].cache.layers, references[1].cache.layers, strict=True):
+        torch.testing.assert_close(mine.values, theirs.values, rtol=1e-4, atol=1e-5)
+
+
+def test_the_stack_grows_past_its_first_capacity(pruned):
+    from videoqa.worker.model.batch import GROW_STEPS
+
+    session = pruned("tiny-qwen2-vl", "snapkv", 0.5)
+    state, reference = copy.deepcopy(session.state), copy.deepcopy(session.state)
+    batch = DecodeBatch(session.lm, [state])
+    for step in range(GROW_STEPS + 6):
+        token = 3 + step % 7
+        logits = batch.step([token])[0]
+        expected = session.gen.feed(reference, [token])
+    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
+    assert state.cache_lengths == reference.cache_lengths

@@ -1,83 +1,194 @@
 """One decode step for several sessions at once.
 
 Each session keeps its own cache ([1, H_kv, S_b, D] per layer, lengths differing between sessions
-and, with per-layer budgets, between layers). A :class:`DecodeBatch` stacks them, right-padded to
-the longest per layer, into one cache [B, H_kv, W, D]; every step appends one entry per row at the
-end, so a row's entries are ``[own S_b | padding | appended steps]``. A float key mask per layer
-[B, H, 1, W'] hides the padding and carries each row's recycled-entry bias; positions are explicit
-per row (each session's own ``next_pos`` and ``rope_delta``).
+and, with per-layer budgets, between layers). A :class:`DecodeBatch` moves them into one stack per
+layer [B, H_kv, C, D], right-padded to the longest row (width W) with room to grow (capacity C).
+Every step writes one entry per row at column W + t, in place, so a row is
+``[own S_b | padding | its steps]``. A float key mask per layer [B, H, 1, ·] hides the padding and
+carries each row's recycled-entry bias; positions are explicit per row (each session's own
+``next_pos`` and ``rope_delta``).
 
-After every step each row's new entry is also appended to its session's own cache, so a session is
-always complete and consistent (its turn can end, be saved, or roll back between any two steps);
-the padded stack is rebuilt only when the set of rows changes.
+While in a batch, a session's K/V live only in the stack (one copy, no per-step copying): the
+session is *lent* to the batch. Reading its ``cache`` gives it back (its entries and steps are
+copied out, and the batch no longer holds that row); lengths and byte counts are answered from the
+batch's bookkeeping without moving anything.
 """
 
 from __future__ import annotations
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from videoqa.worker.model.generate import ConversationState
 from videoqa.worker.model.loader import LoadedModel
 from videoqa.worker.pruning.attention import row_masks
 
+#: Steps of room made when the stack is built or full.
+GROW_STEPS = 64
+
+
+class _StackLayer(DynamicLayer):
+    """One layer's stacked K/V [B, H_kv, C, D]; ``update`` writes the step's column in place."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, length: int):
+        super().__init__()
+        self._keys, self._values, self.length = keys, values, length
+        self.dtype, self.device, self.is_initialized = keys.dtype, keys.device, True
+
+    @property
+    def keys(self) -> torch.Tensor:
+        return self._keys[:, :, : self.length]
+
+    @keys.setter
+    def keys(self, value) -> None:  # the base class's reset; the stack is never reset
+        pass
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._values[:, :, : self.length]
+
+    @values.setter
+    def values(self, value) -> None:
+        pass
+
+    def reserve(self, columns: int) -> None:
+        """Make sure ``columns`` more entries fit (doubling the capacity when they do not)."""
+        if self.length + columns > self._keys.shape[2]:
+            capacity = max(self.length + columns, 2 * self._keys.shape[2])
+            for name in ("_keys", "_values"):
+                old = getattr(self, name)
+                new = old.new_zeros((*old.shape[:2], capacity, old.shape[3]))
+                new[:, :, : self.length] = old[:, :, : self.length]
+                setattr(self, name, new)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        steps = key_states.shape[2]
+        self.reserve(steps)
+        self._keys[:, :, self.length : self.length + steps] = key_states
+        self._values[:, :, self.length : self.length + steps] = value_states
+        self.length += steps
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
 
 class DecodeBatch:
-    """The stacked caches of ``states`` (one model) and the key masks that go with them."""
+    """The lent caches of ``states`` (one model), stacked, and the key masks that go with them."""
 
     def __init__(self, lm: LoadedModel, states: list[ConversationState]):
         if not states:
             raise ValueError("a batch needs at least one session")
         self.lm, self.states = lm, list(states)
-        layers = len(states[0].cache.layers)
         device = lm.device
-        self._layers: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._masks: dict[int, torch.Tensor] = {}
         heads = lm.model.config.get_text_config().num_attention_heads
-        for index in range(layers):
-            rows = [state.cache.layers[index] for state in states]
+        owns = [state.cache for state in states]  # takes each back from an earlier batch first
+        #: rows' own entries per layer, at the time they were lent
+        self._own = [[int(layer.keys.shape[2]) for layer in own.layers] for own in owns]
+        self._width: list[int] = []
+        self._mask_buffers: list[torch.Tensor] = []
+        layers = []
+        for index in range(len(owns[0].layers)):
+            rows = [own.layers[index] for own in owns]
             width = max(int(r.keys.shape[2]) for r in rows)
-            keys = rows[0].keys.new_zeros((len(rows), *rows[0].keys.shape[1:2], width, rows[0].keys.shape[3]))
-            values = rows[0].values.new_zeros((len(rows), *rows[0].values.shape[1:2], width, rows[0].values.shape[3]))
-            mask = torch.full((len(rows), heads, 1, width), float("-inf"), dtype=torch.float32, device=device)
+            capacity = width + GROW_STEPS
+            first = rows[0].keys
+            keys = first.new_zeros((len(rows), first.shape[1], capacity, first.shape[3]))
+            values = rows[0].values.new_zeros((len(rows), first.shape[1], capacity, rows[0].values.shape[3]))
+            mask = torch.zeros((len(rows), heads, 1, capacity), dtype=torch.float32, device=device)
             for b, (row, state) in enumerate(zip(rows, states, strict=True)):
                 length = int(row.keys.shape[2])
                 keys[b, :, :length] = row.keys[0]
                 values[b, :, :length] = row.values[0]
-                mask[b, :, :, :length] = 0.0
+                mask[b, :, :, length:width] = float("-inf")  # padding; columns from ``width`` on are steps
                 bias = state.attention_bias.get(index)
                 if bias is not None:  # [H_kv, n] on the first n entries, shared by each KV group's heads
                     n = min(int(bias.shape[1]), length)
-                    expanded = bias[:, :n].float().repeat_interleave(heads // bias.shape[0], dim=0)
-                    mask[b, :, 0, :n] += expanded.to(device)
-            self._layers.append((keys, values))
-            self._masks[index] = mask
-        self.cache = DynamicCache(self._layers)
+                    mask[b, :, 0, :n] += bias[:, :n].float().repeat_interleave(heads // bias.shape[0], dim=0).to(device)
+                # now held by the stack only (fresh empty tensors: a view would keep the old storage alive)
+                row.keys = row.keys.new_empty((1, row.keys.shape[1], 0, row.keys.shape[3]))
+                row.values = row.values.new_empty((1, row.values.shape[1], 0, row.values.shape[3]))
+            layers.append(_StackLayer(keys, values, width))
+            self._width.append(width)
+            self._mask_buffers.append(mask)
+        self.cache = DynamicCache()
+        self.cache.layers = layers
+        self._owns = owns
+        self.steps = 0
+        self._returned: set[int] = set()
         self._next = [state.next_pos for state in states]  # what each row's session should be at
+        #: K and V bytes of one cache entry of one layer
+        self.bytes_per_entry = 2 * layers[0]._keys[0, :, 0].numel() * layers[0]._keys.element_size()
+        for state in states:
+            state.lender = self
 
     @property
     def size(self) -> int:
         return len(self.states)
 
     def holds(self, states: list[ConversationState]) -> bool:
-        """Whether this batch is exactly ``states``, in order, none changed since its last step
-        (a session fed or rolled back outside the batch needs a new stack)."""
-        return len(states) == len(self.states) and all(
-            a is b and a.next_pos == n for a, b, n in zip(states, self.states, self._next, strict=True)
+        """Whether this batch is exactly ``states``, in order, all still lent to it and none fed
+        or rolled back outside it (else it needs rebuilding)."""
+        return (
+            not self._returned
+            and len(states) == len(self.states)
+            and all(a is b and a.next_pos == n for a, b, n in zip(states, self.states, self._next, strict=True))
         )
+
+    def lengths_of(self, state: ConversationState) -> list[int]:
+        b = self._row(state)
+        return [own + self.steps for own in self._own[b]]
+
+    def _row(self, state: ConversationState) -> int:
+        for b, held in enumerate(self.states):
+            if held is state:
+                return b
+        raise KeyError("this session is not in the batch")
+
+    def give_back(self, state: ConversationState) -> None:
+        """Return ``state``'s K/V to its own cache: its entries, then the steps it took here."""
+        b = self._row(state)
+        state.lender = None
+        self._returned.add(b)
+        for own, layer, length, width in zip(
+            self._owns[b].layers, self.cache.layers, self._own[b], self._width, strict=True
+        ):
+            own.keys = torch.cat(
+                [layer._keys[b : b + 1, :, :length], layer._keys[b : b + 1, :, width : width + self.steps]], dim=2
+            )
+            own.values = torch.cat(
+                [layer._values[b : b + 1, :, :length], layer._values[b : b + 1, :, width : width + self.steps]], dim=2
+            )
+
+    def release(self) -> None:
+        """Give every row still lent back (the batch is done)."""
+        for b, state in enumerate(self.states):
+            if b not in self._returned and state.lender is self:
+                self.give_back(state)
 
     @torch.inference_mode()
     def step(self, tokens: list[int]) -> torch.Tensor:
         """Feed ``tokens[b]`` to row b at its session's next position; the logits [B, vocab]."""
         if len(tokens) != self.size:
             raise ValueError(f"{len(tokens)} tokens for {self.size} rows")
+        if self._returned:
+            raise RuntimeError("a session left this batch: build a new one")
         device, adapter = self.lm.device, self.lm.adapter
         positions = torch.cat([adapter.text_positions(s.next_pos, 1, s.rope_delta) for s in self.states], dim=-2).to(
             device
         )  # [3, B, 1] (M-RoPE) or [B, 1]
-        zero = torch.zeros((self.size, next(iter(self._masks.values())).shape[1], 1, 1), device=device)
-        self._masks = {layer: torch.cat([mask, zero], dim=-1) for layer, mask in self._masks.items()}
-        with row_masks(self._masks):
+        masks = {}
+        for index, layer in enumerate(self.cache.layers):
+            layer.reserve(1)
+            if self._mask_buffers[index].shape[-1] < layer._keys.shape[2]:  # the stack grew: so does the mask
+                grown = self._mask_buffers[index].new_zeros(
+                    (*self._mask_buffers[index].shape[:3], layer._keys.shape[2])
+                )
+                grown[..., : self._mask_buffers[index].shape[-1]] = self._mask_buffers[index]
+                self._mask_buffers[index] = grown
+            masks[index] = self._mask_buffers[index][..., : layer.length + 1]
+        with row_masks(masks):
             out = self.lm.model(
                 input_ids=torch.tensor(tokens, device=device).view(self.size, 1),
                 position_ids=positions,
@@ -85,10 +196,8 @@ class DecodeBatch:
                 use_cache=True,
                 logits_to_keep=1,
             )
+        self.steps += 1
         for b, (state, token) in enumerate(zip(self.states, tokens, strict=True)):
-            for own, stacked in zip(state.cache.layers, self.cache.layers, strict=True):
-                own.keys = torch.cat([own.keys, stacked.keys[b : b + 1, :, -1:]], dim=2)
-                own.values = torch.cat([own.values, stacked.values[b : b + 1, :, -1:]], dim=2)
             state.next_pos += 1
             state.token_ids.append(token)
             self._next[b] = state.next_pos

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import DynamicCache
@@ -38,6 +39,17 @@ class ConversationState:
     #: ``ln(count)``); empty when the pruning method uses none.
     attention_bias: dict[int, torch.Tensor] = field(default_factory=dict)
 
+    #: A batch that holds this session's K/V while it decodes with others (see ``model.batch``);
+    #: reading ``cache`` takes them back first.
+    lender: Any = field(default=None, repr=False, compare=False)
+
+    def __getattribute__(self, name: str):
+        if name == "cache":
+            lender = object.__getattribute__(self, "lender")
+            if lender is not None:
+                lender.give_back(self)
+        return object.__getattribute__(self, name)
+
     @property
     def cache_length(self) -> int:
         """Entries of the longest layer (all layers have the same length unless per-layer budgets)."""
@@ -45,9 +57,16 @@ class ConversationState:
 
     @property
     def cache_lengths(self) -> list[int]:
+        """Entries per layer (read from the batch's bookkeeping while lent: no K/V move)."""
+        lender = object.__getattribute__(self, "lender")
+        if lender is not None:
+            return lender.lengths_of(self)
         return [int(layer.keys.shape[2]) for layer in self.cache.layers]
 
     def cache_bytes(self) -> int:
+        lender = object.__getattribute__(self, "lender")
+        if lender is not None:
+            return sum(lender.lengths_of(self)) * lender.bytes_per_entry
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers)
 
     def checkpoint(self) -> tuple[tuple[int, ...], int, int, int | None]:
