@@ -24,6 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from videoqa.internal.v1 import worker_pb2_grpc
 from videoqa.service.auth import ApiKeyFile, Authenticator, allow_all
 from videoqa.service.frontend import FrontendServicer
+from videoqa.service.lifecycle import Drain
 from videoqa.service.metrics import Metrics
 from videoqa.service.routing import WORKER_SERVICE, WorkerPool
 from videoqa.v1 import videoqa_pb2, videoqa_pb2_grpc
@@ -125,21 +126,31 @@ class Running:
     tasks: tuple[asyncio.Task, ...] = ()
     #: Servers beside the main one (the plaintext health port), stopped with it.
     extra: tuple[grpc.aio.Server, ...] = ()
+    drain: Drain | None = None
+
+    async def begin_drain(self) -> None:
+        """NOT_SERVING at once; new calls are refused with UNAVAILABLE from now on."""
+        await self.health.enter_graceful_shutdown()
+        if self.drain is not None:
+            self.drain.start()
 
     async def stop(self, grace: float | None = 1.0) -> None:
-        """Drain: NOT_SERVING at once, new calls refused, calls in flight get ``grace`` seconds."""
-        await self.health.enter_graceful_shutdown()
+        """Drain (calls in flight get ``grace`` seconds to finish), then stop."""
+        await self.begin_drain()
+        if self.drain is not None and grace:
+            await self.drain.wait(grace)
         for task in self.tasks:
             task.cancel()
-        await asyncio.gather(self.server.stop(grace), *(server.stop(grace) for server in self.extra))
+        await asyncio.gather(self.server.stop(0.5), *(server.stop(0.5) for server in self.extra))
         if self.pool is not None:
             await self.pool.close()
         if self.engine is not None:
             self.engine.close()
 
 
-def _interceptors(metrics: Metrics | None, component: str) -> list:
-    return [metrics.interceptor(component)] if metrics is not None else []
+def _interceptors(metrics: Metrics | None, component: str, drain: Drain) -> list:
+    """Metrics outermost (they see the refusals of a draining server too), then the drain."""
+    return [metrics.interceptor(component), drain] if metrics is not None else [drain]
 
 
 async def start_worker(
@@ -153,8 +164,9 @@ async def start_worker(
     engine = engine or Engine(settings)
     if metrics is not None:
         metrics.watch_engine(engine)
+    drain = Drain()
     server = grpc.aio.server(
-        interceptors=_interceptors(metrics, "worker"), options=_server_options(settings.max_upload_bytes)
+        interceptors=_interceptors(metrics, "worker", drain), options=_server_options(settings.max_upload_bytes)
     )
     health_servicer = health.aio.HealthServicer()
     servicer = WorkerServicer(engine, package_version())
@@ -180,7 +192,7 @@ async def start_worker(
         log.info("worker serving on port %d (models: %s)", port, ", ".join(settings.models))
 
     task = asyncio.create_task(load())
-    return Running(server, port, health_servicer, servicer=servicer, engine=engine, tasks=(task,))
+    return Running(server, port, health_servicer, servicer=servicer, engine=engine, tasks=(task,), drain=drain)
 
 
 async def start_frontend(
@@ -190,8 +202,9 @@ async def start_frontend(
     keys); health is SERVING while at least one worker is."""
     pool = WorkerPool(workers, probe_interval_s=settings.probe_interval_s)
     credentials = server_credentials(settings)
+    drain = Drain()
     server = grpc.aio.server(
-        interceptors=_interceptors(metrics, "frontend"), options=_server_options(settings.max_upload_bytes)
+        interceptors=_interceptors(metrics, "frontend", drain), options=_server_options(settings.max_upload_bytes)
     )
     servicer = FrontendServicer(
         pool,
@@ -237,7 +250,7 @@ async def start_frontend(
                 log.info("frontend on port %d is %s", port, "SERVING" if serving else "NOT_SERVING")
 
     task = asyncio.create_task(follow_workers())
-    return Running(server, port, health_servicer, servicer=servicer, pool=pool, tasks=(task,), extra=extra)
+    return Running(server, port, health_servicer, servicer=servicer, pool=pool, tasks=(task,), extra=extra, drain=drain)
 
 
 async def start_serve(
@@ -250,9 +263,10 @@ async def start_serve(
 
 
 async def shutdown(running: list[Running], grace: float) -> None:
-    """Drain every server together: all NOT_SERVING first, then in-flight calls get ``grace``."""
+    """Drain every server together: all NOT_SERVING and refusing new calls first, then the calls
+    in flight get ``grace`` seconds, then they stop."""
     for server in running:
-        await server.health.enter_graceful_shutdown()
+        await server.begin_drain()
     await asyncio.gather(*(server.stop(grace) for server in running))
 
 
