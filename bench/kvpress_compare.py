@@ -970,9 +970,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.worker:
         return worker_main()
-    if args.setup_only:
-        print(ensure_venv(args.venv, args.torch_spec))
-        return 0
+    if args.setup_only or args.kvpress == "yes" or (args.kvpress is None and not args.quick):
+        try:
+            python = ensure_venv(args.venv, args.torch_spec)
+        except (subprocess.CalledProcessError, OSError) as error:
+            raise SystemExit(
+                f"could not build the kvpress venv in {args.venv} ({error}); it needs PyPI once. "
+                "--kvpress no runs our half and the floor only."
+            ) from error
+        if args.setup_only:
+            print(python)
+            return 0
     if args.quick:
         args.model = args.model or ["tiny-qwen2-vl"]
         args.steps, args.greedy_limit, args.samples, args.reps = 4, 4, 1, 1
