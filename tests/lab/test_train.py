@@ -48,11 +48,10 @@ def test_conversation_supervises_every_answer_and_points_at_its_evidence():
 
 
 def test_questions_about_a_scene_are_answerable():
-    import itertools
     import random
 
-    for seed, family in itertools.product(range(20), ("state_change", "ordering")):
-        scene, *_ = build(family, seed, 16)
+    for seed in range(20):
+        scene, *_ = build("state_change", seed, 16)
         for q in questions_about(scene, random.Random(seed)):
             assert q.evidence and all(scene[f] is not None for f in q.evidence)
             if q.family in ("needle", "retrieval", "last_frames"):
@@ -60,13 +59,6 @@ def test_questions_about_a_scene_are_answerable():
                 assert q.answer in (scene[frame].color, scene[frame].shape)
             elif q.family == "counting":
                 assert int(q.answer) == len(q.evidence)
-            elif q.family == "ordering":  # evidence: the earlier shape only; the later one is shown once, after it
-                (frame,) = q.evidence
-                later = next(s for s in q.text.rstrip("?").split("first, the ")[1].split(" or the ") if s != q.answer)
-                assert scene[frame].shape == q.answer
-                (later_frame,) = [i for i, item in enumerate(scene) if item and item.shape == later]
-                assert later_frame > frame
-                assert sum(item is not None and item.shape == q.answer for item in scene) == 1
 
 
 def test_evidence_loss_is_low_when_head_zero_looks_at_the_evidence():

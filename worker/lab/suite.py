@@ -6,8 +6,7 @@ MileBench's diagnostic and temporal groups, with short, exactly checkable answer
 
 - ``needle``: what colour is the <shape> (the only frame that shows that shape: the needle);
 - ``retrieval``: which shape is <colour> (the only frame that shows that colour);
-- ``ordering``: which appears first, the <shape a> or the <shape b> (each shown once; answer: the
-  earlier one's shape);
+- ``ordering``: which appears first, the <a> or the <b> (answer: the first one's colour);
 - ``counting``: how many frames show a <shape>;
 - ``state_change``: what colour does the <shape> turn into;
 - ``last_frames``: what shape is in the last frame.
@@ -112,13 +111,14 @@ def build(family: str, seed: int, frames: int) -> tuple[Scene, str, str, float |
         scene[k] = _random_item(rng, color=color)
         return scene, f"Which shape is {color}?", scene[k].shape, k / last, []
     if family == "ordering":
-        a, b = rng.sample(SHAPES, 2)
-        others = [s for s in SHAPES if s not in (a, b)]
-        scene = [None if rng.random() < 0.2 else _random_item(rng, shape=rng.choice(others)) for _ in range(frames)]
+        a = _random_item(rng)
+        b = _random_item(rng, {(c, a.shape) for c in COLORS} | {(a.color, s) for s in SHAPES})
+        scene = _background_scene(rng, frames, {(a.color, a.shape), (b.color, b.shape)})
         i, j = _slots(rng, frames, 2)
-        scene[i], scene[j] = _random_item(rng, shape=a), _random_item(rng, shape=b)
-        named = (a, b) if rng.random() < 0.5 else (b, a)
-        return scene, f"Which appears first, the {named[0]} or the {named[1]}?", a, None, []
+        scene[i], scene[j] = a, b
+        first, second = (a, b) if rng.random() < 0.5 else (b, a)
+        question = f"Which appears first, the {first.color} {first.shape} or the {second.color} {second.shape}?"
+        return scene, question, a.color, None, [f"{a.color} {a.shape}"]
     if family == "counting":
         shape = rng.choice(SHAPES)
         others = [s for s in SHAPES if s != shape]
@@ -158,8 +158,7 @@ class Question:
 
 def questions_about(scene: Scene, rng: random.Random) -> list[Question]:
     """Every question of every family that ``scene`` answers unambiguously (ordering: one random
-    pair of shapes shown once each). A training script uses these to ask several questions per
-    video. ``evidence`` is where the answer is read: for ordering, only the earlier frame."""
+    pair of distinct objects). A training script uses these to ask several questions per video."""
     shown = [(i, item) for i, item in enumerate(scene) if item is not None]
     found: list[Question] = []
     for shape in SHAPES:
@@ -180,13 +179,15 @@ def questions_about(scene: Scene, rng: random.Random) -> list[Question]:
             found.append(Question("retrieval", f"Which shape is {color}?", frames[0][1].shape, (frames[0][0],)))
     if scene[-1] is not None:
         found.append(Question("last_frames", "What shape is in the last frame?", scene[-1].shape, (len(scene) - 1,)))
-    once = {shape: frames[0] for shape in SHAPES if len(frames := [i for i, item in shown if item.shape == shape]) == 1}
-    pairs = [(a, b) for a in once for b in once if once[a] < once[b]]
+    first: dict[tuple[str, str], int] = {}
+    for i, item in shown:
+        first.setdefault((item.color, item.shape), i)
+    pairs = [(a, b) for a in first for b in first if first[a] < first[b] and a[0] != b[0] and a[1] != b[1]]
     if pairs:
         a, b = rng.choice(pairs)
         named = (a, b) if rng.random() < 0.5 else (b, a)
-        question = f"Which appears first, the {named[0]} or the {named[1]}?"
-        found.append(Question("ordering", question, a, (once[a],)))
+        question = f"Which appears first, the {' '.join(named[0])} or the {' '.join(named[1])}?"
+        found.append(Question("ordering", question, a[0], (first[a], first[b])))
     return found
 
 
