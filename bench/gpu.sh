@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# The GPU benchmark suite in one call of the device tool (an H100/H200 machine whose python3 has
-# torch, transformers and the rest; nothing can be fetched there). From this machine:
-#   run(command="bash bench/gpu.sh", timeout_s=600)
+# The GPU benchmark suite on a lent H100/H200 (its python3 has torch, transformers and the rest;
+# nothing can be fetched there). One part per device call, each well inside the 10-minute limit:
+#   run(command="bash bench/gpu.sh qwen")     # Qwen2.5-VL-7B language model (GQA 28/4), bf16
+#   run(command="bash bench/gpu.sh llava")    # LLaVA-NeXT-Video-7B-like (MHA 32/32), bf16
+#   run(command="bash bench/gpu.sh prune")    # pruning overhead at 7B width
 # Results come back under $OUT; copy them to bench/results/ and docs/benchmarks/.
 set -euo pipefail
 OUT=${OUT:-/tmp/videoqa-gpu}
@@ -10,8 +12,16 @@ export PYTHONUNBUFFERED=1
 # The project itself, without dependencies (they are in the image), importable as `videoqa`.
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt"
-python3 bench/decode.py --device cuda:0 --dtype bfloat16 --model qwen2.5-vl-7b --model llava-video-7b \
-  --frames 16,32,64 --concurrency 1,4,8,16 --reps 3 --steps 32 --kv-budget-gib 40 \
-  --json "$OUT/decode_gpu.json" --markdown "$OUT/decode_gpu.md" --plots "$OUT/plots" 2>&1 | tee "$OUT/decode.log"
-python3 bench/prune_overhead.py --device cuda:0 --dtype bfloat16 --spec 28,3584,28,4,18944 --reps 5 \
-  --json "$OUT/prune_overhead_gpu.json" --markdown "$OUT/prune_overhead_gpu.md" 2>&1 | tee "$OUT/prune.log"
+decode() {
+  python3 bench/decode.py --device cuda:0 --dtype bfloat16 --model "$1" --frames 16,32,64 \
+    --concurrency 1,4,8,16 --reps 2 --steps 16 --kv-budget-gib 40 \
+    --json "$OUT/decode_$1.json" --markdown "$OUT/decode_$1.md" --plots "$OUT/plots" 2>&1 | tee "$OUT/decode_$1.log"
+}
+case "${1:-qwen}" in
+  qwen) decode qwen2.5-vl-7b ;;
+  llava) decode llava-video-7b ;;
+  prune)
+    python3 bench/prune_overhead.py --device cuda:0 --dtype bfloat16 --spec 28,3584,28,4,18944 --reps 5 \
+      --json "$OUT/prune_overhead_gpu.json" --markdown "$OUT/prune_overhead_gpu.md" 2>&1 | tee "$OUT/prune.log" ;;
+  *) echo "usage: bash bench/gpu.sh qwen|llava|prune" >&2; exit 2 ;;
+esac
