@@ -125,3 +125,37 @@ def test_text_streamer_holds_back_partial_characters(tiny_model):
     streamer = TextStreamer(tok)
     text = "".join(streamer.push(i) for i in ids)
     assert text == "héllo wörld ✓"
+
+
+def test_text_after_a_video_starts_past_its_largest_position():
+    """Qwen2-VL's rule: text after a vision block starts one past the block's largest position on
+    any axis (transformers >= 5.3 starts it max(h, w) past the block's start, which for videos with
+    more temporal than spatial steps lands inside the video's time range). The demo checkpoint,
+    trained on the library's positions, keeps them."""
+    import numpy as np
+
+    from videoqa.worker.model.families import qwen_text_after_vision
+    from videoqa.worker.model.loader import load_model
+    from videoqa.worker.types import DecodedMedia
+
+    #  text(0..2) video(t 3..6, hw 3..4) text → library puts the text at 5, the rule at 7
+    library = torch.tensor([[0, 1, 2, 3, 3, 6, 6, 5, 6], [0, 1, 2, 3, 4, 3, 4, 5, 6], [0, 1, 2, 3, 4, 3, 4, 5, 6]])
+    types = torch.tensor([[0, 0, 0, 2, 2, 2, 2, 0, 0]])
+    fixed = qwen_text_after_vision(library.unsqueeze(1), types)[:, 0]
+    assert fixed[:, :7].tolist() == library[:, :7].tolist() and fixed[:, 7:].tolist() == [[7, 8]] * 3
+
+    media = DecodedMedia.from_array((np.random.RandomState(0).rand(64, 112, 112, 3) * 255).astype(np.uint8))
+    for model_id, follows_library in (("tiny-qwen2-vl", False), ("videoqa-demo", True)):
+        lm = load_model(model_id)
+        prompt = lm.adapter.prepare(media, "what?")
+        ids = torch.tensor(prompt.input_ids)
+        video = ids == lm.model.config.video_token_id
+        after = int(torch.nonzero(video)[-1]) + 1
+        positions = prompt.position_ids[:, 0]
+        video_max = int(positions[:, video].max())
+        video_start = int(positions[1, video].min())
+        spatial = int(positions[1, video].max()) - video_start + 1
+        expected = video_start + spatial if follows_library else video_max + 1
+        assert positions[:, after].tolist() == [expected] * 3, model_id
+        assert (video_start + spatial <= video_max) and (expected != video_max + 1) == follows_library
+        assert prompt.rope_delta == int(positions[0, -1]) + 1 - positions.shape[-1]

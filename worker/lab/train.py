@@ -290,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     model, processor = tiny.build_from_spec(SPEC, args.seed, wide_init=False)
+    # The demo model uses transformers' own M-RoPE positions (text after a video starts max(h, w)
+    # past it), in training and, through this config entry, when served (see model.families).
+    model.config.videoqa_positions = "transformers"
     widen_query_key(model, args.qk_init)
     attend_layers = [int(x) for x in args.attend_layers.split(",") if x]
     if args.attend_weight > 0:

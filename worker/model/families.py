@@ -4,7 +4,12 @@ Two position schemes cover the supported families:
 
 - **M-RoPE** (Qwen2-VL, Qwen2.5-VL): prefill positions come from the model's stateless
   ``get_rope_index``; every text token after the video sits at ``text_index + rope_delta`` on all
-  three axes, so later chunks get positions of shape (3, 1, q).
+  three axes, so later chunks get positions of shape (3, 1, q). Text after a video starts one past
+  the video's largest position, as the Qwen2-VL paper and the released checkpoints have it
+  (transformers ≥ 5.3 starts it ``max(h, w)`` past the video's start, inside the video's time
+  range when it has more temporal than spatial steps; see :func:`qwen_text_after_vision`). A
+  checkpoint trained on the library's rule says so with ``videoqa_positions: "transformers"`` in
+  its config (the demo model does).
 - **1-D RoPE** (LLaVA-OneVision): positions are the plain token index, shape (1, q), and
   ``rope_delta`` is 0.
 
@@ -187,6 +192,17 @@ class QwenVLAdapter(FamilyAdapter):
         return [(start + i * per_t, start + (i + 1) * per_t) for i in range(t)], temporal
 
     def prefill_positions(self, inputs):
+        position_ids, _ = self._library_positions(inputs)
+        if getattr(self.model.config, "videoqa_positions", "qwen") != "transformers":
+            position_ids = qwen_text_after_vision(position_ids, inputs["mm_token_type_ids"])
+        # The model's own delta is ``max(position) + 1 - L``. With Qwen2.5-VL's time-scaled
+        # temporal ids, the max can sit inside the video, while text that follows the video
+        # continues from the last position. Continuing from the last token keeps a
+        # question-agnostic prefill (ending with the video) consistent with a full prompt.
+        length = position_ids.shape[-1]
+        return position_ids, int(position_ids[:, 0, -1].max()) + 1 - length
+
+    def _library_positions(self, inputs):
         kwargs = {}
         if "second_per_grid_ts" in inputs:
             kwargs["second_per_grid_ts"] = inputs["second_per_grid_ts"]
@@ -197,12 +213,28 @@ class QwenVLAdapter(FamilyAdapter):
             attention_mask=inputs["attention_mask"],
             **kwargs,
         )
-        # The model's own delta is ``max(position) + 1 - L``. With Qwen2.5-VL's time-scaled
-        # temporal ids, the max can sit inside the video, while text that follows the video
-        # continues from the last position. Continuing from the last token keeps a
-        # question-agnostic prefill (ending with the video) consistent with a full prompt.
-        length = position_ids.shape[-1]
-        return position_ids, int(position_ids[:, 0, -1].max()) + 1 - length
+        return position_ids, None
+
+
+def qwen_text_after_vision(position_ids: torch.Tensor, token_types: torch.Tensor) -> torch.Tensor:
+    """Shift each text run that follows a vision run to start one past the largest position so far
+    (the original Qwen2-VL rule), moving everything after it along. ``position_ids`` [3, 1, L],
+    ``token_types`` [1, L] (0 text, else vision); returns new positions [3, 1, L]."""
+    fixed = position_ids.clone()
+    types = token_types[0].tolist()
+    shift, largest, start = 0, None, 0
+    while start < len(types):
+        end = start
+        while end < len(types) and (types[end] == 0) == (types[start] == 0):
+            end += 1
+        if types[start] == 0 and largest is not None:
+            shift = largest + 1 - int(position_ids[0, 0, start])
+        fixed[:, :, start:end] += shift
+        largest = (
+            int(fixed[:, :, start:end].max()) if largest is None else max(largest, int(fixed[:, :, start:end].max()))
+        )
+        start = end
+    return fixed
 
 
 class LlavaOnevisionAdapter(FamilyAdapter):
