@@ -52,14 +52,18 @@ def test_eval_command_on_a_tiny_split(tmp_path, capsys):
             str(out),
             "--max-new-tokens",
             "3",
+            "--modes",
+            "aware,agnostic,followup",
         ]
     )
     assert code == 0
     data = json.loads((out / "results.json").read_text())
-    assert len(data["rows"]) == 3 * (2 + 4)  # full: 2 modes; das: 2 budgets × 2 modes
+    assert len(data["rows"]) == 3 * (3 + 6)  # full: 3 modes; das: 2 budgets × 3 modes
     assert data["summary"]["keep_all_equals_full"] is True
     assert "| method | budget |" in (out / "results.md").read_text()
-    for mode in ("aware", "agnostic"):
+    followup = [r for r in data["rows"] if r["mode"] == "followup"]
+    assert len(followup) == 3 * 3 and all(r["cache_length"] > 0 for r in followup)
+    for mode in ("aware", "agnostic", "followup"):
         with Image.open(out / f"accuracy_{mode}.png") as image:
             assert image.format == "PNG"
 
@@ -83,3 +87,10 @@ def test_configurations_expand_methods_variants_budgets_and_modes():
     assert len(variant) == 4 and all(c.params == (("gamma", 2.0),) for c in variant)
     assert len(configs) == (len(names) - 1) * 4 + 2 + 4
     assert {c.budget for c in configurations("full,das", [], "0.2", "aware") if c.method == "full"} == {1.0}
+    assert {c.mode for c in configurations("das", [], "0.2", "followup,agnostic")} == {"followup", "agnostic"}
+    try:
+        configurations("das", [], "0.2", "sideways")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("an unknown mode was accepted")

@@ -1,9 +1,14 @@
 """``videoqa eval``: accuracy of a model over a suite, for methods × budgets × modes.
 
 Runs each sample through the same worker code the service uses: the crash-isolated media decoder,
-the family adapter, the pruned prefill (question-aware: the question is in the prefill;
-question-agnostic: the video is pruned first, with the probe, and the question follows), and the
-greedy decode loop. Writes ``results.json`` (every prediction), ``results.md`` (accuracy overall,
+the family adapter, the pruned prefill, and the greedy decode loop, in three modes:
+
+- ``aware``: the question is in the prefill and guides the pruning;
+- ``agnostic``: the video is pruned first, with the probe, and the question follows;
+- ``followup``: the prefill asks another question first (``--first-question``), which guides the
+  pruning and is answered; the sample's question is the session's second turn. This is the
+  service's multi-turn flow, and the mode in which question-aware pruning can lose what a later
+  question needs. Writes ``results.json`` (every prediction), ``results.md`` (accuracy overall,
 per question family, per needle-position bucket, KV bytes per configuration) and two PNG plots:
 accuracy vs budget per method, and accuracy vs needle position at 20% (the myopia curve).
 
@@ -24,6 +29,9 @@ from pathlib import Path
 from videoqa.worker.lab.sample import Sample, is_correct
 
 BUCKETS = ("0-25%", "25-50%", "50-75%", "75-100%")
+MODES = ("aware", "agnostic", "followup")
+#: The first turn of ``followup`` mode: a suite question that draws the pruning to the last frames.
+FIRST_QUESTION = "What shape is in the last frame?"
 
 
 @dataclass(frozen=True)
@@ -33,13 +41,17 @@ class Config:
 
     method: str
     budget: float
-    aware: bool
+    mode: str
     params: tuple[tuple[str, float], ...] = ()
     name: str = ""
 
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r}: expected one of {', '.join(MODES)}")
+
     @property
     def label(self) -> str:
-        return f"{self.name or self.method}@{self.budget:g}/{'aware' if self.aware else 'agnostic'}"
+        return f"{self.name or self.method}@{self.budget:g}/{self.mode}"
 
 
 def parse_variant(text: str) -> tuple[str, str, tuple[tuple[str, float], ...]]:
@@ -85,6 +97,7 @@ def evaluate(
     *,
     max_new_tokens: int = 6,
     max_resolution: int = 448,
+    first_question: str = FIRST_QUESTION,
     progress=None,
 ) -> list[Row]:
     """Answer every sample under every configuration (greedy)."""
@@ -103,12 +116,16 @@ def evaluate(
             media = decoder.decode(item.kind, item.media, spec, 1.0)
             for config in configs:
                 method = build_method(PruningSpec(config.method, dict(config.params), config.budget))
-                pipeline = PrunedPrefill(gen, method, question_aware=config.aware)
-                state, logits = pipeline.prefill(lm.adapter.prepare(media, item.question if config.aware else None))
+                pipeline = PrunedPrefill(gen, method, question_aware=config.mode != "agnostic")
+                asked = {"aware": item.question, "agnostic": None, "followup": first_question}[config.mode]
+                state, logits = pipeline.prefill(lm.adapter.prepare(media, asked))
                 pipeline.prune(state)
                 kv_bytes, cache_length = state.cache_bytes(), state.cache_length
-                if not config.aware:
+                if config.mode == "agnostic":
                     logits = gen.feed(state, gen.turn_input(state, item.question, first=True))
+                elif config.mode == "followup":  # answer the first question, then ask this one
+                    list(gen.stream(state, logits, greedy))
+                    logits = gen.feed(state, gen.turn_input(state, item.question, first=False))
                 tokens = list(gen.stream(state, logits, greedy))
                 text = lm.tokenizer.decode(tokens, skip_special_tokens=True)
                 rows.append(
@@ -118,7 +135,7 @@ def evaluate(
                         item.needle,
                         config.name or config.method,
                         config.budget,
-                        "aware" if config.aware else "agnostic",
+                        config.mode,
                         text,
                         item.answer,
                         is_correct(text, item),
@@ -248,7 +265,7 @@ def configurations(methods: str, variants: list[str], budgets: str, modes: str) 
     for name, method, params in entries:
         for budget in [1.0] if method == "full" else fractions:
             for mode in modes.split(","):
-                configs.append(Config(method, budget, mode == "aware", params, name))
+                configs.append(Config(method, budget, mode, params, name))
     return configs
 
 
@@ -273,7 +290,8 @@ def main(argv: list[str] | None = None) -> int:
         help="an extra configuration of a method with its own parameters (repeatable)",
     )
     parser.add_argument("--budgets", default="1,0.5,0.2,0.1")
-    parser.add_argument("--modes", default="aware,agnostic")
+    parser.add_argument("--modes", default="aware,agnostic", help=f"comma separated: {', '.join(MODES)}")
+    parser.add_argument("--first-question", default=FIRST_QUESTION, help="the first turn of followup mode")
     parser.add_argument("--max-new-tokens", type=int, default=6)
     parser.add_argument("--out", type=Path, default=Path("eval"))
     opts = parser.parse_args(args)
@@ -295,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
         samples,
         configs,
         max_new_tokens=opts.max_new_tokens,
+        first_question=opts.first_question,
         progress=lambda i, n: print(f"\r{i}/{n} samples", end="", file=sys.stderr, flush=True),
     )
     print(file=sys.stderr)
