@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The GPU benchmark suite on a lent H100/H200 (its python3 has torch, transformers and the rest;
-# nothing can be fetched there). One part per device call, each well inside the 10-minute limit:
+# nothing can be fetched there). The whole suite in one device call (sized for its 10-minute
+# limit), or one part per call with more repetitions:
+#   run(command="bash bench/gpu.sh")          # all of it: both 7B configurations, 1 repetition
 #   run(command="bash bench/gpu.sh qwen")     # Qwen2.5-VL-7B language model (GQA 28/4), bf16
 #   run(command="bash bench/gpu.sh llava")    # LLaVA-NeXT-Video-7B-like (MHA 32/32), bf16
 #   run(command="bash bench/gpu.sh prune")    # pruning overhead at 7B width
@@ -12,16 +14,19 @@ export PYTHONUNBUFFERED=1
 # The project itself, without dependencies (they are in the image), importable as `videoqa`.
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/install.log" 2>&1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv >"$OUT/gpu.txt"
-decode() {
+decode() {  # decode MODEL REPS
   python3 bench/decode.py --device cuda:0 --dtype bfloat16 --model "$1" --frames 16,32,64 \
-    --concurrency 1,4,8,16 --reps 2 --steps 16 --kv-budget-gib 40 \
+    --concurrency 1,4,8,16 --reps "${2:-2}" --steps 16 --kv-budget-gib 40 \
     --json "$OUT/decode_$1.json" --markdown "$OUT/decode_$1.md" --plots "$OUT/plots" 2>&1 | tee "$OUT/decode_$1.log"
 }
-case "${1:-qwen}" in
+prune() {  # prune REPS
+  python3 bench/prune_overhead.py --device cuda:0 --dtype bfloat16 --spec 28,3584,28,4,18944 --reps "$1" \
+    --json "$OUT/prune_overhead_gpu.json" --markdown "$OUT/prune_overhead_gpu.md" 2>&1 | tee "$OUT/prune.log"
+}
+case "${1:-all}" in
+  all) decode qwen2.5-vl-7b 1 && decode llava-video-7b 1 && prune 3 ;;
   qwen) decode qwen2.5-vl-7b ;;
   llava) decode llava-video-7b ;;
-  prune)
-    python3 bench/prune_overhead.py --device cuda:0 --dtype bfloat16 --spec 28,3584,28,4,18944 --reps 5 \
-      --json "$OUT/prune_overhead_gpu.json" --markdown "$OUT/prune_overhead_gpu.md" 2>&1 | tee "$OUT/prune.log" ;;
-  *) echo "usage: bash bench/gpu.sh qwen|llava|prune" >&2; exit 2 ;;
+  prune) prune 5 ;;
+  *) echo "usage: bash bench/gpu.sh [all|qwen|llava|prune]" >&2; exit 2 ;;
 esac
