@@ -12,11 +12,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import grpc
 
-from videoqa.service.metrics import INSTRUMENTED_SERVICES
+from videoqa.service.interceptors import guarded, own_rpc
 
 REFUSAL = "the server is shutting down; retry on another instance"
 
@@ -43,48 +43,21 @@ class Drain(grpc.aio.ServerInterceptor):
                 await asyncio.wait_for(self._idle.wait(), timeout=min(remaining, 0.5))
         return True
 
-    def _enter(self) -> None:
+    @asynccontextmanager
+    async def _admit(self, context: grpc.aio.ServicerContext):
+        """Refuse the call while draining, else count it in flight until it ends."""
+        if self.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, REFUSAL)
         self.in_flight += 1
-
-    def _leave(self) -> None:
-        self.in_flight -= 1
-        if not self.in_flight:
-            self._idle.set()
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+            if not self.in_flight:
+                self._idle.set()
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        service = handler_call_details.method.split("/")[1] if handler_call_details.method.count("/") >= 2 else ""
-        if handler is None or service not in INSTRUMENTED_SERVICES:
+        if handler is None or own_rpc(handler_call_details) is None:
             return handler
-        drain = self
-
-        if handler.response_streaming:
-            behavior = handler.unary_stream or handler.stream_stream
-
-            async def streaming(request, context) -> AsyncIterator:
-                if drain.draining:
-                    await context.abort(grpc.StatusCode.UNAVAILABLE, REFUSAL)
-                drain._enter()
-                try:
-                    async for response in behavior(request, context):
-                        yield response
-                finally:
-                    drain._leave()
-
-            make = (
-                grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
-            )
-            return make(streaming, handler.request_deserializer, handler.response_serializer)
-        behavior = handler.unary_unary or handler.stream_unary
-
-        async def unary(request, context):
-            if drain.draining:
-                await context.abort(grpc.StatusCode.UNAVAILABLE, REFUSAL)
-            drain._enter()
-            try:
-                return await behavior(request, context)
-            finally:
-                drain._leave()
-
-        make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
-        return make(unary, handler.request_deserializer, handler.response_serializer)
+        return guarded(handler, self._admit)

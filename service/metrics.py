@@ -18,14 +18,15 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import asynccontextmanager
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from videoqa.service.interceptors import guarded, own_rpc
 from videoqa.worker.telemetry import CacheBuilt, Sized, StoreFailure, Timed
 from videoqa.worker.types import TurnStats
 
@@ -39,8 +40,6 @@ COUNT_BUCKETS = tuple(float(2**i) for i in range(0, 17))  # 1 … 65536
 BYTES_BUCKETS = tuple(float(4**i) for i in range(5, 19))  # 1 KiB … 64 GiB
 RATIO_BUCKETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
-#: Our own services; health and reflection calls are not counted.
-INSTRUMENTED_SERVICES = ("videoqa.v1.VideoQA", "videoqa.internal.v1.Worker")
 STORE_OPS = ("create", "append", "manifest", "load", "delete", "acquire")
 LOOKUP_RESULTS = {
     "lookup_hot": "hit-hot",
@@ -233,8 +232,8 @@ class Metrics:
         """Counts and times every call of our own services on a server (``component``: frontend|worker)."""
         return _RequestInterceptor(self, component)
 
-    @contextmanager
-    def _track(self, component: str, rpc: str, context: grpc.aio.ServicerContext):
+    @asynccontextmanager
+    async def _track(self, component: str, rpc: str, context: grpc.aio.ServicerContext):
         in_flight = self.in_flight.labels(component, rpc)
         in_flight.inc()
         started = time.perf_counter()
@@ -293,30 +292,10 @@ class _RequestInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
-        _, service, rpc = handler_call_details.method.split("/", 2)
-        if handler is None or service not in INSTRUMENTED_SERVICES:
+        rpc = own_rpc(handler_call_details)
+        if handler is None or rpc is None:
             return handler
-        track: Callable = lambda context: self.metrics._track(self.component, rpc, context)  # noqa: E731
-        if handler.response_streaming:
-            behavior = handler.unary_stream or handler.stream_stream
-
-            async def streaming(request, context) -> AsyncIterator:
-                with track(context):
-                    async for response in behavior(request, context):
-                        yield response
-
-            make = (
-                grpc.unary_stream_rpc_method_handler if handler.unary_stream else grpc.stream_stream_rpc_method_handler
-            )
-            return make(streaming, handler.request_deserializer, handler.response_serializer)
-        behavior = handler.unary_unary or handler.stream_unary
-
-        async def unary(request, context):
-            with track(context):
-                return await behavior(request, context)
-
-        make = grpc.unary_unary_rpc_method_handler if handler.unary_unary else grpc.stream_unary_rpc_method_handler
-        return make(unary, handler.request_deserializer, handler.response_serializer)
+        return guarded(handler, lambda context: self.metrics._track(self.component, rpc, context))
 
 
 class _EngineCollector(Collector):
