@@ -20,6 +20,7 @@ import platform
 import time
 from collections.abc import Iterable
 from contextlib import asynccontextmanager
+from functools import partial
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -63,97 +64,91 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
-        r = self.registry
+        counter, gauge, histogram = (partial(kind, registry=self.registry) for kind in (Counter, Gauge, Histogram))
         rpc = ("component", "rpc")
         turn = ("model", "method", "turn")
-        self.requests = Counter("videoqa_requests", "RPCs finished, by status code", (*rpc, "code"), registry=r)
-        self.in_flight = Gauge("videoqa_requests_in_flight", "RPCs running now", rpc, registry=r)
-        self.request_seconds = Histogram(
-            "videoqa_request_duration_seconds", "End-to-end RPC latency", rpc, buckets=LATENCY_BUCKETS, registry=r
+        self.requests = counter("videoqa_requests", "RPCs finished, by status code", (*rpc, "code"))
+        self.in_flight = gauge("videoqa_requests_in_flight", "RPCs running now", rpc)
+        self.request_seconds = histogram(
+            "videoqa_request_duration_seconds", "End-to-end RPC latency", rpc, buckets=LATENCY_BUCKETS
         )
-        self.queue_wait = Histogram(
-            "videoqa_queue_wait_seconds", "Time a turn waited for the model", ("model",), buckets=LATENCY_BUCKETS,
-            registry=r,
-        )  # fmt: skip
-        self.ttft = Histogram(
+        self.queue_wait = histogram(
+            "videoqa_queue_wait_seconds", "Time a turn waited for the model", ("model",), buckets=LATENCY_BUCKETS
+        )
+        self.ttft = histogram(
             "videoqa_time_to_first_token_seconds",
             "Request start to the first answer token (first: includes decoding and encoding the video)",
             turn,
             buckets=LATENCY_BUCKETS,
-            registry=r,
         )
-        self.itl = Histogram(
-            "videoqa_inter_token_latency_seconds", "Gap between answer tokens", turn, buckets=FAST_BUCKETS, registry=r
+        self.itl = histogram(
+            "videoqa_inter_token_latency_seconds", "Gap between answer tokens", turn, buckets=FAST_BUCKETS
         )
-        self.generation = Histogram(
-            "videoqa_generation_seconds", "Decoding the answer, first token to last", turn, buckets=LATENCY_BUCKETS,
-            registry=r,
-        )  # fmt: skip
-        self.turn_seconds = Histogram(
-            "videoqa_turn_duration_seconds", "A whole turn (upload excluded)", turn, buckets=LATENCY_BUCKETS, registry=r
+        self.generation = histogram(
+            "videoqa_generation_seconds", "Decoding the answer, first token to last", turn, buckets=LATENCY_BUCKETS
         )
-        self.prompt_tokens = Counter("videoqa_prompt_tokens", "Tokens prefilled for turns", turn, registry=r)
-        self.generated_tokens = Counter("videoqa_generated_tokens", "Answer tokens generated", turn, registry=r)
-        self.gpu_peak = Histogram(
-            "videoqa_turn_gpu_memory_peak_bytes", "Peak CUDA memory during a turn", ("model",), buckets=BYTES_BUCKETS,
-            registry=r,
-        )  # fmt: skip
+        self.turn_seconds = histogram(
+            "videoqa_turn_duration_seconds", "A whole turn (upload excluded)", turn, buckets=LATENCY_BUCKETS
+        )
+        self.prompt_tokens = counter("videoqa_prompt_tokens", "Tokens prefilled for turns", turn)
+        self.generated_tokens = counter("videoqa_generated_tokens", "Answer tokens generated", turn)
+        self.gpu_peak = histogram(
+            "videoqa_turn_gpu_memory_peak_bytes", "Peak CUDA memory during a turn", ("model",), buckets=BYTES_BUCKETS
+        )
         built = ("model", "method")
-        self.frame_decode = Histogram(
-            "videoqa_frame_decode_seconds", "Media decode and frame sampling", ("model",), buckets=LATENCY_BUCKETS,
-            registry=r,
-        )  # fmt: skip
-        self.vision_encode = Histogram(
-            "videoqa_vision_encode_seconds", "Frames to model inputs (the processor)", ("model",),
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.prefill = Histogram(
-            "videoqa_prefill_seconds", "Prefill of the video prompt (vision tower and language model)", built,
-            buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.prune = Histogram(
-            "videoqa_prune_seconds", "Choosing and compacting the kept cache", built, buckets=FAST_BUCKETS, registry=r
+        self.frame_decode = histogram(
+            "videoqa_frame_decode_seconds", "Media decode and frame sampling", ("model",), buckets=LATENCY_BUCKETS
         )
-        self.frames = Histogram(
-            "videoqa_frames_per_request", "Frames sampled per new session", ("model",), buckets=COUNT_BUCKETS,
-            registry=r,
-        )  # fmt: skip
-        self.visual_tokens_per_request = Histogram(
-            "videoqa_visual_tokens_per_request", "Visual tokens before pruning", ("model",), buckets=COUNT_BUCKETS,
-            registry=r,
-        )  # fmt: skip
-        self.visual_tokens = Counter(
-            "videoqa_visual_tokens", "Visual tokens seen (input), kept, and folded into the bin (recycled)",
-            (*built, "state"), registry=r,
-        )  # fmt: skip
-        self.kv_bytes = Histogram(
-            "videoqa_kv_cache_bytes", "KV bytes of a new session, full and compressed", (*built, "state"),
-            buckets=BYTES_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.kv_ratio = Histogram(
-            "videoqa_kv_compression_ratio", "Compressed / full KV bytes of a new session", built,
-            buckets=RATIO_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.serialize = Histogram(
-            "videoqa_session_serialize_seconds", "Session record encoding and decoding", ("op",),
-            buckets=FAST_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.record_bytes = Histogram(
-            "videoqa_session_record_bytes", "Size of stored session records", ("kind",), buckets=BYTES_BUCKETS,
-            registry=r,
-        )  # fmt: skip
-        self.store_seconds = Histogram(
-            "videoqa_session_store_seconds", "One session store operation", ("backend", "op"), buckets=FAST_BUCKETS,
-            registry=r,
-        )  # fmt: skip
-        self.store_errors = Counter(
-            "videoqa_session_store_errors", "Session store operations that failed (unreachable)", ("backend", "op"),
-            registry=r,
-        )  # fmt: skip
-        self.build_info = Gauge(
-            "videoqa_build_info", "What is running", ("version", "python", "torch", "transformers", "grpcio"),
-            registry=r,
-        )  # fmt: skip
+        self.vision_encode = histogram(
+            "videoqa_vision_encode_seconds",
+            "Frames to model inputs (the processor)",
+            ("model",),
+            buckets=LATENCY_BUCKETS,
+        )
+        self.prefill = histogram(
+            "videoqa_prefill_seconds",
+            "Prefill of the video prompt (vision tower and language model)",
+            built,
+            buckets=LATENCY_BUCKETS,
+        )
+        self.prune = histogram(
+            "videoqa_prune_seconds", "Choosing and compacting the kept cache", built, buckets=FAST_BUCKETS
+        )
+        self.frames = histogram(
+            "videoqa_frames_per_request", "Frames sampled per new session", ("model",), buckets=COUNT_BUCKETS
+        )
+        self.visual_tokens_per_request = histogram(
+            "videoqa_visual_tokens_per_request", "Visual tokens before pruning", ("model",), buckets=COUNT_BUCKETS
+        )
+        self.visual_tokens = counter(
+            "videoqa_visual_tokens",
+            "Visual tokens seen (input), kept, and folded into the bin (recycled)",
+            (*built, "state"),
+        )
+        self.kv_bytes = histogram(
+            "videoqa_kv_cache_bytes",
+            "KV bytes of a new session, full and compressed",
+            (*built, "state"),
+            buckets=BYTES_BUCKETS,
+        )
+        self.kv_ratio = histogram(
+            "videoqa_kv_compression_ratio", "Compressed / full KV bytes of a new session", built, buckets=RATIO_BUCKETS
+        )
+        self.serialize = histogram(
+            "videoqa_session_serialize_seconds", "Session record encoding and decoding", ("op",), buckets=FAST_BUCKETS
+        )
+        self.record_bytes = histogram(
+            "videoqa_session_record_bytes", "Size of stored session records", ("kind",), buckets=BYTES_BUCKETS
+        )
+        self.store_seconds = histogram(
+            "videoqa_session_store_seconds", "One session store operation", ("backend", "op"), buckets=FAST_BUCKETS
+        )
+        self.store_errors = counter(
+            "videoqa_session_store_errors", "Session store operations that failed (unreachable)", ("backend", "op")
+        )
+        self.build_info = gauge(
+            "videoqa_build_info", "What is running", ("version", "python", "torch", "transformers", "grpcio")
+        )
 
     # --- build info ------------------------------------------------------------------------------
 
