@@ -129,6 +129,18 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def run_record(prefill, step_seconds, entries, kv_bytes, tokens, gpu_base) -> dict:
+    """One side's timed run, as both sides report it (``gpu_base``: CUDA bytes before, or None)."""
+    return {
+        "prefill_seconds": prefill,
+        "step_seconds": step_seconds,
+        "cache_entries": entries,
+        "kv_bytes": kv_bytes,
+        "tokens": tokens,
+        "peak_gpu_bytes": None if gpu_base is None else torch.cuda.max_memory_allocated() - gpu_base,
+    }
+
+
 def sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -322,14 +334,7 @@ class KvpressWorker:
                 step_seconds.append(time.perf_counter() - start)
                 tokens.append(token)
                 next_pos += 1
-        result = {
-            "prefill_seconds": prefill,
-            "step_seconds": step_seconds,
-            "cache_entries": entries,
-            "kv_bytes": kv_bytes,
-            "tokens": tokens,
-            "peak_gpu_bytes": torch.cuda.max_memory_allocated() - base if cuda else None,
-        }
+        result = run_record(prefill, step_seconds, entries, kv_bytes, tokens, base if cuda else None)
         if kept and press is not None:
             result["scores"] = {str(layer): s[0].tolist() for layer, s in press.scores.items()}
             result["kept"] = {
@@ -535,14 +540,7 @@ class Ours:
             token = int(torch.argmax(self.gen.feed(state, [token])))  # to the host: the step is done
             step_seconds.append(time.perf_counter() - start)
             tokens.append(token)
-        result = {
-            "prefill_seconds": prefill,
-            "step_seconds": step_seconds,
-            "cache_entries": entries,
-            "kv_bytes": kv_bytes,
-            "tokens": tokens,
-            "peak_gpu_bytes": torch.cuda.max_memory_allocated() - base if cuda else None,
-        }
+        result = run_record(prefill, step_seconds, entries, kv_bytes, tokens, base if cuda else None)
         if masks:
             layout = self.prompt.layout
             visual = torch.cat([torch.arange(s, e) for s, e in layout.frame_spans])
