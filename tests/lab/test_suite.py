@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from videoqa.worker.lab.suite import COLORS, FAMILIES, MAX_COUNT, build, generate, render, sample
+from videoqa.worker.lab.suite import BACKGROUND, COLORS, FAMILIES, MAX_COUNT, build, generate, render, sample
 from videoqa.worker.types import SamplingSpec
 
 
@@ -42,10 +42,10 @@ def test_answers_follow_from_the_scene(family, frames):
             hits = [i for i, item in present if item.color == color]
             assert len(hits) == 1 and scene[hits[0]].shape == answer and needle == hits[0] / (frames - 1)
         elif family == "ordering":
-            named = [tuple(p.split()) for p in question.split("first, the ")[1].rstrip("?").split(" or the ")]
-            firsts = {pair: min(i for i, item in present if (item.color, item.shape) == pair) for pair in named}
-            earliest = min(firsts, key=firsts.get)
-            assert earliest[0] == answer and aliases == [" ".join(earliest)]
+            named = question.split("first, the ")[1].rstrip("?").split(" or the ")
+            shown = {shape: [i for i, item in present if item.shape == shape] for shape in named}
+            assert all(len(hits) == 1 for hits in shown.values()), "each named shape is shown once"
+            assert min(named, key=lambda shape: shown[shape][0]) == answer and aliases == []
         elif family == "counting":
             shape = question.split("show a ")[1].rstrip("?")
             assert sum(item.shape == shape for _, item in present) == int(answer) <= MAX_COUNT
@@ -55,6 +55,30 @@ def test_answers_follow_from_the_scene(family, frames):
             assert colors[-1] == answer and colors[0] != answer and len(set(colors)) == 2
         else:
             assert scene[-1].shape == answer and needle == 1.0
+
+
+def test_every_object_stays_inside_its_quadrant():
+    """An object is drawn inside one quadrant of the frame (what makes it one merged token of the
+    demo model's 2x2 grid), and its quadrant is where its centre is."""
+    for family in FAMILIES:
+        scene, *_ = build(family, 7, 16)
+        frames = render(scene, 112, 7)
+        for item, frame in zip(scene, frames, strict=True):
+            if item is None:
+                continue
+            drawn = np.abs(frame.astype(int) - BACKGROUND).sum(-1) > 30  # [112, 112]
+            rows, columns = drawn.nonzero()
+            quadrants = set(2 * (rows >= 56) + (columns >= 56))
+            assert quadrants == {item.quadrant}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_consecutive_frames_never_stack_objects_in_one_quadrant(family):
+    """The two frames of a temporal patch never put two objects in one merged token."""
+    for seed in range(30):
+        scene, *_ = build(family, seed, 32)
+        stacked = [i for i in range(1, 32) if scene[i] and scene[i - 1] and scene[i].quadrant == scene[i - 1].quadrant]
+        assert stacked == []
 
 
 def test_rendered_colours_and_decoded_video():

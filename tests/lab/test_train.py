@@ -3,10 +3,13 @@ probe targets and evidence tokens follow from the scene."""
 
 from __future__ import annotations
 
+import math
+from types import SimpleNamespace
+
 import torch
 
 from videoqa.worker.lab.suite import COLORS, SHAPES, build, questions_about
-from videoqa.worker.lab.train import SPEC, TokenProbe, evidence_loss, example, media_of
+from videoqa.worker.lab.train import SPEC, Evidence, collate, evidence_loss, example, media_of, watch_layers
 from videoqa.worker.lab.train import main as train_main
 from videoqa.worker.model import tiny
 from videoqa.worker.model.families import adapter_for
@@ -27,24 +30,53 @@ def test_train_writes_a_loadable_checkpoint(tmp_path, capsys):
 def test_conversation_supervises_every_answer_and_points_at_its_evidence():
     model, processor = tiny.build_from_spec(SPEC, 0, wide_init=False)
     adapter = adapter_for(model, processor)
-    probe = TokenProbe(SPEC.hidden, model.config.vision_config.temporal_patch_size)
-    item = example(adapter, probe, "needle", 5, 8, 112, turns=3)
+    item = example(adapter, "needle", 5, 8, 112, turns=3)
     scene, question, answer, needle, _ = build("needle", 5, 8)
     ids = torch.tensor(item.ids)
     supervised = ids[torch.tensor(item.supervised)]
     first_answer = adapter.encode_text(answer)
     assert supervised[: len(first_answer)].tolist() == first_answer  # the family's question comes first
-    assert (supervised == adapter.tokenizer.eos_token_id).sum() == len(item.evidence) == 3
-    span = adapter.prepare(media_of(scene, 5, 112), question).layout.frame_spans[round(needle * 7) // 2]
-    position, tokens = item.evidence[0]
-    assert item.ids[position + 1 : position + 1 + len(first_answer)] == first_answer
-    assert tokens and all(span[0] <= t < span[1] for t in tokens)
+    assert (supervised == adapter.tokenizer.eos_token_id).sum() == 3
+    k = round(needle * 7)
+    span = adapter.prepare(media_of(scene, 5, 112), question).layout.frame_spans[k // 2]
+    evidence = item.evidence[0]
+    assert item.ids[evidence.position + 1 : evidence.position + 1 + len(first_answer)] == first_answer
+    # the needle's one token: its frame group's span, the cell that holds the object's centre
+    assert evidence.tokens == [span[0] + scene[k].quadrant] and evidence.share is None
     colors, shapes = item.targets
     assert colors.shape == shapes.shape == (4 * 4, 2)  # 4 frame groups x 2x2 merged tokens, 2 frames each
-    k = round(needle * 7)
     labels = colors[:, k % 2].view(4, 4)[k // 2]
-    assert (labels == list(COLORS).index(answer)).any() and (labels <= len(COLORS)).all()
-    assert (shapes[:, k % 2].view(4, 4)[k // 2] == SHAPES.index(question.split("the ")[1].rstrip("?"))).any()
+    assert labels[scene[k].quadrant] == list(COLORS).index(answer)
+    assert (labels[[q for q in range(4) if q != scene[k].quadrant]] == len(COLORS)).all()  # "no object" elsewhere
+    assert shapes[:, k % 2].view(4, 4)[k // 2][scene[k].quadrant] == SHAPES.index(question.split("the ")[1].rstrip("?"))
+
+
+def test_counting_evidence_carries_the_count_as_an_attention_share():
+    model, processor = tiny.build_from_spec(SPEC, 0, wide_init=False)
+    adapter = adapter_for(model, processor)
+    for seed in range(6):
+        answer = build("counting", seed, 16)[2]
+        shown = example(adapter, "counting", seed, 16, 112, turns=1, count_sink=4.0).evidence
+        assert len(shown) == 1 and shown[0].share == int(answer) / (int(answer) + 4)
+        assert len(shown[0].tokens) == int(answer)  # one token per frame: the suite never stacks two
+        free = example(adapter, "counting", seed, 16, 112, turns=1, count_sink=0.0).evidence
+        assert free == []
+
+
+def test_training_positions_are_the_served_positions():
+    """A conversation is trained at the positions the service gives it: the first prompt's, then
+    each follow-up's text continuing from the session's next position."""
+    model, processor = tiny.build_from_spec(SPEC, 0, wide_init=False)
+    adapter = adapter_for(model, processor)
+    item = example(adapter, "needle", 3, 16, 112, turns=3)
+    scene, question, *_ = build("needle", 3, 16)
+    prompt = adapter.prepare(media_of(scene, 3, 112), question)
+    length = len(prompt.input_ids)
+    assert item.ids[:length] == prompt.input_ids
+    assert torch.equal(item.positions[:, :length], prompt.position_ids[:, 0])
+    rest = adapter.text_positions(length, len(item.ids) - length, prompt.rope_delta)[:, 0]
+    assert torch.equal(item.positions[:, length:], rest)
+    assert int(item.positions[0, length]) > int(prompt.position_ids[0, 0, prompt.layout.visual_end - 1])
 
 
 def test_questions_about_a_scene_are_answerable():
@@ -59,18 +91,44 @@ def test_questions_about_a_scene_are_answerable():
                 assert q.answer in (scene[frame].color, scene[frame].shape)
             elif q.family == "counting":
                 assert int(q.answer) == len(q.evidence)
+            elif q.family == "ordering":
+                (frame,) = q.evidence
+                assert scene[frame].shape == q.answer
 
 
-def test_evidence_loss_is_low_when_head_zero_looks_at_the_evidence():
-    from types import SimpleNamespace
+def test_evidence_loss_is_zero_exactly_when_the_head_looks_where_it_should():
+    focused = torch.zeros(1, 5, 5)
+    focused[0, 3, 1] = focused[0, 3, 2] = 0.5
+    spread = torch.full((1, 5, 5), 0.2)
+    batch = [SimpleNamespace(evidence=[Evidence(3, [1, 2])])]
+    assert evidence_loss([focused], batch).item() < 1e-6
+    assert abs(evidence_loss([spread], batch).item() + math.log(0.4)) < 1e-6
+    # a counting question: the share 0.4 on its tokens, the rest on the first token (the sink)
+    counted = [SimpleNamespace(evidence=[Evidence(3, [1, 2], share=0.4)])]
+    calibrated = torch.zeros(1, 5, 5)
+    calibrated[0, 3, 0], calibrated[0, 3, 1], calibrated[0, 3, 2] = 0.6, 0.3, 0.1
+    assert abs(evidence_loss([calibrated], counted).item()) < 1e-6
+    assert evidence_loss([focused], counted).item() > 1.0  # all on the evidence: the count is lost
 
-    item = SimpleNamespace(evidence=[(3, [1, 2])])
 
-    focused = torch.zeros(1, 2, 5, 5)
-    focused[0, 0, 3, 1] = focused[0, 0, 3, 2] = 0.5
-    spread = torch.full((1, 2, 5, 5), 0.2)
-    assert evidence_loss((focused,), [item], [0]).item() < 1e-6
-    assert abs(evidence_loss((spread,), [item], [0]).item() + torch.log(torch.tensor(0.4)).item()) < 1e-6
+def test_watched_layer_computes_plain_attention_and_keeps_head_zero():
+    """The training attention function changes nothing but what it records: the model's logits
+    equal plain sdpa's, and the kept head-0 probabilities are causal rows that sum to one."""
+    model, processor = tiny.build_from_spec(SPEC, 0, wide_init=False)
+    adapter = adapter_for(model, processor)
+    batch = [example(adapter, family, seed, 8, 112, turns=2) for seed, family in enumerate(("needle", "counting"))]
+    inputs = collate(batch, processor.tokenizer.pad_token_id)
+    model.set_attn_implementation("sdpa")
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        (watched,) = watch_layers(model, [1])
+        recorded = model(**inputs).logits
+    mask = inputs["attention_mask"].bool()
+    assert torch.allclose(plain[mask], recorded[mask], atol=1e-5)
+    head = watched.videoqa_head0  # [B, L, L]
+    length = len(batch[0].ids)
+    assert torch.allclose(head[0, :length].sum(-1), torch.ones(length), atol=1e-5)
+    assert head[0, :length, :length].triu(1).abs().max() == 0  # causal
 
 
 def test_training_is_deterministic(tmp_path):

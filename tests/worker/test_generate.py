@@ -130,8 +130,9 @@ def test_text_streamer_holds_back_partial_characters(tiny_model):
 def test_text_after_a_video_starts_past_its_largest_position():
     """Qwen2-VL's rule: text after a vision block starts one past the block's largest position on
     any axis (transformers >= 5.3 starts it max(h, w) past the block's start, which for videos with
-    more temporal than spatial steps lands inside the video's time range). The demo checkpoint,
-    trained on the library's positions, keeps them."""
+    more temporal than spatial steps lands inside the video's time range). A checkpoint trained on
+    the library's positions says so in its config (``videoqa_positions: "transformers"``) and keeps
+    them; the demo checkpoint follows Qwen's rule."""
     import numpy as np
 
     from videoqa.worker.model.families import qwen_text_after_vision
@@ -145,8 +146,10 @@ def test_text_after_a_video_starts_past_its_largest_position():
     assert fixed[:, :7].tolist() == library[:, :7].tolist() and fixed[:, 7:].tolist() == [[7, 8]] * 3
 
     media = DecodedMedia.from_array((np.random.RandomState(0).rand(64, 112, 112, 3) * 255).astype(np.uint8))
-    for model_id, follows_library in (("tiny-qwen2-vl", False), ("videoqa-demo", True)):
+    for model_id, follows_library in (("tiny-qwen2-vl", False), ("videoqa-demo", False), ("tiny-qwen2-vl", True)):
         lm = load_model(model_id)
+        if follows_library:
+            lm.model.config.videoqa_positions = "transformers"
         prompt = lm.adapter.prepare(media, "what?")
         ids = torch.tensor(prompt.input_ids)
         video = ids == lm.model.config.video_token_id

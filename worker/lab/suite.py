@@ -1,12 +1,14 @@
 """A synthetic multi-frame video-QA suite: seeded scenes of coloured shapes, encoded to real H.264.
 
-Each video is ``T`` frames (8 to 64); a frame shows one object (a colour and a shape at a position,
-some moving from frame to frame) or is a distractor (noise, no object). Question families mirror
-MileBench's diagnostic and temporal groups, with short, exactly checkable answers:
+Each video is ``T`` frames (8 to 64); a frame shows one object (a colour and a shape in one of the
+frame's four quadrants, with jitter; some objects move from one quadrant to the next between
+frames) or is a distractor (noise, no object). Question families mirror MileBench's diagnostic and
+temporal groups, with short, exactly checkable answers:
 
 - ``needle``: what colour is the <shape> (the only frame that shows that shape: the needle);
 - ``retrieval``: which shape is <colour> (the only frame that shows that colour);
-- ``ordering``: which appears first, the <a> or the <b> (answer: the first one's colour);
+- ``ordering``: which appears first, the <shape a> or the <shape b> (each shown once; answer: the
+  earlier one's shape);
 - ``counting``: how many frames show a <shape>;
 - ``state_change``: what colour does the <shape> turn into;
 - ``last_frames``: what shape is in the last frame.
@@ -46,6 +48,12 @@ SPLITS = {"train": 0, "validation": 1_000_000, "test": 2_000_000}
 BACKGROUND = (70, 70, 80)
 #: Counting questions ask about 1 to MAX_COUNT frames.
 MAX_COUNT = 5
+#: Object centres, as fractions of the frame: the middle of one quadrant, plus up to ``JITTER``.
+#: An object (radius 0.18 of the frame) stays inside its quadrant, so at the demo model's 2×2
+#: merged tokens per frame it is seen by one token, not smeared over up to four.
+QUADRANTS = ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))
+JITTER = 0.06
+RADIUS = 0.18
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,16 @@ class Item:
     x: float  # centre, as a fraction of the width
     y: float
 
+    @property
+    def quadrant(self) -> int:
+        """Which quadrant holds the centre: 0 top left, 1 top right, 2 bottom left, 3 bottom right."""
+        return 2 * (self.y >= 0.5) + (self.x >= 0.5)
+
+
+def _place(rng: random.Random, quadrant: int) -> tuple[float, float]:
+    x, y = QUADRANTS[quadrant]
+    return x + rng.uniform(-JITTER, JITTER), y + rng.uniform(-JITTER, JITTER)
+
 
 Scene = list[Item | None]
 
@@ -66,24 +84,20 @@ def _random_item(rng: random.Random, avoid: set[tuple[str, str]] = frozenset(), 
         color = fixed.get("color") or rng.choice(list(COLORS))
         shape = fixed.get("shape") or rng.choice(SHAPES)
         if (color, shape) not in avoid:
-            return Item(color, shape, rng.uniform(0.25, 0.75), rng.uniform(0.25, 0.75))
+            return Item(color, shape, *_place(rng, rng.randrange(len(QUADRANTS))))
 
 
 def _background_scene(rng: random.Random, frames: int, avoid: set[tuple[str, str]], distractors: float = 0.2) -> Scene:
-    """Random objects (about a fifth of the frames distractors), some drifting, none in ``avoid``."""
+    """Random objects (about a fifth of the frames distractors), some moving on to a neighbouring
+    quadrant, none in ``avoid``."""
     scene: Scene = []
     for _ in range(frames):
         if rng.random() < distractors:
             scene.append(None)
             continue
         previous = scene[-1] if scene else None
-        if previous is not None and rng.random() < 0.3:  # the same object, moved a little
-            item = Item(
-                previous.color,
-                previous.shape,
-                min(0.8, max(0.2, previous.x + rng.uniform(-0.1, 0.1))),
-                min(0.8, max(0.2, previous.y + rng.uniform(-0.1, 0.1))),
-            )
+        if previous is not None and rng.random() < 0.3:  # the same object, moved to the next quadrant
+            item = Item(previous.color, previous.shape, *_place(rng, previous.quadrant ^ rng.choice((1, 2))))
         else:
             item = _random_item(rng, avoid)
         scene.append(item)
@@ -97,6 +111,24 @@ def _slots(rng: random.Random, frames: int, count: int) -> list[int]:
 def build(family: str, seed: int, frames: int) -> tuple[Scene, str, str, float | None, list[str]]:
     """A scene and its question: ``(scene, question, answer, needle, aliases)``."""
     rng = random.Random(f"{family}:{seed}:{frames}")
+    scene, *question = _compose(family, rng, frames)
+    return _separate(scene, rng), *question
+
+
+def _separate(scene: Scene, rng: random.Random) -> Scene:
+    """Move objects so that consecutive frames never show theirs in the same quadrant (positions
+    only; no question asks about them). Qwen's temporal patch merges frames two by two into one
+    token grid: two objects stacked in one token would make every question about either of them
+    a question about which of the token's two frames holds what."""
+    for i in range(1, len(scene)):
+        before, item = scene[i - 1], scene[i]
+        if before is not None and item is not None and item.quadrant == before.quadrant:
+            quadrant = rng.choice([q for q in range(len(QUADRANTS)) if q != before.quadrant])
+            scene[i] = Item(item.color, item.shape, *_place(rng, quadrant))
+    return scene
+
+
+def _compose(family: str, rng: random.Random, frames: int) -> tuple[Scene, str, str, float | None, list[str]]:
     last = frames - 1
     if family == "needle":
         shape = rng.choice(SHAPES)
@@ -111,14 +143,13 @@ def build(family: str, seed: int, frames: int) -> tuple[Scene, str, str, float |
         scene[k] = _random_item(rng, color=color)
         return scene, f"Which shape is {color}?", scene[k].shape, k / last, []
     if family == "ordering":
-        a = _random_item(rng)
-        b = _random_item(rng, {(c, a.shape) for c in COLORS} | {(a.color, s) for s in SHAPES})
-        scene = _background_scene(rng, frames, {(a.color, a.shape), (b.color, b.shape)})
+        a, b = rng.sample(SHAPES, 2)
+        others = [s for s in SHAPES if s not in (a, b)]
+        scene = [None if rng.random() < 0.2 else _random_item(rng, shape=rng.choice(others)) for _ in range(frames)]
         i, j = _slots(rng, frames, 2)
-        scene[i], scene[j] = a, b
-        first, second = (a, b) if rng.random() < 0.5 else (b, a)
-        question = f"Which appears first, the {first.color} {first.shape} or the {second.color} {second.shape}?"
-        return scene, question, a.color, None, [f"{a.color} {a.shape}"]
+        scene[i], scene[j] = _random_item(rng, shape=a), _random_item(rng, shape=b)
+        named = (a, b) if rng.random() < 0.5 else (b, a)
+        return scene, f"Which appears first, the {named[0]} or the {named[1]}?", a, None, []
     if family == "counting":
         shape = rng.choice(SHAPES)
         others = [s for s in SHAPES if s != shape]
@@ -158,7 +189,8 @@ class Question:
 
 def questions_about(scene: Scene, rng: random.Random) -> list[Question]:
     """Every question of every family that ``scene`` answers unambiguously (ordering: one random
-    pair of distinct objects). A training script uses these to ask several questions per video."""
+    pair of shapes shown once each). A training script uses these to ask several questions per
+    video. ``evidence`` is where the answer is read: for ordering, the earlier frame only."""
     shown = [(i, item) for i, item in enumerate(scene) if item is not None]
     found: list[Question] = []
     for shape in SHAPES:
@@ -179,15 +211,13 @@ def questions_about(scene: Scene, rng: random.Random) -> list[Question]:
             found.append(Question("retrieval", f"Which shape is {color}?", frames[0][1].shape, (frames[0][0],)))
     if scene[-1] is not None:
         found.append(Question("last_frames", "What shape is in the last frame?", scene[-1].shape, (len(scene) - 1,)))
-    first: dict[tuple[str, str], int] = {}
-    for i, item in shown:
-        first.setdefault((item.color, item.shape), i)
-    pairs = [(a, b) for a in first for b in first if first[a] < first[b] and a[0] != b[0] and a[1] != b[1]]
+    once = {shape: hits[0] for shape in SHAPES if len(hits := [i for i, item in shown if item.shape == shape]) == 1}
+    pairs = [(a, b) for a in once for b in once if once[a] < once[b]]
     if pairs:
         a, b = rng.choice(pairs)
         named = (a, b) if rng.random() < 0.5 else (b, a)
-        question = f"Which appears first, the {' '.join(named[0])} or the {' '.join(named[1])}?"
-        found.append(Question("ordering", question, a[0], (first[a], first[b])))
+        question = f"Which appears first, the {named[0]} or the {named[1]}?"
+        found.append(Question("ordering", question, a, (once[a],)))
     return found
 
 
@@ -203,7 +233,7 @@ def render(scene: Scene, size: int, seed: int = 0) -> np.ndarray:
             continue
         image = Image.new("RGB", (size, size), BACKGROUND)
         draw = ImageDraw.Draw(image)
-        r = size * 0.18
+        r = size * RADIUS
         cx, cy = item.x * size, item.y * size
         color = COLORS[item.color]
         if item.shape == "circle":

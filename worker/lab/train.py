@@ -28,17 +28,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from videoqa.worker.lab.sample import Sample, is_correct
 from videoqa.worker.lab.suite import (
-    BACKGROUND,
     COLORS,
     FAMILIES,
     SHAPES,
     SPLITS,
+    Item,
     Scene,
     build,
     questions_about,
@@ -67,22 +66,64 @@ def media_of(scene: Scene, seed: int, size: int) -> DecodedMedia:
     return DecodedMedia.from_array(render(scene, size, seed), fps=4.0)
 
 
+@dataclass(frozen=True)
+class Grid:
+    """How the vision tower lays a video out: ``groups`` frame groups of ``frames`` frames each
+    (Qwen's temporal patch), each ``rows`` × ``columns`` merged tokens, in that order."""
+
+    groups: int
+    frames: int
+    rows: int
+    columns: int
+
+    @classmethod
+    def of(cls, model, inputs: dict[str, torch.Tensor]) -> Grid:
+        vision = model.config.vision_config
+        t, h, w = (int(x) for x in inputs["video_grid_thw"][0])
+        return cls(t, vision.temporal_patch_size, h // vision.spatial_merge_size, w // vision.spatial_merge_size)
+
+    @property
+    def per_group(self) -> int:
+        return self.rows * self.columns
+
+    def cell(self, item: Item) -> int:
+        """The merged token (within its group) whose region holds the item's centre."""
+        row = min(int(item.y * self.rows), self.rows - 1)
+        return row * self.columns + min(int(item.x * self.columns), self.columns - 1)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Where one question's answer should be read: from ``position`` (the token that predicts
+    the answer), the visual ``tokens`` that show it. ``share`` None: all of the supervised head's
+    attention belongs there; a number (counting): that share belongs there and the rest on the
+    first token (an attention sink), so that the share, n / (n + K) for n frames, carries the count."""
+
+    position: int
+    tokens: list[int]
+    share: float | None = None
+
+
 @dataclass
 class Example:
     """One tokenised training conversation: its ids, which of them are supervised (the answers and
-    the end-of-turn token after each), the processor output, and the probe's per-token targets."""
+    the end-of-turn token after each), the processor output, the probe's per-token targets, and
+    per question where its evidence is."""
 
     inputs: dict[str, torch.Tensor]
     ids: list[int]
     supervised: list[bool]
     targets: tuple[torch.Tensor, torch.Tensor]
-    #: Per question: the position that predicts its answer, and the visual tokens of its evidence.
-    evidence: list[tuple[int, list[int]]]
+    evidence: list[Evidence]
+    #: Rotary positions [3, len(ids)]: the prompt's as served, then the conversation's text.
+    positions: torch.Tensor
 
 
-def example(adapter, probe, family: str, seed: int, frames: int, size: int, turns: int) -> Example:
+def example(adapter, family: str, seed: int, frames: int, size: int, turns: int, count_sink: float = 0.0) -> Example:
     """A video of ``family`` and a conversation about it: a question of that family first, then up
-    to ``turns - 1`` other questions the same video answers (more supervised tokens per video)."""
+    to ``turns - 1`` other questions the same video answers (more supervised tokens per video).
+    ``count_sink`` > 0: counting questions supervise the attention share n / (n + count_sink) on
+    their n frames' tokens; 0: counting questions leave the attention free."""
     scene, question, *_ = build(family, seed, frames)
     rng = random.Random(seed)
     questions = questions_about(scene, rng)
@@ -90,22 +131,18 @@ def example(adapter, probe, family: str, seed: int, frames: int, size: int, turn
     others = [q for q in questions if q is not first]
     rng.shuffle(others)
     conversation = [first, *others[: turns - 1]]
-    pixels = render(scene, size, seed)
-    prompt = adapter.prepare(DecodedMedia.from_array(pixels, fps=4.0), first.text)
-    merge = adapter.model.config.vision_config.spatial_merge_size
-    region = size // (int(prompt.inputs["video_grid_thw"][0, 2]) // merge)  # rendered pixels per merged token
-    covered = probe.cover(pixels, region)  # [T, h*w]
+    prompt = adapter.prepare(media_of(scene, seed, size), first.text)
+    grid = Grid.of(adapter.model, prompt.inputs)
     spans = prompt.layout.frame_spans
     ids, supervised = list(prompt.input_ids), [False] * len(prompt.input_ids)
     evidence = []
     end = adapter.tokenizer.eos_token_id
     for turn, item in enumerate(conversation):
-        tokens = []
-        for frame in item.evidence:
-            start, stop = spans[frame // probe.frames]
-            hits = covered[frame].nonzero().flatten().tolist()
-            tokens += [start + r for r in hits] if hits else list(range(start, stop))
-        evidence.append((len(ids) - 1, sorted(set(tokens))))
+        tokens = sorted({spans[f // grid.frames][0] + grid.cell(scene[f]) for f in item.evidence})
+        if item.family != "counting":
+            evidence.append(Evidence(len(ids) - 1, tokens))
+        elif count_sink > 0:
+            evidence.append(Evidence(len(ids) - 1, tokens, len(item.evidence) / (len(item.evidence) + count_sink)))
         reply_ids = adapter.encode_text(item.answer)
         ids += reply_ids
         supervised += [True] * len(reply_ids)
@@ -115,19 +152,38 @@ def example(adapter, probe, family: str, seed: int, frames: int, size: int, turn
             assert following[0] == end, "the follow-up text starts by closing the answer"
         ids += following
         supervised += [True] + [False] * (len(following) - 1)
-    return Example(prompt.inputs, ids, supervised, probe.targets(scene, pixels, region), evidence)
+    continued = adapter.text_positions(len(prompt.input_ids), len(ids) - len(prompt.input_ids), prompt.rope_delta)
+    positions = torch.cat([prompt.position_ids, continued], dim=-1)[:, 0]
+    return Example(prompt.inputs, ids, supervised, probe_targets(scene, grid), evidence, positions)
+
+
+def probe_targets(scene: Scene, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
+    """Colour and shape class per merged token and frame of its group, [groups * rows * columns,
+    frames] each, in the tower's token order: the object whose centre lies in the token's region,
+    or the extra class (no object there; distractor frames have none)."""
+    colors = torch.full((grid.groups * grid.per_group, grid.frames), len(COLOR_NAMES))
+    shapes = torch.full((grid.groups * grid.per_group, grid.frames), len(SHAPES))
+    for index, item in enumerate(scene):
+        if item is not None:
+            token = (index // grid.frames) * grid.per_group + grid.cell(item)
+            colors[token, index % grid.frames] = COLOR_NAMES.index(item.color)
+            shapes[token, index % grid.frames] = SHAPES.index(item.shape)
+    return colors, shapes
 
 
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-padded batch: ``input_ids``/``attention_mask``/``labels``/``mm_token_type_ids`` [B, L]
-    (labels -100 where not supervised), pixels and grids concatenated in batch order."""
+    (labels -100 where not supervised), ``position_ids`` [3, B, L] (the served positions), pixels
+    and grids concatenated in batch order."""
     length = max(len(e.ids) for e in examples)
     n = len(examples)
     ids = torch.full((n, length), pad_id)
     mask = torch.zeros(n, length, dtype=torch.long)
     labels = torch.full((n, length), -100)
     token_types = torch.zeros(n, length, dtype=torch.long)
+    positions = torch.zeros(3, n, length, dtype=torch.long)
     for row, e in enumerate(examples):
+        positions[:, row, : len(e.ids)] = e.positions
         sequence = torch.tensor(e.ids)
         ids[row, : len(e.ids)] = sequence
         mask[row, : len(e.ids)] = 1
@@ -139,54 +195,28 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         attention_mask=mask,
         labels=labels,
         mm_token_type_ids=token_types,
+        position_ids=positions,
         pixel_values_videos=torch.cat([e.inputs["pixel_values_videos"] for e in examples]),
         video_grid_thw=torch.cat([e.inputs["video_grid_thw"] for e in examples]),
     )
 
 
 class TokenProbe(nn.Module):
-    """Reads, from each merged visual token, the colour and shape of the object under it in each of
-    its frames (an extra class: no object there), like a detector head on a ViT.
+    """Reads, from each merged visual token, the colour and shape of the object centred under it in
+    each of its frames (an extra class: no object there), like a detector head on a ViT.
 
     ``forward(tokens [N, hidden])`` returns colour logits [N, F, colours+1] and shape logits
-    [N, F, shapes+1], F = temporal patch size. Targets come from the rendered frames: a token's
-    region shows the object in a frame when at least ``threshold`` of its pixels are the object's."""
+    [N, F, shapes+1], F = temporal patch size; targets come from :func:`probe_targets`."""
 
-    def __init__(self, hidden: int, frames_per_group: int, threshold: float = 0.1):
+    def __init__(self, hidden: int, frames_per_group: int):
         super().__init__()
-        self.frames, self.threshold = frames_per_group, threshold
+        self.frames = frames_per_group
         self.colors, self.shapes = len(COLOR_NAMES) + 1, len(SHAPES) + 1
         self.linear = nn.Linear(hidden, frames_per_group * (self.colors + self.shapes))
 
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.linear(tokens).view(tokens.shape[0], self.frames, -1)
         return logits[..., : self.colors], logits[..., self.colors :]
-
-    def cover(self, frames: np.ndarray, region: int) -> torch.Tensor:
-        """Which ``region``-pixel squares of each frame show the object, [T, rows * columns] bool
-        (distractor frames: whatever their noise covers; their labels say "no object")."""
-        count, height, width, _ = frames.shape
-        covered = (np.abs(frames.astype(np.int16) - np.array(BACKGROUND)).sum(-1) > 30).astype(np.float32)
-        squares = covered.reshape(count, height // region, region, width // region, region).mean((2, 4))
-        return torch.from_numpy(squares.reshape(count, -1) >= self.threshold)
-
-    def targets(self, scene: Scene, frames: np.ndarray, region: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Colour and shape class per merged token and frame, [N, F] each, in the tower's token
-        order (frame groups, then rows, then columns of ``region``-pixel squares)."""
-        count, height, width, _ = frames.shape
-        cover = self.cover(frames, region).numpy().reshape(count, height // region, width // region)
-        colors = np.full(cover.shape, len(COLOR_NAMES))
-        shapes = np.full(cover.shape, len(SHAPES))
-        for index, item in enumerate(scene):
-            if item is not None:
-                colors[index][cover[index]] = COLOR_NAMES.index(item.color)
-                shapes[index][cover[index]] = SHAPES.index(item.shape)
-
-        def arrange(labels: np.ndarray) -> torch.Tensor:  # [T, h, w] -> [T/F * h * w, F]
-            grouped = labels.reshape(count // self.frames, self.frames, -1).transpose(0, 2, 1)
-            return torch.from_numpy(grouped.reshape(-1, self.frames).copy())
-
-        return arrange(colors), arrange(shapes)
 
     def loss(self, tokens: torch.Tensor, targets: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         color_logits, shape_logits = self(tokens)
@@ -233,20 +263,69 @@ def validate(model, processor, count: int, frames: tuple[int, ...], size: int, f
     return {"overall": sum(map(sum, results.values())) / count, **per_family}
 
 
-def evidence_loss(attentions: tuple[torch.Tensor, ...], batch: list[Example], layers: list[int]) -> torch.Tensor:
-    """Mean over questions and ``layers`` of −log(attention mass that head 0, at the position that
-    predicts the answer, puts on the evidence's visual tokens); ``attentions[l]`` is [B, H, L, L].
+#: The attention function training runs with: sdpa, except in the layers whose head 0 the
+#: evidence loss supervises, which compute their probabilities explicitly and keep head 0's.
+TRAINING_ATTENTION = "videoqa_train"
 
-    A grounding signal for one head per layer: it breaks the long plateau a from-scratch model
-    sits on before it discovers where to look; the other heads stay free."""
+
+def training_attention(module, query, key, value, attention_mask, **kwargs):
+    """sdpa, or for a module marked ``videoqa_watch`` the same attention computed explicitly, with
+    head 0's probabilities [B, q, S] kept on ``module.videoqa_head0`` (the grad flows through them).
+    ``query`` [B, H, q, D], ``key``/``value`` [B, H_kv, S, D], mask as sdpa gets it (bool or None)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if not getattr(module, "videoqa_watch", False):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scaling = kwargs.get("scaling") or module.scaling
+    logits = torch.matmul(query, key.transpose(2, 3)) * scaling
+    q_len, seq = logits.shape[-2:]
+    allowed = attention_mask
+    if allowed is None:
+        allowed = torch.ones(q_len, seq, dtype=torch.bool, device=query.device).tril(seq - q_len)
+    logits = logits.masked_fill(~allowed, float("-inf")) if allowed.dtype == torch.bool else logits + allowed
+    probabilities = torch.softmax(logits.float(), dim=-1).to(query.dtype)
+    module.videoqa_head0 = probabilities[:, 0]
+    return torch.matmul(probabilities, value).transpose(1, 2).contiguous(), None
+
+
+def watch_layers(model, layers: list[int]) -> list[nn.Module]:
+    """Route the language model through :func:`training_attention` (vision: sdpa) and mark the
+    attention modules of ``layers``; returns them (their ``videoqa_head0`` after each forward)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(TRAINING_ATTENTION, training_attention)
+    AttentionMaskInterface.register(TRAINING_ATTENTION, sdpa_mask)
+    model.set_attn_implementation({"text_config": TRAINING_ATTENTION, "vision_config": "sdpa"})
+    watched = [model.model.language_model.layers[layer].self_attn for layer in layers]
+    for module in watched:
+        module.videoqa_watch = True
+    return watched
+
+
+def evidence_loss(heads: list[torch.Tensor], batch: list[Example]) -> torch.Tensor:
+    """Mean over questions and supervised heads of the evidence term; ``heads`` holds one head's
+    attention probabilities [B, L, L] per supervised layer.
+
+    A question with ``share`` None costs −log(mass the head, at the position that predicts the
+    answer, puts on the evidence); one with a share t costs KL((t, 1 − t) ‖ (mass on the evidence,
+    mass on the first token)). A grounding signal for one head per layer: it breaks the long
+    plateau a from-scratch model sits on before it discovers where to look; the other heads stay
+    free."""
     terms = []
-    for layer in layers:
-        probabilities = attentions[layer][:, 0]
+    for probabilities in heads:
         for row, e in enumerate(batch):
-            for position, tokens in e.evidence:
-                mass = probabilities[row, position, tokens].sum()
-                terms.append(-torch.log(mass.clamp(min=1e-6)))
-    return torch.stack(terms).mean()
+            for ev in e.evidence:
+                mass = probabilities[row, ev.position, ev.tokens].sum().clamp(min=1e-6)
+                if ev.share is None:
+                    terms.append(-torch.log(mass))
+                    continue
+                sink = probabilities[row, ev.position, 0].clamp(min=1e-6)
+                t = ev.share
+                terms.append(t * torch.log(t / mass) + (1 - t) * torch.log((1 - t) / sink))
+    return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
 def widen_query_key(model: nn.Module, std: float) -> None:
@@ -280,6 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attend-weight", type=float, default=0.5, help="weight of the evidence-attention loss")
     parser.add_argument("--attend-layers", default="1", help="layers whose head 0 learns to look at the evidence")
     parser.add_argument("--qk-init", type=float, default=0.1, help="std of the language model's query/key weights")
+    parser.add_argument(
+        "--count-sink",
+        type=float,
+        default=4.0,
+        help="counting questions teach the evidence head the share n/(n+K) on their n frames (K; 0: leave it free)",
+    )
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--eval-count", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
@@ -290,13 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     model, processor = tiny.build_from_spec(SPEC, args.seed, wide_init=False)
-    # The demo model uses transformers' own M-RoPE positions (text after a video starts max(h, w)
-    # past it), in training and, through this config entry, when served (see model.families).
-    model.config.videoqa_positions = "transformers"
     widen_query_key(model, args.qk_init)
-    attend_layers = [int(x) for x in args.attend_layers.split(",") if x]
-    if args.attend_weight > 0:
-        model.set_attn_implementation("eager")  # attention probabilities for the evidence loss
+    attend_layers = [int(x) for x in args.attend_layers.split(",") if x] if args.attend_weight > 0 else []
+    watched = watch_layers(model, attend_layers)
     model.train()
     adapter = adapter_for(model, processor)
     vision_config = model.config.vision_config
@@ -304,10 +385,12 @@ def main(argv: list[str] | None = None) -> int:
     capture = VisionCapture(model.model.visual)
     started = time.time()
 
+    sink = args.count_sink
+
     def draw(step: int, n: int) -> list[Example]:
         frames = frame_counts[step % len(frame_counts)]
         return [
-            example(adapter, probe, family, rng.randrange(SPLITS["validation"]), frames, args.size, args.turns)
+            example(adapter, family, rng.randrange(SPLITS["validation"]), frames, args.size, args.turns, sink)
             for family in [rng.choice(families) for _ in range(n)]
         ]
 
@@ -342,11 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     def qa_loss(step: int) -> dict[str, torch.Tensor]:
         batch = draw(step, args.batch)
         inputs = collate(batch, processor.tokenizer.pad_token_id)
-        output = model(**inputs, output_attentions=args.attend_weight > 0)
+        output = model(**inputs)
         probe_loss = probe.loss(capture.tokens, [e.targets for e in batch])
         losses = {"answer": output.loss, "probe": args.probe_weight * probe_loss}
-        if args.attend_weight > 0:
-            losses["attend"] = args.attend_weight * evidence_loss(output.attentions, batch, attend_layers)
+        if watched:
+            losses["attend"] = args.attend_weight * evidence_loss([m.videoqa_head0 for m in watched], batch)
         return losses
 
     if args.vision_steps:
@@ -355,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         optimise([*model.parameters(), *probe.parameters()], args.lr, args.steps, qa_loss, "qa")
     args.out.mkdir(parents=True, exist_ok=True)
+    for module in watched:
+        del module.videoqa_watch, module.videoqa_head0
     model.set_attn_implementation("sdpa")
     model.eval().save_pretrained(args.out)
     processor.save_pretrained(args.out)
