@@ -349,8 +349,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("models/videoqa-demo"))
     parser.add_argument("--vision-steps", type=int, default=400)
     parser.add_argument("--steps", type=int, default=6000)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--frames", default="8,16,32", help="frame counts to train on (one per batch, cycled)")
+    parser.add_argument("--batch", type=int, default=8, help="videos per question-answering batch")
+    parser.add_argument(
+        "--batch-frames",
+        type=int,
+        default=256,
+        help="at most this many frames per batch: longer videos come in smaller batches (64 frames: 4)",
+    )
+    parser.add_argument("--frames", default="8,16,32,64", help="frame counts to train on (one per batch, cycled)")
     parser.add_argument("--size", type=int, default=112)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--vision-lr", type=float, default=2e-3)
@@ -389,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def draw(step: int, n: int) -> list[Example]:
         frames = frame_counts[step % len(frame_counts)]
+        n = max(1, min(n, args.batch_frames * n // (args.batch * frames)))
         return [
             example(adapter, family, rng.randrange(SPLITS["validation"]), frames, args.size, args.turns, sink)
             for family in [rng.choice(families) for _ in range(n)]
