@@ -7,7 +7,7 @@ import json
 from PIL import Image
 
 from videoqa.client.cli import main as cli_main
-from videoqa.worker.lab.harness import Row, bucket, configurations, parse_variant, summarize
+from videoqa.worker.lab.harness import Row, bucket, configurations, merge, parse_variant, summarize
 from videoqa.worker.lab.sample import Sample, is_correct, normalize
 from videoqa.worker.types import MediaKind
 
@@ -94,3 +94,30 @@ def test_configurations_expand_methods_variants_budgets_and_modes():
         pass
     else:
         raise AssertionError("an unknown mode was accepted")
+
+
+def test_runs_split_over_processes_merge_into_one_report(tmp_path, capsys):
+    from dataclasses import asdict
+
+    full = Row("a", "needle", 0.1, "full", 1.0, "agnostic", "red", "red", True, 100, 10)
+    first = [full, Row("a", "needle", 0.1, "das", 0.2, "agnostic", "red", "red", True, 40, 4)]
+    second = [full, Row("a", "needle", 0.1, "h2o", 0.2, "agnostic", "blue", "red", False, 40, 4)]
+    for name, rows in (("one", first), ("two", second)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"rows": [asdict(r) for r in rows]}))
+    out = tmp_path / "merged"
+    assert cli_main(["eval", "--merge", str(tmp_path / "one"), str(tmp_path / "two"), "--out", str(out)]) == 0
+    merged = json.loads((out / "results.json").read_text())
+    assert sorted(r["method"] for r in merged["rows"]) == ["das", "full", "h2o"]  # full once
+    by_method = {c["method"]: c["accuracy"] for c in merged["summary"]["configs"]}
+    assert by_method == {"das": 1.0, "full": 1.0, "h2o": 0.0}
+    assert (out / "accuracy_agnostic.png").is_file() and "| h2o | 20% |" in (out / "results.md").read_text()
+
+    second[0] = Row("a", "needle", 0.1, "full", 1.0, "agnostic", "blue", "red", False, 100, 10)
+    (tmp_path / "two" / "results.json").write_text(json.dumps({"rows": [asdict(r) for r in second]}))
+    try:
+        merge([tmp_path / "one", tmp_path / "two"])
+    except ValueError as error:
+        assert "full@1/agnostic answered a differently" in str(error)
+    else:
+        raise AssertionError("two runs that disagree on full were merged")

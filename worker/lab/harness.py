@@ -15,6 +15,7 @@ accuracy vs budget per method, and accuracy vs needle position at 20% (the myopi
     videoqa eval --model videoqa-demo --split test --count 60 --frames 8,16 \\
         --methods full,das,snapkv --budgets 1,0.5,0.2,0.1 --modes aware,agnostic --out eval/
     videoqa eval --milebench /data/MileBench --datasets ActionSequence --out eval-milebench/
+    videoqa eval --merge eval-a/ eval-b/ --out eval/      # one report from runs split over processes
 """
 
 from __future__ import annotations
@@ -146,6 +147,22 @@ def evaluate(
             if progress:
                 progress(index + 1, len(samples))
     return rows
+
+
+def merge(paths: list[Path]) -> list[Row]:
+    """The rows of several runs' ``results.json`` (a grid split over processes or machines).
+    A configuration two runs both answered (``full``, typically) is kept once, and must have
+    answered every sample the same way in both."""
+    rows: dict[tuple[str, str, float, str], Row] = {}
+    for path in paths:
+        data = json.loads((path / "results.json" if path.is_dir() else path).read_text())
+        for fields in data["rows"]:
+            row = Row(**fields)
+            key = (row.sample_id, row.method, row.budget, row.mode)
+            if key in rows and rows[key].prediction != row.prediction:
+                raise ValueError(f"{path}: {row.method}@{row.budget:g}/{row.mode} answered {row.sample_id} differently")
+            rows.setdefault(key, row)
+    return list(rows.values())
 
 
 def summarize(rows: list[Row]) -> dict:
@@ -294,8 +311,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first-question", default=FIRST_QUESTION, help="the first turn of followup mode")
     parser.add_argument("--max-new-tokens", type=int, default=6)
     parser.add_argument("--out", type=Path, default=Path("eval"))
+    parser.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        metavar="RUN",
+        help="report on earlier runs' results.json (or their --out folders) instead of running",
+    )
     opts = parser.parse_args(args)
+    rows = merge(opts.merge) if opts.merge else run(opts)
+    summary = summarize(rows)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / "results.json").write_text(
+        json.dumps({"summary": summary, "rows": [asdict(r) for r in rows]}, indent=1)
+    )
+    table = markdown(summary)
+    (opts.out / "results.md").write_text(table)
+    for path in plot(summary, opts.out):
+        print(f"wrote {path}", file=sys.stderr)
+    print(table)
+    return 0
 
+
+def run(opts: argparse.Namespace) -> list[Row]:
+    """Answer the chosen samples under the chosen configurations (the work of ``videoqa eval``)."""
     from videoqa.worker.model.loader import load_model
 
     if opts.milebench:
@@ -317,17 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=lambda i, n: print(f"\r{i}/{n} samples", end="", file=sys.stderr, flush=True),
     )
     print(file=sys.stderr)
-    summary = summarize(rows)
-    opts.out.mkdir(parents=True, exist_ok=True)
-    (opts.out / "results.json").write_text(
-        json.dumps({"summary": summary, "rows": [asdict(r) for r in rows]}, indent=1)
-    )
-    table = markdown(summary)
-    (opts.out / "results.md").write_text(table)
-    for path in plot(summary, opts.out):
-        print(f"wrote {path}", file=sys.stderr)
-    print(table)
-    return 0
+    return rows
 
 
 if __name__ == "__main__":
