@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import urllib.request
 
 import grpc
@@ -78,7 +79,15 @@ def test_turns_show_up_in_the_metrics(served, tmp_path):
         with pytest.raises(grpc.RpcError) as missing:
             list(stub.Ask(pb.AskRequest(session_id="nope", question="?"), timeout=10))
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
-    after = scrape(url)
+    # context.abort() sends the status before the interceptor's count runs: wait for it (bounded)
+    refused = {"component": "frontend", "rpc": "Ask", "code": "NOT_FOUND"}
+    deadline = time.monotonic() + 10
+    while (
+        value(after := scrape(url), "videoqa_requests_total", **refused)
+        == value(before, "videoqa_requests_total", **refused)
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.05)
 
     def grew(name: str, **labels) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
