@@ -15,7 +15,7 @@ from videoqa.worker.types import GenerationParams
 
 #: (method, budget, frames, params): a full cache, a das cache with recycle bins (a logit bias on
 #: the binned entries), and pyramidkv (different cache lengths per layer).
-SESSIONS = [("full", 1.0, 8, {}), ("das", 0.4, 12, {"mass_bias": 1}), ("pyramidkv", 0.5, 4, {})]
+SESSIONS = [("full", 1.0, 8, {}), ("das", 0.4, 12, {"bins_per_frame": 1, "mass_bias": 1}), ("pyramidkv", 0.5, 4, {})]
 STEPS = 10
 
 
@@ -64,7 +64,7 @@ def test_batched_steps_equal_unbatched(pruned, model_id):
 
 
 def test_a_batch_of_one_is_the_plain_step(pruned):
-    session = pruned("tiny-qwen2-vl", "das", 0.5, mass_bias=1)
+    session = pruned("tiny-qwen2-vl", "das", 0.5, bins_per_frame=1, mass_bias=1)
     state = copy.deepcopy(session.state)
     reference = copy.deepcopy(session.state)
     token = int(torch.argmax(session.logits))
@@ -77,7 +77,10 @@ def test_a_batch_of_one_is_the_plain_step(pruned):
 def test_a_lent_session_reads_the_same_and_comes_back_whole(pruned):
     """While in a batch a session's K/V live only in the stack; its lengths and bytes are answered
     without moving them; reading its cache gives it back (then the batch refuses to step)."""
-    sessions = [pruned("tiny-qwen2-vl", "das", 0.5, mass_bias=1), pruned("tiny-qwen2-vl", "full", 1.0, frames=12)]
+    sessions = [
+        pruned("tiny-qwen2-vl", "das", 0.5, bins_per_frame=1, mass_bias=1),
+        pruned("tiny-qwen2-vl", "full", 1.0, frames=12),
+    ]
     states = [copy.deepcopy(s.state) for s in sessions]
     references = [copy.deepcopy(s.state) for s in sessions]
     before = [s.cache_bytes() for s in states]

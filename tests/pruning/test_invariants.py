@@ -133,7 +133,7 @@ def test_agnostic_alpha_governs_only_the_question_agnostic_prefill(pruned):
 def test_subsidy_moves_kept_tokens_toward_later_frames(pruned):
     kept = {}
     for gamma in (1.0, 4.0):
-        result = pruned("tiny-qwen2-vl", "das", 0.25, frames=16, gamma=gamma, bins_per_frame=0).result
+        result = pruned("tiny-qwen2-vl", "das", 0.25, frames=16, gamma=gamma, subsidy=0, bins_per_frame=0).result
         kept[gamma] = torch.tensor(result.kept_per_frame, dtype=torch.float32)
     frames = torch.arange(len(kept[1.0]), dtype=torch.float32)
     mean_frame = {g: float((k * frames).sum() / k.sum()) for g, k in kept.items()}
@@ -144,7 +144,7 @@ def test_subsidy_moves_kept_tokens_toward_later_frames(pruned):
 @pytest.mark.parametrize("per_head", [0, 1])
 def test_recycled_entry_is_the_weighted_mean_of_its_frames_evicted_tokens(pruned, per_head):
     unpruned = copy.deepcopy(pruned("tiny-qwen2-vl", "full", 1.0).state.cache)
-    run = pruned("tiny-qwen2-vl", "das", 0.3, per_head=per_head)
+    run = pruned("tiny-qwen2-vl", "das", 0.3, per_head=per_head, bins_per_frame=1)
     das, das_state, result = run.pipeline, run.state, run.result
     ctx = das.context(das_state)
     method = das.method
@@ -180,7 +180,8 @@ def test_bins_outside_the_budget_add_entries(pruned):
 
 
 def test_mass_bias_reaches_decoding(pruned):
-    plain_run, biased_run = pruned("tiny-qwen2-vl", "das", 0.3), pruned("tiny-qwen2-vl", "das", 0.3, mass_bias=1)
+    plain_run = pruned("tiny-qwen2-vl", "das", 0.3, bins_per_frame=1)
+    biased_run = pruned("tiny-qwen2-vl", "das", 0.3, bins_per_frame=1, mass_bias=1)
     gen, plain, logits = plain_run.gen, plain_run.state, plain_run.logits
     biased, biased_logits = biased_run.state, biased_run.logits
     assert biased.attention_bias and not plain.attention_bias

@@ -33,7 +33,7 @@ def test_methods_are_listed_with_parameters(stub):
     }
     assert expected <= set(methods)
     das = {p.name: p for p in methods["das"].params}
-    assert das["alpha"].default == 0.5 and das["gamma"].min == 1 and das["bins_per_frame"].default == 1
+    assert das["alpha"].default == 0.5 and das["gamma"].min == 1 and das["bins_per_frame"].default == 0
     assert das["bins_per_frame"].integer
     assert {"bins_per_frame", "window"} <= {p.name for p in methods["snapkv"].params}
 
@@ -44,7 +44,7 @@ def test_das_budget_reaches_the_stats(stub, video, model, aware):
     request = spec(
         model=model,
         question="what moves?" if aware else "",
-        pruning=pb.PruningSpec(method="das", budget=0.25, params={"gamma": 2.0}),
+        pruning=pb.PruningSpec(method="das", budget=0.25, params={"gamma": 2.0, "bins_per_frame": 1}),
     )
     created = events(stub.CreateSession(upload(request, video=video), timeout=120))
     info = created["session"][0].session

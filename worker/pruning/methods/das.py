@@ -17,7 +17,8 @@ and every choice it leaves open is a parameter. Per layer, over the visual token
 - global top-k over all frames (``quota=0``) or per-frame quotas ∝ each frame's subsidised mass
   (``quota=1``), one kept set per layer shared by the KV heads (``per_head=0``) or per KV head;
 - the evicted tokens of each frame fold into ``bins_per_frame`` recycled entries (score-weighted,
-  optional ``ln(count)`` mass bias): the Recycling Bin.
+  optional ``ln(count)`` mass bias): the Recycling Bin. Off by default: on the quality lab's
+  model a recycled entry never paid for the kept token whose slot it takes (docs/quality.md).
 
 With γ = 1 and no bin, this is plain α-mixed top-k (tested).
 """
@@ -31,11 +32,6 @@ from videoqa.worker.pruning.attention import RowGroup
 from videoqa.worker.pruning.base import SHARED_PARAMS, WINDOW, PruneContext, RowSets, ScoredMethod
 from videoqa.worker.pruning.registry import register
 from videoqa.worker.types import MethodParam
-
-_SHARED = tuple(
-    MethodParam(p.name, p.description, 1, p.min, p.max, p.integer) if p.name == "bins_per_frame" else p
-    for p in SHARED_PARAMS
-)
 
 
 def subsidy_weights(frame_scores: torch.Tensor, gamma: float, mode: int, lambda_max: float) -> torch.Tensor:
@@ -67,7 +63,7 @@ class DynamicAttentionSubsidy(ScoredMethod):
             1,
         ),
         MethodParam("gamma", "Subsidy strength: last frame's weight relative to the first (1: none)", 2.5, 1, 10),
-        MethodParam("subsidy", "0: exponential position prior, 1: fitted-decay variant", 0, 0, 1, integer=True),
+        MethodParam("subsidy", "0: exponential position prior, 1: fitted-decay variant", 1, 0, 1, integer=True),
         MethodParam("lambda_max", "Cap on the fitted per-frame decay rate (subsidy=1)", 1.0, 0, 10),
         WINDOW,
         MethodParam(
@@ -79,7 +75,7 @@ class DynamicAttentionSubsidy(ScoredMethod):
         ),
         MethodParam("per_head", "0: one kept set per layer (head-averaged), 1: per KV head", 0, 0, 1, integer=True),
         MethodParam("skip_first", "Leading layers kept unpruned", 0, 0, 256, integer=True),
-        *_SHARED,
+        *SHARED_PARAMS,
     )
 
     def mix(self, question_aware: bool) -> float:
