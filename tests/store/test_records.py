@@ -18,7 +18,7 @@ from videoqa.worker.types import GenerationParams, MediaKind, PruningSpec, Sampl
 
 def make_session(lm, mass_bias: int = 1) -> tuple[Session, Generator]:
     gen = Generator(lm)
-    method = build_method(PruningSpec("das", {"mass_bias": mass_bias}, 0.3))
+    method = build_method(PruningSpec("das", {"bins_per_frame": 1, "mass_bias": mass_bias}, 0.3))
     pipeline = PrunedPrefill(gen, method, question_aware=True)
     clip = media()
     state, logits = pipeline.prefill(lm.adapter.prepare(clip, "what is in the video?"))
