@@ -558,6 +558,8 @@ class Engine:
                 control.check()
                 logits = yield DecodeRequest(gen.lm, state, token)
                 state.pending_token = None
+                if state.extension is not None:  # e.g. hae's recycle bin, every few tokens
+                    state.extension.after_token(state)
         except TurnCancelled:
             self.counters["turns_cancelled"] += 1
             state.rollback(checkpoint)
@@ -594,6 +596,7 @@ class Engine:
     @staticmethod
     def _stats(session, prompt_tokens: int, generated: int, finish: FinishReason, timings: Timings) -> TurnStats:
         state = session.state
+        visual, recycled = session.live_counts()
         return TurnStats(
             session_id=session.session_id,
             model=session.model_id,
@@ -601,8 +604,8 @@ class Engine:
             turn=session.turns,
             frames_used=len(session.media.indices),
             visual_tokens_before=session.layout.num_visual_tokens,
-            visual_tokens_after=session.visual_tokens_after,
-            recycled_tokens=session.recycled_tokens,
+            visual_tokens_after=visual,
+            recycled_tokens=recycled,
             kv_bytes_before=state.next_pos * session.kv_bytes_per_token,
             kv_bytes_after=state.cache_bytes(),
             context_length=state.next_pos,

@@ -50,6 +50,14 @@ class Session:
 
     def mark_saved(self) -> None:
         self.saved = (tuple(self.state.cache_lengths), len(self.state.token_ids))
+        if self.state.extension is not None:
+            self.state.extension.mark_saved()
+
+    def live_counts(self) -> tuple[int, int]:
+        """(visual entries in the cache, recycled entries) now: the prefill's, unless the method's
+        cache extension moves entries while decoding (``hae``: its recycle bin's size)."""
+        counts = self.state.extension.counts() if self.state.extension is not None else None
+        return counts if counts is not None else (self.visual_tokens_after, self.recycled_tokens)
 
     def snapshot(self) -> SessionSnapshot:
         frames = self.media.frames
@@ -70,7 +78,7 @@ class Session:
             context_length=self.state.next_pos,
             cache_length=self.state.cache_length,
             visual_tokens_before=self.layout.num_visual_tokens,
-            visual_tokens_after=self.visual_tokens_after,
+            visual_tokens_after=self.live_counts()[0],
             kv_bytes=self.state.cache_bytes(),
             created_at=self.created_at,
             last_used_at=self.last_used_at,

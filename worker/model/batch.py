@@ -6,7 +6,9 @@ layer [B, H_kv, C, D], right-padded to the longest row (width W) with room to gr
 Every step writes one entry per row at column W + t, in place, so a row is
 ``[own S_b | padding | its steps]``. A float key mask per layer [B, H, 1, ·] hides the padding and
 carries each row's recycled-entry bias; positions are explicit per row (each session's own
-``next_pos`` and ``rope_delta``).
+``next_pos`` and ``rope_delta``). Sessions with a cache extension bring their retained memory (one
+stack per layer, zeros with a zero gate for the rows without: their output is untouched) and their
+decode observers (each sees only its own row's entries, in its own cache order).
 
 While in a batch, a session's K/V live only in the stack (one copy, no per-step copying): the
 session is *lent* to the batch. Reading its ``cache`` gives it back (its entries and steps are
@@ -22,7 +24,7 @@ from transformers.cache_utils import DynamicLayer
 
 from videoqa.worker.model.generate import ConversationState
 from videoqa.worker.model.loader import LoadedModel
-from videoqa.worker.pruning.attention import row_masks
+from videoqa.worker.pruning.attention import RetainedLayer, decode_observers, retained_state, row_masks
 
 #: Steps of room made when the stack is built or full.
 GROW_STEPS = 64
@@ -120,8 +122,47 @@ class DecodeBatch:
         self._next = [state.next_pos for state in states]  # what each row's session should be at
         #: K and V bytes of one cache entry of one layer
         self.bytes_per_entry = 2 * layers[0]._keys[0, :, 0].numel() * layers[0]._keys.element_size()
+        self._memories = self._stack_memories(len(layers))
         for state in states:
             state.lender = self
+
+    def _stack_memories(self, num_layers: int) -> dict[int, RetainedLayer]:
+        """Per layer, the rows' retained memories in one batch (zeros, zero gate, for rows without)."""
+        stacked = {}
+        for index in range(num_layers):
+            rows = [s.extension.memory(index) if s.extension is not None else None for s in self.states]
+            present = [m for m in rows if m is not None]
+            if not present:
+                continue
+            like = present[0]
+
+            def part(name: str, like=like, rows=rows) -> torch.Tensor:
+                zero = torch.zeros_like(getattr(like, name))
+                return torch.cat([getattr(m, name) if m is not None else zero for m in rows])
+
+            stacked[index] = RetainedLayer(part("state"), part("normalizer"), part("gate"))
+        return stacked
+
+    def _observers(self) -> dict:
+        """Per observed layer, one callback that hands each observing row its own columns."""
+        wanted: dict[int, list[tuple[int, object]]] = {}
+        for b, state in enumerate(self.states):
+            if state.extension is not None:
+                for layer, observer in state.extension.observers().items():
+                    wanted.setdefault(layer, []).append((b, observer))
+
+        def for_layer(layer: int, rows: list[tuple[int, object]]):
+            def observe(query, key, mask, scaling) -> None:
+                for b, observer in rows:  # the row's own entries, then its steps (this one included)
+                    own, width = self._own[b][layer], self._width[layer]
+                    columns = torch.cat([torch.arange(own), torch.arange(width, width + self.steps + 1)])
+                    columns = columns.to(key.device)
+                    row_mask = None if mask is None else mask[b : b + 1][..., columns]
+                    observer(query[b : b + 1], key[b : b + 1][:, :, columns], row_mask, scaling)
+
+            return observe
+
+        return {layer: for_layer(layer, rows) for layer, rows in wanted.items()}
 
     @property
     def size(self) -> int:
@@ -188,7 +229,7 @@ class DecodeBatch:
                 grown[..., : self._mask_buffers[index].shape[-1]] = self._mask_buffers[index]
                 self._mask_buffers[index] = grown
             masks[index] = self._mask_buffers[index][..., : layer.length + 1]
-        with row_masks(masks):
+        with row_masks(masks), retained_state(self._memories), decode_observers(self._observers()):
             out = self.lm.model(
                 input_ids=torch.tensor(tokens, device=device).view(self.size, 1),
                 position_ids=positions,

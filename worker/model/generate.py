@@ -8,6 +8,7 @@ bookkeeping (``next_pos``: the text index of the next token in the *unpruned* se
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +18,23 @@ from transformers import DynamicCache
 
 from videoqa.worker.model.families import PreparedPrompt
 from videoqa.worker.model.loader import LoadedModel
-from videoqa.worker.pruning.attention import attention_bias
+from videoqa.worker.pruning.attention import attention_bias, decode_observers, retained_state
 from videoqa.worker.types import GenerationParams
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a session was: enough to undo everything fed (and decoded) after it."""
+
+    lengths: tuple[int, ...]
+    next_pos: int
+    token_count: int
+    pending_token: int | None
+    #: The cache extension's own checkpoint (``None`` without one).
+    extension: Any = None
+    #: Each layer's (keys, values) when the extension rewrites entries: truncating is not enough.
+    #: Cached tensors are never written in place (every change makes new ones), so references do.
+    tensors: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -38,6 +54,10 @@ class ConversationState:
     #: Per-layer additive logit bias [H_kv, n] on the first n cache entries (recycled entries'
     #: ``ln(count)``); empty when the pruning method uses none.
     attention_bias: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    #: State the pruning method keeps beside the cache (``hae``'s recycle bin, ``retentive_kv``'s
+    #: memory: a :class:`~videoqa.worker.pruning.extension.CacheExtension`), or ``None``.
+    extension: Any = None
 
     #: A batch that holds this session's K/V while it decodes with others (see ``model.batch``);
     #: reading ``cache`` takes them back first.
@@ -64,22 +84,53 @@ class ConversationState:
         return [int(layer.keys.shape[2]) for layer in self.cache.layers]
 
     def cache_bytes(self) -> int:
+        """K/V bytes of every layer, plus what the cache extension keeps on the device."""
+        extra = self.extension.nbytes() if self.extension is not None else 0
         lender = object.__getattribute__(self, "lender")
         if lender is not None:
-            return sum(lender.lengths_of(self)) * lender.bytes_per_entry
-        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers)
+            return sum(lender.lengths_of(self)) * lender.bytes_per_entry + extra
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers) + extra
 
-    def checkpoint(self) -> tuple[tuple[int, ...], int, int, int | None]:
+    def checkpoint(self) -> Checkpoint:
         """What ``rollback`` needs to undo everything fed after this point."""
-        return tuple(self.cache_lengths), self.next_pos, len(self.token_ids), self.pending_token
+        extension = self.extension
+        tensors = None
+        if extension is not None and extension.rewrites_cache:
+            tensors = tuple((layer.keys, layer.values) for layer in self.cache.layers)
+        return Checkpoint(
+            tuple(self.cache_lengths),
+            self.next_pos,
+            len(self.token_ids),
+            self.pending_token,
+            extension.checkpoint() if extension is not None else None,
+            tensors,
+        )
 
-    def rollback(self, checkpoint: tuple[tuple[int, ...], int, int, int | None]) -> None:
-        lengths, next_pos, n_ids, pending = checkpoint
-        for layer, length in zip(self.cache.layers, lengths, strict=True):
-            layer.keys = layer.keys[:, :, :length].contiguous()
-            layer.values = layer.values[:, :, :length].contiguous()
-        self.next_pos, self.pending_token = next_pos, pending
-        del self.token_ids[n_ids:]
+    def rollback(self, checkpoint: Checkpoint) -> None:
+        if checkpoint.tensors is not None:
+            for layer, (keys, values) in zip(self.cache.layers, checkpoint.tensors, strict=True):
+                layer.keys, layer.values = keys, values
+        else:
+            for layer, length in zip(self.cache.layers, checkpoint.lengths, strict=True):
+                layer.keys = layer.keys[:, :, :length].contiguous()
+                layer.values = layer.values[:, :, :length].contiguous()
+        if self.extension is not None:
+            self.extension.rollback(checkpoint.extension)
+        self.next_pos, self.pending_token = checkpoint.next_pos, checkpoint.pending_token
+        del self.token_ids[checkpoint.token_count :]
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """What every forward of this session runs inside: its recycled-entry biases, and its cache
+        extension's retained memory and decode observers."""
+        stack = contextlib.ExitStack()
+        stack.enter_context(attention_bias(self.attention_bias))
+        extension = self.extension
+        if extension is not None:
+            layers = len(object.__getattribute__(self, "cache").layers)
+            memories = {i: m for i in range(layers) if (m := extension.memory(i)) is not None}
+            stack.enter_context(retained_state(memories))
+            stack.enter_context(decode_observers(extension.observers()))
+        return stack
 
 
 class Generator:
@@ -116,7 +167,7 @@ class Generator:
         if not ids:
             raise ValueError("nothing to feed")
         device = self.lm.device
-        with attention_bias(state.attention_bias):
+        with state.forward_context():
             out = self.lm.model(
                 input_ids=torch.tensor([ids], device=device),
                 position_ids=self.lm.adapter.text_positions(state.next_pos, len(ids), state.rope_delta).to(device),
@@ -170,6 +221,8 @@ class Generator:
             check()
             logits = self.feed(state, [token])
             state.pending_token = None
+            if state.extension is not None:
+                state.extension.after_token(state)
 
 
 def sampler(params: GenerationParams) -> Callable[[torch.Tensor], int]:

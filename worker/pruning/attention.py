@@ -15,13 +15,19 @@ multi-token chunk to its first ``q`` entries). While idle it is sdpa, bit for bi
   carrying the mass of the tokens they replace), taken from :func:`attention_bias`.
 - **Row masks** (batched decoding): a float mask per layer [B, H, 1, S] for one-token steps of
   several sessions whose caches were padded to one width, taken from :func:`row_masks`.
+- **Decode observers** (one-token steps): a callback per layer that sees the step's post-RoPE
+  query and the keys it attends to, with the mask, from :func:`decode_observers` (``hae``'s
+  running scores).
+- **Retained state** (``retentive_kv``): per layer, a linear-attention state of evicted tokens
+  whose read-out is mixed into the softmax output through a gate, from :func:`retained_state`.
+  A zero gate leaves the output untouched (bit for bit).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Literal
@@ -41,16 +47,21 @@ class RowGroup:
     normalize: Literal["softmax", "softmax1"] = "softmax"
     #: Only these layers (``None``: all).
     layers: frozenset[int] | None = None
+    #: Also accumulate Σp² and Σp·log p per key (variance and entropy of its attention over rows).
+    moments: bool = False
 
 
 @dataclass
 class GroupStats:
     """``colsum`` [H, S]: summed attention each key received from the group's rows, per query
-    head; ``visible`` [S]: how many of the rows could see each key (causal count)."""
+    head; ``visible`` [S]: how many of the rows could see each key (causal count). With moments:
+    ``colsq`` [H, S] = Σp² and ``colplogp`` [H, S] = Σp·log p over the rows."""
 
     colsum: torch.Tensor
     visible: torch.Tensor
     rows: int
+    colsq: torch.Tensor | None = None
+    colplogp: torch.Tensor | None = None
 
     def mean(self) -> torch.Tensor:
         """Mean attention over the rows [H, S]."""
@@ -59,6 +70,19 @@ class GroupStats:
     def causal_mean(self) -> torch.Tensor:
         """Column sums divided by the number of rows that could see the key [H, S]."""
         return self.colsum / self.visible.clamp(min=1)
+
+    def causal_variance(self) -> torch.Tensor:
+        """Variance of each key's attention over the rows that could see it [H, S] (needs moments)."""
+        seen = self.visible.clamp(min=1)
+        return (self.colsq / seen - (self.colsum / seen) ** 2).clamp(min=0)
+
+    def column_entropy(self) -> torch.Tensor:
+        """Entropy of each key's attention spread over the rows that saw it, normalised to [0, 1]
+        by log(rows that could see it) [H, S] (needs moments): 1 = attended evenly by every row,
+        0 = by one row only. ``H = log c − Σ p·log p / c`` for the column sum ``c``."""
+        total = self.colsum.clamp(min=1e-30)
+        entropy = torch.log(total) - self.colplogp / total
+        return (entropy / torch.log(self.visible.clamp(min=2).float())).clamp(0, 1)
 
 
 @dataclass
@@ -95,6 +119,8 @@ class Recording:
         for group in groups:
             rows = group.rows.to(query.device)
             colsum = torch.zeros(heads, seq, device=query.device)
+            colsq = torch.zeros(heads, seq, device=query.device) if group.moments else None
+            colplogp = torch.zeros(heads, seq, device=query.device) if group.moments else None
             visible = torch.zeros(seq, dtype=torch.long, device=query.device)
             for start in range(0, rows.numel(), per_chunk):
                 chunk = rows[start : start + per_chunk]
@@ -106,10 +132,15 @@ class Recording:
                 if first < seq:
                     hidden = key_pos[None, first:] > horizon[:, None]  # [c, S - first]
                     logits[:, :, first:].masked_fill_(hidden[None], float("-inf"))
-                colsum += _normalize(logits, group.normalize).sum(dim=1)
+                probabilities = _normalize(logits, group.normalize)
+                colsum += probabilities.sum(dim=1)
+                if group.moments:
+                    colsq += (probabilities**2).sum(dim=1)
+                    colplogp += torch.special.xlogy(probabilities, probabilities).sum(dim=1)
                 # Rows that see key j are those with horizon >= j: a suffix sum of the horizon histogram.
                 visible += torch.bincount(horizon.clamp(max=seq - 1), minlength=seq).flip(0).cumsum(0).flip(0)
-            out[group.name] = GroupStats(colsum[:, :limit], visible[:limit], int(rows.numel()))
+            moments = (colsq[:, :limit], colplogp[:, :limit]) if group.moments else (None, None)
+            out[group.name] = GroupStats(colsum[:, :limit], visible[:limit], int(rows.numel()), *moments)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -129,6 +160,23 @@ def _normalize(logits: torch.Tensor, mode: str) -> torch.Tensor:
 _recording: ContextVar[Recording | None] = ContextVar("videoqa_recording", default=None)
 _bias: ContextVar[dict[int, torch.Tensor] | None] = ContextVar("videoqa_attention_bias", default=None)
 _row_masks: ContextVar[dict[int, torch.Tensor] | None] = ContextVar("videoqa_row_masks", default=None)
+_observers: ContextVar[dict[int, DecodeObserver] | None] = ContextVar("videoqa_decode_observers", default=None)
+_retained: ContextVar[dict[int, RetainedLayer] | None] = ContextVar("videoqa_retained_state", default=None)
+
+#: ``observer(query [B, H, 1, D] post-RoPE, key [B, H_kv, S, D], mask [B|1, H|1, 1, S] float or None,
+#: scaling)``: called for one-token steps of the layer it is registered for.
+DecodeObserver = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", float], None]
+
+
+@dataclass
+class RetainedLayer:
+    """One layer's linear-attention memory of evicted tokens, per row and KV head:
+    ``state`` [B, H_kv, D, D] = Σ β φ(k) vᵀ, ``normalizer`` [B, H_kv, D] = Σ β φ(k), and ``gate``
+    [B, H_kv] in [0, 1], the weight of the memory's read-out against the softmax output."""
+
+    state: torch.Tensor
+    normalizer: torch.Tensor
+    gate: torch.Tensor
 
 
 @contextlib.contextmanager
@@ -160,6 +208,46 @@ def row_masks(masks: dict[int, torch.Tensor]) -> Iterator[None]:
         yield
     finally:
         _row_masks.reset(token)
+
+
+@contextlib.contextmanager
+def decode_observers(observers: dict[int, DecodeObserver]) -> Iterator[None]:
+    """Call ``observers[layer]`` on every one-token step of that layer inside the block."""
+    token = _observers.set(observers or None)
+    try:
+        yield
+    finally:
+        _observers.reset(token)
+
+
+@contextlib.contextmanager
+def retained_state(layers: dict[int, RetainedLayer]) -> Iterator[None]:
+    """Mix each layer's retained memory into its attention output inside the block."""
+    token = _retained.set(layers or None)
+    try:
+        yield
+    finally:
+        _retained.reset(token)
+
+
+def feature_map(x: torch.Tensor) -> torch.Tensor:
+    """φ(x) = elu(x) + 1: the positive feature map of linear attention."""
+    return torch.nn.functional.elu(x.float()) + 1
+
+
+def _mix_retained(out: torch.Tensor, query: torch.Tensor, memory: RetainedLayer) -> torch.Tensor:
+    """``(1 − g)·out + g·φ(q)ᵀS / φ(q)ᵀz`` per row and head; ``out`` [B, q, H, D] (sdpa's layout),
+    ``query`` [B, H, q, D]. Heads share their KV group's memory."""
+    heads, kv_heads = query.shape[1], memory.state.shape[1]
+    group = heads // kv_heads
+    phi = feature_map(query)  # [B, H, q, D]
+    state = memory.state.float().repeat_interleave(group, dim=1)  # [B, H, D, D]
+    normalizer = memory.normalizer.float().repeat_interleave(group, dim=1)  # [B, H, D]
+    numerator = phi @ state  # [B, H, q, D]
+    denominator = (phi * normalizer[:, :, None, :]).sum(-1, keepdim=True)  # [B, H, q, 1]
+    readout = (numerator / denominator.clamp(min=1e-6)).transpose(1, 2)  # [B, q, H, D]
+    gate = memory.gate.float().repeat_interleave(group, dim=1)[:, None, :, None]  # [B, 1, H, 1]
+    return ((1 - gate) * out.float() + gate * readout).to(out.dtype)
 
 
 def _fit_mask(mask: torch.Tensor | None, query: torch.Tensor, key: torch.Tensor) -> torch.Tensor | None:
@@ -201,12 +289,21 @@ def attention(module, query, key, value, attention_mask, **kwargs):
         record.observe(layer, query, key, scaling)
     masks = _row_masks.get()
     if masks is not None and layer in masks and query.shape[2] == 1:
-        return sdpa_attention_forward(module, query, key, value, masks[layer].to(query.dtype), **kwargs)
-    mask = _fit_mask(attention_mask, query, key)
-    biases = _bias.get()
-    if biases is not None and layer in biases:
-        mask = _with_bias(mask, biases[layer], query, key)
-    return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+        mask = masks[layer].to(query.dtype)
+    else:
+        mask = _fit_mask(attention_mask, query, key)
+        biases = _bias.get()
+        if biases is not None and layer in biases:
+            mask = _with_bias(mask, biases[layer], query, key)
+    observers = _observers.get()
+    if observers is not None and layer in observers and query.shape[2] == 1:
+        scaling = kwargs.get("scaling") or getattr(module, "scaling", query.shape[-1] ** -0.5)
+        observers[layer](query, key, mask, scaling)
+    out, weights = sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+    memories = _retained.get()
+    if memories is not None and layer in memories:
+        out = _mix_retained(out, query, memories[layer])
+    return out, weights
 
 
 _installed = False

@@ -207,10 +207,10 @@ class ScoredMethod(PruningMethod):
             mask[row, order[row, : int(keep[row])]] = True
         return mask
 
-    def post_select(self, keys: torch.Tensor, values: torch.Tensor, kept: torch.Tensor, ctx: PruneContext):
+    def post_select(self, layer: int, keys: torch.Tensor, values: torch.Tensor, kept: torch.Tensor, ctx: PruneContext):
         """Hook between selection and gather (e.g. merging evicted tokens into kept ones).
 
-        ``keys``/``values`` [H_kv, n_visual, D] are the visual entries, ``kept`` [H_kv, n_visual]."""
+        ``keys``/``values`` [H_kv, n_visual, D] are ``layer``'s visual entries, ``kept`` [H_kv, n_visual]."""
         return keys, values
 
     def apply(self, state: ConversationState, ctx: PruneContext) -> PruneResult:
@@ -239,7 +239,7 @@ class ScoredMethod(PruningMethod):
             visual_idx = ctx.visual.to(device)
             vk = layer.keys[0][:, visual_idx]  # [H_kv, n_visual, D]
             vv = layer.values[0][:, visual_idx]
-            vk, vv = self.post_select(vk, vv, kept.to(device), ctx)
+            vk, vv = self.post_select(layer_idx, vk, vv, kept.to(device), ctx)
             total = self.total_slots(keep, layer_slots, n_visual, ctx)
             bins = [total - int(k) for k in keep]
             weights = row_scores if int(self.bin_weighting) == 0 else torch.ones_like(row_scores)

@@ -6,10 +6,12 @@ from videoqa.worker.pruning.methods import (  # noqa: F401
     fastv,
     full,
     h2o,
+    hae,
     look_m,
     madakv,
     pyramidkv,
     random,
+    retentive_kv,
     snapkv,
     streaming_llm,
 )

@@ -58,5 +58,5 @@ class LookM(ScoredMethod):
             scores[:, scores.shape[1] - recent :] = scores.max() + 1.0
         return scores
 
-    def post_select(self, keys, values, kept, ctx: PruneContext):
+    def post_select(self, layer, keys, values, kept, ctx: PruneContext):
         return pivot_merge(keys, values, kept) if int(self.merge) else (keys, values)
