@@ -43,8 +43,12 @@ def serve(loop_thread):
         loop_thread.run(running.stop(0))
 
 
+#: hae's decode bin moving entries every other token (the batch is rebuilt around a rewritten row).
+PARAMS = {"hae": {"interval": 2, "evict_below": 0.95, "restore_above": 1.05, "decay": 0.5}}
+
+
 def sessions(stub, videos: list[bytes], method: str) -> list[str]:
-    pruning = pb.PruningSpec(method=method, budget=0.5 if method != "full" else 1.0)
+    pruning = pb.PruningSpec(method=method, budget=0.5 if method != "full" else 1.0, params=PARAMS.get(method, {}))
     return [
         events(stub.CreateSession(upload(spec(frames=4 + 2 * i, pruning=pruning), video=v), timeout=60))["session"][
             0
@@ -63,7 +67,7 @@ def answer(stub, session_id: str, question: str) -> list[int]:
 def test_concurrent_turns_decode_together_and_answer_as_alone(serve):
     address, engine = serve(max_batch_size=8)
     videos = [make_video(None, frames=10 + i, size=(64, 48), fps=8) for i in range(4)]
-    methods = ["full", "das", "snapkv", "pyramidkv"]
+    methods = ["full", "das", "snapkv", "pyramidkv", "hae", "retentive_kv"]
     with grpc.insecure_channel(address) as channel:
         stub = videoqa_pb2_grpc.VideoQAStub(channel)
         alone = {}

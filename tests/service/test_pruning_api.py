@@ -30,12 +30,18 @@ def test_methods_are_listed_with_parameters(stub):
         "csp",
         "madakv",
         "das",
+        "hae",
+        "retentive_kv",
     }
     assert expected <= set(methods)
     das = {p.name: p for p in methods["das"].params}
     assert das["alpha"].default == 0.5 and das["gamma"].min == 1 and das["bins_per_frame"].default == 0
     assert das["bins_per_frame"].integer
     assert {"bins_per_frame", "window"} <= {p.name for p in methods["snapkv"].params}
+    hae = {p.name: p for p in methods["hae"].params}
+    assert {"interval", "evict_below", "restore_above", "bin_capacity", "purge"} <= set(hae) and hae["purge"].integer
+    assert "gate_scale" in {p.name for p in methods["retentive_kv"].params}
+    assert "reconstruction" in methods["hae"].description and "reconstruction" in methods["retentive_kv"].description
 
 
 @pytest.mark.parametrize("aware", [True, False], ids=["aware", "agnostic"])

@@ -16,9 +16,9 @@ from videoqa.worker.sessions import Session
 from videoqa.worker.types import GenerationParams, MediaKind, PruningSpec, SamplingSpec
 
 
-def make_session(lm, mass_bias: int = 1) -> tuple[Session, Generator]:
+def make_session(lm, mass_bias: int = 1, spec: PruningSpec | None = None) -> tuple[Session, Generator]:
     gen = Generator(lm)
-    method = build_method(PruningSpec("das", {"bins_per_frame": 1, "mass_bias": mass_bias}, 0.3))
+    method = build_method(spec or PruningSpec("das", {"bins_per_frame": 1, "mass_bias": mass_bias}, 0.3))
     pipeline = PrunedPrefill(gen, method, question_aware=True)
     clip = media()
     state, logits = pipeline.prefill(lm.adapter.prepare(clip, "what is in the video?"))
@@ -42,8 +42,11 @@ def make_session(lm, mass_bias: int = 1) -> tuple[Session, Generator]:
     return session, gen
 
 
-def answer(session: Session, gen: Generator) -> None:
-    list(gen.stream(session.state, session.extra.pop("logits"), GenerationParams(max_new_tokens=3)))
+def answer(session: Session, gen: Generator, tokens: int = 3) -> list[torch.Tensor]:
+    seen: list[torch.Tensor] = []
+    params = GenerationParams(max_new_tokens=tokens)
+    list(gen.stream(session.state, session.extra.pop("logits"), params, on_logits=seen.append))
+    return seen
 
 
 def restored(lm, prefix: bytes, turns: list[bytes]) -> Session:
@@ -131,3 +134,64 @@ def test_int8_storage_error_is_small(tiny_model):
     x = gen.feed(exact.state, gen.turn_input(exact.state, "and?", first=False))
     y = gen.feed(lossy.state, gen.turn_input(lossy.state, "and?", first=False))
     assert (x - y).abs().max() < 0.05 * x.abs().max()
+
+
+#: hae with a recycle bin that moves entries within a few tokens on a tiny random model.
+BUSY_HAE = PruningSpec("hae", {"interval": 2, "evict_below": 0.95, "restore_above": 1.05, "decay": 0.5}, 0.4)
+
+
+def test_a_session_saved_mid_conversation_restores_its_recycle_bin(tiny_model):
+    """hae moves entries while decoding: the turn records then hold whole caches and the bin, and
+    the restored session (cache, bin, running scores) continues exactly as the live one."""
+    lm = tiny_model("tiny-qwen2-vl")
+    session, gen = make_session(lm, spec=BUSY_HAE)
+    prefix = encode_prefix(session, lm.revision, "float32")
+    turns = []
+    for turn in (1, 2):
+        if turn > 1:
+            session.extra["logits"] = gen.feed(session.state, gen.turn_input(session.state, "and?", first=False))
+        answer(session, gen, tokens=8)
+        session.turns = turn
+        turns.append(encode_turn(session, session.saved))
+        session.mark_saved()
+    live = session.state.extension
+    assert live.moves["evicted"] > 0 and live.size > 0, "the bin holds entries when the session is saved"
+    assert [serde.decode(t)[0]["base_lengths"] is None for t in turns] == [True, True], "whole-cache turns"
+    back = restored(lm, prefix, turns)
+    for a, b in zip(back.state.cache.layers, session.state.cache.layers, strict=True):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    mine = back.state.extension
+    assert type(mine) is type(live) and mine.policy == live.policy and mine.moves == live.moves
+    for name in ("scores", "visual", "bin_scores", "bin_since"):
+        assert torch.equal(getattr(mine, name), getattr(live, name)), name
+    for a, b in zip(mine.keys + mine.values, live.keys + live.values, strict=True):
+        assert torch.equal(a, b)
+    assert back.live_counts() == session.live_counts() and back.live_counts()[1] == live.size
+    # The follow-up (bin still moving) equals the live one, logits and bin alike.
+    for each in (session, back):
+        each.extra["logits"] = gen.feed(each.state, gen.turn_input(each.state, "and then?", first=False))
+    assert torch.equal(back.extra["logits"], session.extra["logits"])
+    moves = dict(live.moves)
+    live_seen, back_seen = answer(session, gen, tokens=8), answer(back, gen, tokens=8)
+    assert all(torch.equal(a, b) for a, b in zip(live_seen, back_seen, strict=True))
+    assert live.moves == mine.moves != moves, "entries moved during the follow-up too"
+
+
+def test_retained_memory_is_stored_with_the_session(tiny_model):
+    lm = tiny_model("tiny-llava-onevision")
+    session, gen = make_session(lm, spec=PruningSpec("retentive_kv", {}, 0.3))
+    prefix = encode_prefix(session, lm.revision, "float32")
+    answer(session, gen)
+    session.turns = 1
+    turn = encode_turn(session, session.saved)
+    back = restored(lm, prefix, [turn])
+    live, mine = session.state.extension.layers, back.state.extension.layers
+    assert set(mine) == set(live) == set(range(lm.num_layers))
+    for i in live:
+        for name in ("state", "normalizer", "gate"):
+            assert torch.equal(getattr(mine[i], name), getattr(live[i], name)), (i, name)
+    live_logits = gen.feed(session.state, gen.turn_input(session.state, "what next?", first=False))
+    assert torch.equal(gen.feed(back.state, gen.turn_input(back.state, "what next?", first=False)), live_logits)
+    plain = restored(lm, prefix, [turn])
+    plain.state.extension = None  # the memory is what makes it equal
+    assert not torch.equal(gen.feed(plain.state, gen.turn_input(plain.state, "what next?", first=False)), live_logits)
