@@ -99,6 +99,13 @@ def build_session(gen: Generator, prompt, method: str, budget: float) -> dict:
     }
 
 
+def one_token(gen: Generator, state) -> None:
+    """One unbatched decode step, with what the engine runs after it (``hae``'s bin rounds)."""
+    gen.feed(state, [0])
+    if state.extension is not None:
+        state.extension.after_token(state)
+
+
 def decode_seconds(gen: Generator, state, concurrency: int, steps: int, batched: bool = True) -> tuple[float, int]:
     """Seconds per step for ``concurrency`` copies of ``state`` decoding ``steps`` tokens together
     (token 0 each step: the length is fixed, end-of-turn ignored), and the peak CUDA bytes above
@@ -114,7 +121,7 @@ def decode_seconds(gen: Generator, state, concurrency: int, steps: int, batched:
         seconds = clock(device, lambda: [batch.step([0] * concurrency) for _ in range(steps)])
     else:
         gen.feed(states[0], [0])
-        seconds = clock(device, lambda: [gen.feed(states[0], [0]) for _ in range(steps)])
+        seconds = clock(device, lambda: [one_token(gen, states[0]) for _ in range(steps)])
     peak = torch.cuda.max_memory_allocated(device) - base if device.type == "cuda" else 0
     return seconds / steps, peak
 

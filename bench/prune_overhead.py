@@ -33,7 +33,20 @@ from videoqa.worker.pruning.pipeline import PrunedPrefill
 from videoqa.worker.pruning.registry import build_method
 from videoqa.worker.types import DecodedMedia, PruningSpec
 
-METHODS = ["das", "snapkv", "h2o", "fastv", "pyramidkv", "csp", "look_m", "madakv", "streaming_llm", "random"]
+METHODS = [
+    "das",
+    "snapkv",
+    "h2o",
+    "fastv",
+    "pyramidkv",
+    "csp",
+    "look_m",
+    "madakv",
+    "hae",
+    "retentive_kv",
+    "streaming_llm",
+    "random",
+]
 QUESTION = "What happens in the last frames of the video?"
 
 

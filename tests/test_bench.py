@@ -20,11 +20,12 @@ def run_quick(script: str, *args: str) -> None:
 
 def test_prune_overhead_quick(tmp_path):
     out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
-    run_quick("prune_overhead.py", "--methods", "das,snapkv", "--json", str(out_json), "--markdown", str(out_md))
+    methods = "das,snapkv,hae,retentive_kv"
+    run_quick("prune_overhead.py", "--methods", methods, "--json", str(out_json), "--markdown", str(out_md))
     data = json.loads(out_json.read_text())
     (result,) = data["results"]
     (row,) = result["runs"]
-    assert row["prefill_seconds"] > 0 and set(row["methods"]) == {"das", "snapkv"}
+    assert row["prefill_seconds"] > 0 and set(row["methods"]) == set(methods.split(","))
     assert all(m["overhead_ratio"] >= 0 for m in row["methods"].values())
     assert "| frames |" in out_md.read_text()
 
@@ -42,12 +43,13 @@ def test_session_store_quick(tmp_path, redis_server):
 def test_decode_quick(tmp_path):
     out_json, out_md, plots = tmp_path / "d.json", tmp_path / "d.md", tmp_path / "plots"
     run_quick(
-        "decode.py", "--methods", "das", "--budgets", "0.2", "--json", str(out_json), "--markdown", str(out_md),
+        "decode.py", "--methods", "das,hae,retentive_kv", "--budgets", "0.2", "--json", str(out_json), "--markdown", str(out_md),
         "--plots", str(plots),
     )  # fmt: skip
     (result,) = json.loads(out_json.read_text())["results"]
     (run,) = result["runs"]
     full, das = run["configs"]["full@1"], run["configs"]["das@0.2"]
     assert das["kv_bytes"] < full["kv_bytes"] and das["sessions_in_kv_budget"] > full["sessions_in_kv_budget"]
-    assert all(row["decode"]["2"]["tokens_per_second"] > 0 for row in (full, das))
+    assert all(row["decode"]["2"]["tokens_per_second"] > 0 for row in run["configs"].values())
+    assert {"hae@0.2", "retentive_kv@0.2"} <= set(run["configs"])
     assert "| frames | config |" in out_md.read_text() and list(plots.glob("*.png"))
