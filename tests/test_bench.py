@@ -43,8 +43,8 @@ def test_session_store_quick(tmp_path, redis_server):
 def test_decode_quick(tmp_path):
     out_json, out_md, plots = tmp_path / "d.json", tmp_path / "d.md", tmp_path / "plots"
     run_quick(
-        "decode.py", "--methods", "das,hae,retentive_kv", "--budgets", "0.2", "--json", str(out_json), "--markdown", str(out_md),
-        "--plots", str(plots),
+        "decode.py", "--methods", "das,hae,retentive_kv", "--budgets", "0.2",
+        "--json", str(out_json), "--markdown", str(out_md), "--plots", str(plots),
     )  # fmt: skip
     (result,) = json.loads(out_json.read_text())["results"]
     (run,) = result["runs"]

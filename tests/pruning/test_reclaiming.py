@@ -248,3 +248,37 @@ def test_retained_memory_context_leaves_other_layers_alone(pruned):
     one_layer = copy.deepcopy(plain)
     one_layer.extension = RetainedMemory({0: memory.layers[0]})
     assert not torch.equal(run.gen.feed(one_layer, ids), reference)
+
+
+def test_a_followup_question_takes_back_the_binned_entries_it_looks_at(pruned):
+    """A question re-scores the bin by its own attention; entries above ``restore_above`` return
+    and the question is read again with them: as if they had been in the cache all along."""
+    run = pruned("tiny-qwen2-vl", "hae", 0.4, interval=0)
+    layout = run.pipeline.prompt.layout
+    visual = torch.zeros(run.state.cache_length, dtype=torch.bool)
+    visual[layout.visual_start : layout.visual_start + run.result.visual_kept] = True
+    chosen = visual.nonzero().flatten()[[1, 4, 5]]
+    # Reference: the same entries moved to the end of the cache (where restored entries go), no bin.
+    reference = copy.deepcopy(run.state)
+    order = torch.cat([torch.tensor([i for i in range(len(visual)) if i not in chosen.tolist()]), chosen])
+    for layer in reference.cache.layers:
+        layer.keys, layer.values = layer.keys[:, :, order], layer.values[:, :, order]
+    for restore_above, returns in ((0.0, True), (1e6, False)):
+        state = copy.deepcopy(run.state)
+        policy = BinPolicy(0, 1, 0.5, restore_above, 0.0, capacity=64, purge=0, min_visual=0)
+        state.extension = bin_ = DecodeRecycleBin(policy, visual, len(state.cache.layers))
+        bin_.scores[:] = 1.0
+        bin_.scores[chosen] = 0.1
+        bin_.rebalance(state)
+        assert bin_.size == 3
+        ids = run.gen.turn_input(state, "and then?", first=False)
+        logits = run.gen.feed(state, ids)
+        assert (bin_.size == 0) is returns and bin_.moves["restored"] == (3 if returns else 0)
+        assert state.next_pos == run.state.next_pos + len(ids) and state.token_ids[-len(ids) :] == ids
+        assert state.cache_length == run.state.cache_length + len(ids) - (0 if returns else 3)
+        assert bin_.scores.numel() == bin_.visual.numel() == state.cache_length
+        if returns:
+            expected = run.gen.feed(copy.deepcopy(reference), ids)
+            torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+            for mine, theirs in zip(state.cache.layers, reference.cache.layers, strict=True):
+                torch.testing.assert_close(mine.keys[:, :, : len(visual)], theirs.keys, rtol=0, atol=0)

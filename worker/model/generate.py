@@ -177,6 +177,11 @@ class Generator:
             )
         state.next_pos += len(ids)
         state.token_ids.extend(ids)
+        if state.extension is not None and len(ids) > 1 and state.extension.reread(state, len(ids)):
+            # Entries came back for this question (hae's bin): it is read again with them.
+            state.next_pos -= len(ids)
+            del state.token_ids[-len(ids) :]
+            return self.feed(state, ids)
         return out.logits[0, -1].float()
 
     def turn_input(self, state: ConversationState, question: str, first: bool) -> list[int]:

@@ -163,8 +163,9 @@ _row_masks: ContextVar[dict[int, torch.Tensor] | None] = ContextVar("videoqa_row
 _observers: ContextVar[dict[int, DecodeObserver] | None] = ContextVar("videoqa_decode_observers", default=None)
 _retained: ContextVar[dict[int, RetainedLayer] | None] = ContextVar("videoqa_retained_state", default=None)
 
-#: ``observer(query [B, H, 1, D] post-RoPE, key [B, H_kv, S, D], mask [B|1, H|1, 1, S] float or None,
-#: scaling)``: called for one-token steps of the layer it is registered for.
+#: ``observer(query [B, H, q, D] post-RoPE, key [B, H_kv, S, D], mask [B|1, H|1, q, S] (float or
+#: bool) or None, scaling)``: called for every forward of the layer it is registered for after the
+#: prefill: one-token decode steps (q = 1) and fed questions (q > 1, causal within the chunk).
 DecodeObserver = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", float], None]
 
 
@@ -212,7 +213,7 @@ def row_masks(masks: dict[int, torch.Tensor]) -> Iterator[None]:
 
 @contextlib.contextmanager
 def decode_observers(observers: dict[int, DecodeObserver]) -> Iterator[None]:
-    """Call ``observers[layer]`` on every one-token step of that layer inside the block."""
+    """Call ``observers[layer]`` on every forward of that layer inside the block."""
     token = _observers.set(observers or None)
     try:
         yield
@@ -296,7 +297,7 @@ def attention(module, query, key, value, attention_mask, **kwargs):
         if biases is not None and layer in biases:
             mask = _with_bias(mask, biases[layer], query, key)
     observers = _observers.get()
-    if observers is not None and layer in observers and query.shape[2] == 1:
+    if observers is not None and layer in observers:
         scaling = kwargs.get("scaling") or getattr(module, "scaling", query.shape[-1] ** -0.5)
         observers[layer](query, key, mask, scaling)
     out, weights = sdpa_attention_forward(module, query, key, value, mask, **kwargs)

@@ -11,7 +11,10 @@ the entries in the bin (their keys are kept, so their would-be attention is know
 Every ``interval`` decoded tokens the bin is rebalanced: bin entries whose score rose above
 ``restore_above`` return to the cache (appended: keys carry their rotary position, so order does
 not matter), then visual cache entries whose score fell below ``evict_below`` move to the bin (at
-most down to ``min_visual`` of the visual entries the prefill kept). Entries move in every layer
+most down to ``min_visual`` of the visual entries the prefill kept). A new question (a follow-up
+turn) re-scores the bin's entries by its own attention; those above ``restore_above`` return and
+the question is read again with them, so a later turn is not answered without the entries an
+earlier answer did not need. Entries move in every layer
 at once, as the prefill's kept set does (index broadcasting). A full bin drops its lowest-scoring
 (``purge=0``) or oldest (``purge=1``) entries: those are gone for good. The bin lives off the
 active cache, on the CPU, and is stored with the session.
@@ -83,22 +86,48 @@ class DecodeRecycleBin(CacheExtension):
         return {self.policy.layer: self.observe}
 
     def observe(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> None:
-        """One decoded token at the scoring layer: ``query`` [1, H, 1, D] (post-RoPE), ``key``
-        [1, H_kv, S, D] (the active cache, this token included), ``mask`` [1, H|1, 1, S] or None."""
-        heads, length = query.shape[1], key.shape[2]
+        """The scoring layer's attention, one forward after the prefill: ``query`` [1, H, q, D]
+        (post-RoPE), ``key`` [1, H_kv, S, D] (the active cache, these q tokens included), ``mask``
+        [1, H|1, q, S] (float or bool) or None. A decoded token (q = 1) updates every running score;
+        a question (q > 1) re-scores the bin's entries by its attention, so that :meth:`reread`
+        can hand back the ones it looks at."""
+        heads, rows, length = query.shape[1], query.shape[2], key.shape[2]
         self._follow(length)
         group = heads // key.shape[1]
-        q = query[0, :, 0].float() * scaling  # [H, D]
-        logits = (q[:, None, :] * key[0].float().repeat_interleave(group, dim=0)).sum(-1)  # [H, S]
-        if mask is not None:
-            logits = logits + mask[0, :, 0].float().expand(heads, length)
+        q = query[0].float() * scaling  # [H, q, D]
+        logits = q @ key[0].float().repeat_interleave(group, dim=0).transpose(1, 2)  # [H, q, S]
+        if mask is None and rows > 1:
+            mask = torch.ones(rows, length, dtype=torch.bool, device=q.device).tril(length - rows)[None, None]
+        if mask is not None and mask.dtype == torch.bool:
+            logits = logits.masked_fill(~mask[0], float("-inf"))
+        elif mask is not None:
+            logits = logits + mask[0].float()
         if self.size:
             binned = self.keys[self.policy.layer].to(query.device).float().repeat_interleave(group, dim=0)
-            logits = torch.cat([logits, (q[:, None, :] * binned).sum(-1)], dim=1)  # [H, S + n]
-        relative = torch.softmax(logits, dim=-1).mean(0).cpu() * logits.shape[1]
+            logits = torch.cat([logits, q @ binned.transpose(1, 2)], dim=2)  # [H, q, S + n]
+        visible = torch.isfinite(logits).sum(-1, keepdim=True)  # [H, q, 1]: uniform attention = 1 / visible
+        relative = (torch.softmax(logits, dim=-1) * visible).mean(dim=(0, 1)).cpu()  # [S + n]
+        if rows > 1:
+            self.bin_scores = relative[length:]
+            return
         decay = self.policy.decay
         self.scores = decay * self.scores + (1 - decay) * relative[:length]
         self.bin_scores = decay * self.bin_scores + (1 - decay) * relative[length:]
+
+    def reread(self, state: ConversationState, count: int) -> bool:
+        """After a question was read: if it looked at binned entries (score above
+        ``restore_above``), take its ``count`` entries out of every layer and return those entries
+        to the cache, so that the question is read again with them (see the base class)."""
+        back = (self.bin_scores > self.policy.restore_above).nonzero().flatten()
+        if not back.numel():
+            return False
+        layers = state.cache.layers
+        for layer in layers:
+            layer.keys = layer.keys[:, :, :-count].contiguous()
+            layer.values = layer.values[:, :, :-count].contiguous()
+        self.scores, self.visual = self.scores[:-count], self.visual[:-count]
+        self._restore(layers, back)
+        return True
 
     def after_token(self, state: ConversationState) -> None:
         self.steps += 1

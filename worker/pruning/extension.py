@@ -53,6 +53,12 @@ class CacheExtension(ABC):
     def after_token(self, state: ConversationState) -> None:  # noqa: B027  (optional hook)
         """Called after each decoded token has been fed (the cache holds it)."""
 
+    def reread(self, state: ConversationState, count: int) -> bool:
+        """Called after a multi-token input (a question opening a turn) of ``count`` tokens has been
+        fed. True: the extension changed the cache for it and removed its ``count`` entries from
+        every layer, and the caller feeds it again (the generator does)."""
+        return False
+
     def counts(self) -> tuple[int, int] | None:
         """(visual entries in the active cache, entries held aside) when they differ from what
         the prefill left; ``None`` to report the prefill's counts."""
