@@ -156,9 +156,8 @@ class DecodeBatch:
                 for b, observer in rows:  # the row's own entries, then its steps (this one included)
                     own, width = self._own[b][layer], self._width[layer]
                     columns = torch.cat([torch.arange(own), torch.arange(width, width + self.steps + 1)])
-                    columns = columns.to(key.device)
-                    row_mask = None if mask is None else mask[b : b + 1][..., columns]
-                    observer(query[b : b + 1], key[b : b + 1][:, :, columns], row_mask, scaling)
+                    row_mask = None if mask is None else mask[b : b + 1]  # hides the padding
+                    observer(query[b : b + 1], key[b : b + 1], row_mask, scaling, columns=columns.to(key.device))
 
             return observe
 

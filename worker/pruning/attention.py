@@ -165,7 +165,8 @@ _retained: ContextVar[dict[int, RetainedLayer] | None] = ContextVar("videoqa_ret
 
 #: ``observer(query [B, H, q, D] post-RoPE, key [B, H_kv, S, D], mask [B|1, H|1, q, S] (float or
 #: bool) or None, scaling)``: called for every forward of the layer it is registered for after the
-#: prefill: one-token decode steps (q = 1) and fed questions (q > 1, causal within the chunk).
+#: prefill: one-token decode steps (q = 1) and fed questions (q > 1, causal within the chunk). A
+#: batched step passes the row's whole stack and mask with ``columns=``: its entries, in order.
 DecodeObserver = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None", float], None]
 
 

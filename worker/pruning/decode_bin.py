@@ -85,19 +85,28 @@ class DecodeRecycleBin(CacheExtension):
     def observers(self):
         return {self.policy.layer: self.observe}
 
-    def observe(self, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float) -> None:
+    def observe(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        mask: torch.Tensor | None,
+        scaling: float,
+        columns: torch.Tensor | None = None,
+    ) -> None:
         """The scoring layer's attention, one forward after the prefill: ``query`` [1, H, q, D]
         (post-RoPE), ``key`` [1, H_kv, S, D] (the active cache, these q tokens included), ``mask``
-        [1, H|1, q, S] (float or bool) or None. A decoded token (q = 1) updates every running score;
-        a question (q > 1) re-scores the bin's entries by its attention, so that :meth:`reread`
-        can hand back the ones it looks at."""
-        heads, rows, length = query.shape[1], query.shape[2], key.shape[2]
+        [1, H|1, q, S] (float or bool) or None; ``columns`` [S'] (a batched step): which of the S
+        keys are this session's entries, in its cache order (the others are masked out). A decoded
+        token (q = 1) updates every running score; a question (q > 1) re-scores the bin's entries
+        by its attention, so that :meth:`reread` can hand back the ones it looks at."""
+        heads, rows, width = query.shape[1], query.shape[2], key.shape[2]
+        length = width if columns is None else columns.numel()
         self._follow(length)
         group = heads // key.shape[1]
         q = query[0].float() * scaling  # [H, q, D]
         logits = q @ key[0].float().repeat_interleave(group, dim=0).transpose(1, 2)  # [H, q, S]
         if mask is None and rows > 1:
-            mask = torch.ones(rows, length, dtype=torch.bool, device=q.device).tril(length - rows)[None, None]
+            mask = torch.ones(rows, width, dtype=torch.bool, device=q.device).tril(width - rows)[None, None]
         if mask is not None and mask.dtype == torch.bool:
             logits = logits.masked_fill(~mask[0], float("-inf"))
         elif mask is not None:
@@ -106,13 +115,15 @@ class DecodeRecycleBin(CacheExtension):
             binned = self.keys[self.policy.layer].to(query.device).float().repeat_interleave(group, dim=0)
             logits = torch.cat([logits, q @ binned.transpose(1, 2)], dim=2)  # [H, q, S + n]
         visible = torch.isfinite(logits).sum(-1, keepdim=True)  # [H, q, 1]: uniform attention = 1 / visible
-        relative = (torch.softmax(logits, dim=-1) * visible).mean(dim=(0, 1)).cpu()  # [S + n]
+        relative = (torch.softmax(logits, dim=-1) * visible).mean(dim=(0, 1))  # [S + n]
+        cache = relative[:width] if columns is None else relative[columns]
+        cache, binned = cache.cpu(), relative[width:].cpu()
         if rows > 1:
-            self.bin_scores = relative[length:]
+            self.bin_scores = binned
             return
         decay = self.policy.decay
-        self.scores = decay * self.scores + (1 - decay) * relative[:length]
-        self.bin_scores = decay * self.bin_scores + (1 - decay) * relative[length:]
+        self.scores = decay * self.scores + (1 - decay) * cache
+        self.bin_scores = decay * self.bin_scores + (1 - decay) * binned
 
     def reread(self, state: ConversationState, count: int) -> bool:
         """After a question was read: if it looked at binned entries (score above
