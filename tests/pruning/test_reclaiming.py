@@ -282,3 +282,31 @@ def test_a_followup_question_takes_back_the_binned_entries_it_looks_at(pruned):
             torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
             for mine, theirs in zip(state.cache.layers, reference.cache.layers, strict=True):
                 torch.testing.assert_close(mine.keys[:, :, : len(visual)], theirs.keys, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_running_scores_are_attention_relative_to_uniform(rows):
+    """The bin's observer against a direct computation: GQA heads, a causal question chunk, the
+    bin's keys in the softmax, masked entries not counted as visible."""
+    torch.manual_seed(0)
+    heads, kv_heads, length, dim, binned = 4, 2, 9, 8, 2
+    query, key = torch.randn(1, heads, rows, dim), torch.randn(1, kv_heads, length, dim)
+    policy = BinPolicy(0, 0, 0.5, 1.0, decay=0.25, capacity=8, purge=0, min_visual=0)
+    bin_ = DecodeRecycleBin(policy, torch.ones(length, dtype=torch.bool), 1)
+    bin_.keys, bin_.values = [torch.randn(kv_heads, binned, dim)], [torch.randn(kv_heads, binned, dim)]
+    bin_.bin_scores, bin_.bin_since = torch.ones(binned), torch.zeros(binned, dtype=torch.long)
+    mask = torch.zeros(1, 1, rows, length)
+    mask[..., 2] = float("-inf")  # e.g. padding
+    causal = torch.ones(rows, length, dtype=torch.bool).tril(length - rows)
+    mask = mask.masked_fill(~causal, float("-inf"))
+    bin_.observe(query, key, mask, scaling=0.5)
+    keys = torch.cat([key[0], bin_.keys[0]], dim=1).repeat_interleave(heads // kv_heads, dim=0)  # [H, S+n, D]
+    full_mask = torch.cat([mask[0, 0], torch.zeros(rows, binned)], dim=1)
+    p = torch.softmax(query[0] @ keys.transpose(1, 2) * 0.5 + full_mask, dim=-1)  # [H, q, S+n]
+    relative = (p * torch.isfinite(full_mask).sum(-1, keepdim=True)).mean(dim=(0, 1))
+    if rows == 1:
+        torch.testing.assert_close(bin_.scores, 0.25 + 0.75 * relative[:length])
+        torch.testing.assert_close(bin_.bin_scores, 0.25 + 0.75 * relative[length:])
+    else:  # a question re-scores the bin only
+        torch.testing.assert_close(bin_.bin_scores, relative[length:])
+        assert torch.equal(bin_.scores, torch.ones(length))

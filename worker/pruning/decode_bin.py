@@ -102,9 +102,10 @@ class DecodeRecycleBin(CacheExtension):
         heads, rows, width = query.shape[1], query.shape[2], key.shape[2]
         length = width if columns is None else columns.numel()
         self._follow(length)
-        group = heads // key.shape[1]
-        q = query[0].float() * scaling  # [H, q, D]
-        logits = q @ key[0].float().repeat_interleave(group, dim=0).transpose(1, 2)  # [H, q, S]
+        kv_heads, dim = key.shape[1], key.shape[3]
+        # Query heads grouped by their KV head, so no key is copied per query head: [H_kv, G·q, D].
+        q = (query[0].float() * scaling).reshape(kv_heads, -1, dim)
+        logits = (q @ key[0].float().transpose(1, 2)).reshape(heads, rows, width)  # [H, q, S]
         if mask is None and rows > 1:
             mask = torch.ones(rows, width, dtype=torch.bool, device=q.device).tril(width - rows)[None, None]
         if mask is not None and mask.dtype == torch.bool:
@@ -112,8 +113,8 @@ class DecodeRecycleBin(CacheExtension):
         elif mask is not None:
             logits = logits + mask[0].float()
         if self.size:
-            binned = self.keys[self.policy.layer].to(query.device).float().repeat_interleave(group, dim=0)
-            logits = torch.cat([logits, q @ binned.transpose(1, 2)], dim=2)  # [H, q, S + n]
+            binned = self.keys[self.policy.layer].to(query.device).float()  # [H_kv, n, D]
+            logits = torch.cat([logits, (q @ binned.transpose(1, 2)).reshape(heads, rows, -1)], dim=2)  # [H, q, S+n]
         visible = torch.isfinite(logits).sum(-1, keepdim=True)  # [H, q, 1]: uniform attention = 1 / visible
         relative = (torch.softmax(logits, dim=-1) * visible).mean(dim=(0, 1))  # [S + n]
         cache = relative[:width] if columns is None else relative[columns]
