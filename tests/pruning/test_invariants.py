@@ -81,7 +81,8 @@ def test_window_recompute_matches_eager_attention(model_id):
     layout = prompt.layout
     window = torch.arange(layout.visual_end, layout.prompt_length)
     visual = torch.arange(layout.visual_start, layout.visual_end, 3)
-    record = Recording([RowGroup("window", window), RowGroup("visual", visual)], chunk_bytes=4096)
+    groups = [RowGroup("window", window), RowGroup("visual", visual, moments=True, entropy=True)]
+    record = Recording(groups, chunk_bytes=4096)
     with recording(record):
         Generator(lm).prefill(prompt)
     lm.model.set_attn_implementation("eager")
@@ -95,6 +96,14 @@ def test_window_recompute_matches_eager_attention(model_id):
         visible = (torch.arange(probs.shape[-1])[None] <= visual[:, None]).sum(dim=0).clamp(min=1)
         expected_visual = probs[:, visual].sum(dim=1) / visible
         assert torch.allclose(record.stats[layer]["visual"].causal_mean(), expected_visual, atol=1e-5)
+        # hae's spread and retentive_kv's entropy, over the rows that could see each key
+        rows = probs[:, visual]  # [H, r, L]
+        seen = (torch.arange(probs.shape[-1])[None] <= visual[:, None])[None]  # [1, r, L]
+        variance = ((rows - expected_visual[:, None]) ** 2 * seen).sum(dim=1) / visible
+        assert torch.allclose(record.stats[layer]["visual"].causal_variance(), variance, atol=1e-5)
+        share = rows / rows.sum(dim=1, keepdim=True).clamp(min=1e-30)
+        entropy = -torch.special.xlogy(share, share).sum(dim=1) / torch.log(visible.clamp(min=2).float())
+        assert torch.allclose(record.stats[layer]["visual"].column_entropy(), entropy.clamp(0, 1), atol=1e-4)
 
 
 def test_das_without_subsidy_or_bin_is_plain_alpha_mixed_topk(pruned):

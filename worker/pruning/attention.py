@@ -47,15 +47,17 @@ class RowGroup:
     normalize: Literal["softmax", "softmax1"] = "softmax"
     #: Only these layers (``None``: all).
     layers: frozenset[int] | None = None
-    #: Also accumulate Σp² and Σp·log p per key (variance and entropy of its attention over rows).
+    #: Also accumulate Σp² per key (the variance of its attention over the rows).
     moments: bool = False
+    #: Also accumulate Σp·log p per key (the entropy of its attention over the rows).
+    entropy: bool = False
 
 
 @dataclass
 class GroupStats:
     """``colsum`` [H, S]: summed attention each key received from the group's rows, per query
-    head; ``visible`` [S]: how many of the rows could see each key (causal count). With moments:
-    ``colsq`` [H, S] = Σp² and ``colplogp`` [H, S] = Σp·log p over the rows."""
+    head; ``visible`` [S]: how many of the rows could see each key (causal count). With moments,
+    ``colsq`` [H, S] = Σp²; with entropy, ``colplogp`` [H, S] = Σp·log p over the rows."""
 
     colsum: torch.Tensor
     visible: torch.Tensor
@@ -78,7 +80,7 @@ class GroupStats:
 
     def column_entropy(self) -> torch.Tensor:
         """Entropy of each key's attention spread over the rows that saw it, normalised to [0, 1]
-        by log(rows that could see it) [H, S] (needs moments): 1 = attended evenly by every row,
+        by log(rows that could see it) [H, S] (needs entropy): 1 = attended evenly by every row,
         0 = by one row only. ``H = log c − Σ p·log p / c`` for the column sum ``c``."""
         total = self.colsum.clamp(min=1e-30)
         entropy = torch.log(total) - self.colplogp / total
@@ -120,7 +122,7 @@ class Recording:
             rows = group.rows.to(query.device)
             colsum = torch.zeros(heads, seq, device=query.device)
             colsq = torch.zeros(heads, seq, device=query.device) if group.moments else None
-            colplogp = torch.zeros(heads, seq, device=query.device) if group.moments else None
+            colplogp = torch.zeros(heads, seq, device=query.device) if group.entropy else None
             visible = torch.zeros(seq, dtype=torch.long, device=query.device)
             for start in range(0, rows.numel(), per_chunk):
                 chunk = rows[start : start + per_chunk]
@@ -136,11 +138,12 @@ class Recording:
                 colsum += probabilities.sum(dim=1)
                 if group.moments:
                     colsq += (probabilities**2).sum(dim=1)
+                if group.entropy:
                     colplogp += torch.special.xlogy(probabilities, probabilities).sum(dim=1)
                 # Rows that see key j are those with horizon >= j: a suffix sum of the horizon histogram.
                 visible += torch.bincount(horizon.clamp(max=seq - 1), minlength=seq).flip(0).cumsum(0).flip(0)
-            moments = (colsq[:, :limit], colplogp[:, :limit]) if group.moments else (None, None)
-            out[group.name] = GroupStats(colsum[:, :limit], visible[:limit], int(rows.numel()), *moments)
+            extra = [None if t is None else t[:, :limit] for t in (colsq, colplogp)]
+            out[group.name] = GroupStats(colsum[:, :limit], visible[:limit], int(rows.numel()), *extra)
 
 
 def _synchronize(device: torch.device) -> None:

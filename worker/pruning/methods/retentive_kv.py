@@ -43,7 +43,7 @@ class RetentiveKV(ScoredMethod):
         return [RowGroup("window", rows.window)]
 
     def prefill_groups(self, rows: RowSets) -> list[RowGroup]:
-        return [RowGroup("spread", rows.visual(int(self.visual_rows)), moments=True)]
+        return [RowGroup("spread", rows.visual(int(self.visual_rows)), entropy=True)]
 
     def score(self, layer: int, ctx: PruneContext) -> torch.Tensor:
         window = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "window").mean()))
