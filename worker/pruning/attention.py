@@ -185,54 +185,41 @@ class RetainedLayer:
 
 
 @contextlib.contextmanager
+def _bound(variable: ContextVar, value) -> Iterator[None]:
+    """Set ``variable`` to ``value`` inside the block, and back to what it was after."""
+    token = variable.set(value)
+    try:
+        yield
+    finally:
+        variable.reset(token)
+
+
+@contextlib.contextmanager
 def recording(record: Recording) -> Iterator[Recording]:
     """Record attention statistics of the forward passes run inside the block."""
-    token = _recording.set(record)
-    try:
+    with _bound(_recording, record):
         yield record
-    finally:
-        _recording.reset(token)
 
 
-@contextlib.contextmanager
-def attention_bias(bias: dict[int, torch.Tensor] | None) -> Iterator[None]:
+def attention_bias(bias: dict[int, torch.Tensor] | None) -> contextlib.AbstractContextManager:
     """Apply per-layer additive biases [H_kv, n] to the first n cache entries inside the block."""
-    token = _bias.set(bias or None)
-    try:
-        yield
-    finally:
-        _bias.reset(token)
+    return _bound(_bias, bias or None)
 
 
-@contextlib.contextmanager
-def row_masks(masks: dict[int, torch.Tensor]) -> Iterator[None]:
+def row_masks(masks: dict[int, torch.Tensor]) -> contextlib.AbstractContextManager:
     """Use ``masks[layer]`` (float [B, H, 1, S]: 0 where a row may look, -inf on padding, plus
     per-slot biases) as the attention mask of one-token steps inside the block."""
-    token = _row_masks.set(masks)
-    try:
-        yield
-    finally:
-        _row_masks.reset(token)
+    return _bound(_row_masks, masks)
 
 
-@contextlib.contextmanager
-def decode_observers(observers: dict[int, DecodeObserver]) -> Iterator[None]:
+def decode_observers(observers: dict[int, DecodeObserver]) -> contextlib.AbstractContextManager:
     """Call ``observers[layer]`` on every forward of that layer inside the block."""
-    token = _observers.set(observers or None)
-    try:
-        yield
-    finally:
-        _observers.reset(token)
+    return _bound(_observers, observers or None)
 
 
-@contextlib.contextmanager
-def retained_state(layers: dict[int, RetainedLayer]) -> Iterator[None]:
+def retained_state(layers: dict[int, RetainedLayer]) -> contextlib.AbstractContextManager:
     """Mix each layer's retained memory into its attention output inside the block."""
-    token = _retained.set(layers or None)
-    try:
-        yield
-    finally:
-        _retained.reset(token)
+    return _bound(_retained, layers or None)
 
 
 def feature_map(x: torch.Tensor) -> torch.Tensor:
