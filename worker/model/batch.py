@@ -123,6 +123,7 @@ class DecodeBatch:
         #: K and V bytes of one cache entry of one layer
         self.bytes_per_entry = 2 * layers[0]._keys[0, :, 0].numel() * layers[0]._keys.element_size()
         self._memories = self._stack_memories(len(layers))
+        self._observing = self._observers()
         for state in states:
             state.lender = self
 
@@ -144,7 +145,8 @@ class DecodeBatch:
         return stacked
 
     def _observers(self) -> dict:
-        """Per observed layer, one callback that hands each observing row its own columns."""
+        """Per observed layer, one callback that hands each observing row its own columns (built
+        once: it reads the rows' widths and the step count when called)."""
         wanted: dict[int, list[tuple[int, object]]] = {}
         for b, state in enumerate(self.states):
             if state.extension is not None:
@@ -228,7 +230,7 @@ class DecodeBatch:
                 grown[..., : self._mask_buffers[index].shape[-1]] = self._mask_buffers[index]
                 self._mask_buffers[index] = grown
             masks[index] = self._mask_buffers[index][..., : layer.length + 1]
-        with row_masks(masks), retained_state(self._memories), decode_observers(self._observers()):
+        with row_masks(masks), retained_state(self._memories), decode_observers(self._observing):
             out = self.lm.model(
                 input_ids=torch.tensor(tokens, device=device).view(self.size, 1),
                 position_ids=positions,
