@@ -560,16 +560,14 @@ class Engine:
                 state.pending_token = None
                 if state.extension is not None:  # e.g. hae's recycle bin, every few tokens
                     state.extension.after_token(state)
-        except TurnCancelled:
-            self.counters["turns_cancelled"] += 1
+        except BaseException as stopped:
             state.rollback(checkpoint)
-            raise
-        except TurnDeadlineExceeded:
-            self.counters["turns_deadline_exceeded"] += 1
-            state.rollback(checkpoint)
-            raise
-        except BaseException:
-            state.rollback(checkpoint)
+            # Counted only once the session is back as it was: a reader that waits on the counter
+            # must never see the abandoned turn's tokens.
+            if isinstance(stopped, TurnCancelled):
+                self.counters["turns_cancelled"] += 1
+            elif isinstance(stopped, TurnDeadlineExceeded):
+                self.counters["turns_deadline_exceeded"] += 1
             raise
         timings.generate_s = time.perf_counter() - t0
         awaiting = session.extra.get("awaiting_question", False)

@@ -47,11 +47,25 @@ class Session:
     extra: dict[str, Any] = field(default_factory=dict)
     #: Per-layer cache lengths and token count at the last save: where the next turn delta starts.
     saved: tuple[tuple[int, ...], int] = ((), 0)
+    #: Turns and cache sizes at the last save, as the snapshot reports them: a turn in flight on
+    #: the compute thread grows the live cache, and readers must not see half a turn.
+    committed: dict[str, int] | None = None
 
     def mark_saved(self) -> None:
         self.saved = (tuple(self.state.cache_lengths), len(self.state.token_ids))
         if self.state.extension is not None:
             self.state.extension.mark_saved()
+        self.committed = self._progress()
+
+    def _progress(self) -> dict[str, int]:
+        """How far the conversation has got: turns and the cache's sizes, live."""
+        return {
+            "turns": self.turns,
+            "context_length": self.state.next_pos,
+            "cache_length": self.state.cache_length,
+            "visual_tokens_after": self.live_counts()[0],
+            "kv_bytes": self.state.cache_bytes(),
+        }
 
     def live_counts(self) -> tuple[int, int]:
         """(visual entries in the cache, recycled entries) now: the prefill's, unless the method's
@@ -74,12 +88,8 @@ class Session:
             source_fps=self.media.source_fps,
             source_duration_s=self.media.duration_s,
             pruning=self.pruning,
-            turns=self.turns,
-            context_length=self.state.next_pos,
-            cache_length=self.state.cache_length,
             visual_tokens_before=self.layout.num_visual_tokens,
-            visual_tokens_after=self.live_counts()[0],
-            kv_bytes=self.state.cache_bytes(),
+            **(self.committed or self._progress()),
             created_at=self.created_at,
             last_used_at=self.last_used_at,
         )

@@ -143,8 +143,15 @@ def test_cancel_mid_answer_stops_decoding(server, stub, session_id):
     for response in call:
         received += response.HasField("token")
         if received == 3:
+            during = stub.GetSession(pb.GetSessionRequest(session_id=session_id), timeout=10)
             call.cancel()
             break
+    assert (during.turns, during.context_length, during.cache_length, during.kv_bytes) == (
+        before.turns,
+        before.context_length,
+        before.cache_length,
+        before.kv_bytes,
+    ), "a turn in flight must not show in the session until it is committed"
     _wait_for(lambda: engine.counters["turns_cancelled"] == cancelled + 1)
     stopped_at = engine.counters["generated_tokens"] - generated
     assert 3 <= stopped_at < 4000
