@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 import torch
 
 from videoqa.worker.model.batch import DecodeBatch
-from videoqa.worker.model.generate import ConversationState
 from videoqa.worker.model.loader import LoadedModel
+from videoqa.worker.model.state import ConversationState
 
 log = logging.getLogger(__name__)
 

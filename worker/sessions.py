@@ -18,7 +18,7 @@ from videoqa.worker.errors import (
     TurnDeadlineExceeded,
 )
 from videoqa.worker.model.families import TokenLayout
-from videoqa.worker.model.generate import ConversationState
+from videoqa.worker.model.state import ConversationState
 from videoqa.worker.telemetry import StoreFailure, Telemetry
 from videoqa.worker.types import DecodedMedia, MediaKind, PruningSpec, SamplingSpec, SessionSnapshot
 

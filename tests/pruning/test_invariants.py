@@ -9,9 +9,9 @@ import torch
 
 from tests.conftest import FAMILIES
 from tests.pruning.conftest import media
+from videoqa.worker.model.attention import Recording, RowGroup, recording
 from videoqa.worker.model.generate import Generator
 from videoqa.worker.model.loader import load_model
-from videoqa.worker.pruning.attention import Recording, RowGroup, recording
 from videoqa.worker.pruning.registry import describe_methods
 from videoqa.worker.types import GenerationParams
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from tests.conftest import FAMILIES
+from videoqa.worker.model.attention import RetainedLayer, _mix_retained, feature_map, retained_state
 from videoqa.worker.model.batch import DecodeBatch
-from videoqa.worker.pruning.attention import RetainedLayer, _mix_retained, feature_map, retained_state
 from videoqa.worker.pruning.decode_bin import BinPolicy, DecodeRecycleBin
 from videoqa.worker.pruning.memory import RetainedMemory, fold
 from videoqa.worker.types import GenerationParams

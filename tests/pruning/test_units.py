@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from videoqa.worker.errors import InvalidInput
-from videoqa.worker.pruning.attention import _normalize
+from videoqa.worker.model.attention import _normalize
 from videoqa.worker.pruning.bin import allocate, recycle
 from videoqa.worker.pruning.methods.das import subsidy_weights
 from videoqa.worker.pruning.registry import build_method, describe_methods

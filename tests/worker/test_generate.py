@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from videoqa.worker.model.generate import ConversationState, Generator, TextStreamer
+from videoqa.worker.model.generate import Generator, TextStreamer
 from videoqa.worker.model.loader import LoadedModel
+from videoqa.worker.model.state import ConversationState
 from videoqa.worker.types import DecodedMedia, GenerationParams
 
 FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-llava-onevision"]

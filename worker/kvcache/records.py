@@ -21,7 +21,7 @@ from transformers import DynamicCache
 from videoqa.worker.errors import CorruptSession, IncompatibleSession
 from videoqa.worker.kvcache.serde import decode, dequantize_int8, encode, quantize_int8
 from videoqa.worker.model.families import TokenLayout
-from videoqa.worker.model.generate import ConversationState
+from videoqa.worker.model.state import ConversationState
 from videoqa.worker.pruning.extension import restore_extension
 from videoqa.worker.sessions import Session
 from videoqa.worker.types import DecodedMedia, MediaKind, PruningSpec, SamplingSpec

@@ -22,9 +22,9 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from videoqa.worker.model.generate import ConversationState
+from videoqa.worker.model.attention import RetainedLayer, decode_observers, retained_state, row_masks
 from videoqa.worker.model.loader import LoadedModel
-from videoqa.worker.pruning.attention import RetainedLayer, decode_observers, retained_state, row_masks
+from videoqa.worker.model.state import ConversationState
 
 #: Steps of room made when the stack is built or full.
 GROW_STEPS = 64

@@ -8,129 +8,15 @@ bookkeeping (``next_pos``: the text index of the next token in the *unpruned* se
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from transformers import DynamicCache
 
 from videoqa.worker.model.families import PreparedPrompt
 from videoqa.worker.model.loader import LoadedModel
-from videoqa.worker.pruning.attention import attention_bias, decode_observers, retained_state
+from videoqa.worker.model.state import ConversationState
 from videoqa.worker.types import GenerationParams
-
-
-@dataclass(frozen=True)
-class Checkpoint:
-    """Where a session was: enough to undo everything fed (and decoded) after it."""
-
-    lengths: tuple[int, ...]
-    next_pos: int
-    token_count: int
-    pending_token: int | None
-    #: The cache extension's own checkpoint (``None`` without one).
-    extension: Any = None
-    #: Each layer's (keys, values) when the extension rewrites entries: truncating is not enough.
-    #: Cached tensors are never written in place (every change makes new ones), so references do.
-    tensors: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = field(default=None, compare=False)
-
-
-@dataclass
-class ConversationState:
-    """A session's model state.
-
-    ``cache`` holds K/V of shape [1, H_kv, S, D] per layer (S ≤ ``next_pos`` once pruned);
-    ``token_ids`` is every token fed so far, in order (the conversation's history);
-    ``pending_token`` is the last sampled token of the previous answer, not yet fed.
-    """
-
-    cache: DynamicCache
-    next_pos: int
-    rope_delta: int
-    token_ids: list[int] = field(default_factory=list)
-    pending_token: int | None = None
-    #: Per-layer additive logit bias [H_kv, n] on the first n cache entries (recycled entries'
-    #: ``ln(count)``); empty when the pruning method uses none.
-    attention_bias: dict[int, torch.Tensor] = field(default_factory=dict)
-
-    #: State the pruning method keeps beside the cache (``hae``'s recycle bin, ``retentive_kv``'s
-    #: memory: a :class:`~videoqa.worker.pruning.extension.CacheExtension`), or ``None``.
-    extension: Any = None
-
-    #: A batch that holds this session's K/V while it decodes with others (see ``model.batch``);
-    #: reading ``cache`` takes them back first.
-    lender: Any = field(default=None, repr=False, compare=False)
-
-    def __getattribute__(self, name: str):
-        if name == "cache":
-            lender = object.__getattribute__(self, "lender")
-            if lender is not None:
-                lender.give_back(self)
-        return object.__getattribute__(self, name)
-
-    @property
-    def cache_length(self) -> int:
-        """Entries of the longest layer (all layers have the same length unless per-layer budgets)."""
-        return max(self.cache_lengths, default=0)
-
-    @property
-    def cache_lengths(self) -> list[int]:
-        """Entries per layer (read from the batch's bookkeeping while lent: no K/V move)."""
-        lender = object.__getattribute__(self, "lender")
-        if lender is not None:
-            return lender.lengths_of(self)
-        return [int(layer.keys.shape[2]) for layer in self.cache.layers]
-
-    def cache_bytes(self) -> int:
-        """K/V bytes of every layer, plus what the cache extension keeps on the device."""
-        extra = self.extension.nbytes() if self.extension is not None else 0
-        lender = object.__getattribute__(self, "lender")
-        if lender is not None:
-            return sum(lender.lengths_of(self)) * lender.bytes_per_entry + extra
-        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self.cache.layers) + extra
-
-    def checkpoint(self) -> Checkpoint:
-        """What ``rollback`` needs to undo everything fed after this point."""
-        extension = self.extension
-        tensors = None
-        if extension is not None and extension.rewrites_cache:
-            tensors = tuple((layer.keys, layer.values) for layer in self.cache.layers)
-        return Checkpoint(
-            tuple(self.cache_lengths),
-            self.next_pos,
-            len(self.token_ids),
-            self.pending_token,
-            extension.checkpoint() if extension is not None else None,
-            tensors,
-        )
-
-    def rollback(self, checkpoint: Checkpoint) -> None:
-        if checkpoint.tensors is not None:
-            for layer, (keys, values) in zip(self.cache.layers, checkpoint.tensors, strict=True):
-                layer.keys, layer.values = keys, values
-        else:
-            for layer, length in zip(self.cache.layers, checkpoint.lengths, strict=True):
-                layer.keys = layer.keys[:, :, :length].contiguous()
-                layer.values = layer.values[:, :, :length].contiguous()
-        if self.extension is not None:
-            self.extension.rollback(checkpoint.extension)
-        self.next_pos, self.pending_token = checkpoint.next_pos, checkpoint.pending_token
-        del self.token_ids[checkpoint.token_count :]
-
-    def forward_context(self) -> contextlib.AbstractContextManager:
-        """What every forward of this session runs inside: its recycled-entry biases, and its cache
-        extension's retained memory and decode observers."""
-        stack = contextlib.ExitStack()
-        stack.enter_context(attention_bias(self.attention_bias))
-        extension = self.extension
-        if extension is not None:
-            layers = len(object.__getattribute__(self, "cache").layers)
-            memories = {i: m for i in range(layers) if (m := extension.memory(i)) is not None}
-            stack.enter_context(retained_state(memories))
-            stack.enter_context(decode_observers(extension.observers()))
-        return stack
 
 
 class Generator:

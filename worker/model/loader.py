@@ -138,7 +138,7 @@ def load_model(model_id: str, *, device: str = "cpu", dtype: str = "float32") ->
             _weights_fingerprint(Path(source), digest)
         else:
             digest.update(str(getattr(model.config, "_commit_hash", "") or "").encode())
-    from videoqa.worker.pruning.attention import install
+    from videoqa.worker.model.attention import install
 
     install(model)  # sdpa, plus the statistics and per-layer masks pruning needs
     model = model.to(device)

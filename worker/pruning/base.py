@@ -23,9 +23,9 @@ from typing import ClassVar
 
 import torch
 
+from videoqa.worker.model.attention import GroupStats, Recording, RowGroup
 from videoqa.worker.model.families import TokenLayout
-from videoqa.worker.model.generate import ConversationState
-from videoqa.worker.pruning.attention import GroupStats, Recording, RowGroup
+from videoqa.worker.model.state import ConversationState
 from videoqa.worker.types import MethodParam
 
 #: The observation window of the methods that score with one (the question, or the probe prompt).

@@ -31,7 +31,7 @@ from videoqa.worker.errors import CorruptSession
 from videoqa.worker.pruning.extension import CacheExtension, extension_kind
 
 if TYPE_CHECKING:
-    from videoqa.worker.model.generate import ConversationState
+    from videoqa.worker.model.state import ConversationState
 
 #: Running score given to entries the bin has not seen yet (new text, answers): uniform attention.
 UNSEEN = 1.0

@@ -40,8 +40,8 @@ class Diagnosis:
 
 def frame_attention(lm, prompt) -> torch.Tensor:
     """[layers, M]: mean question→token attention per frame span, normalised over spans."""
+    from videoqa.worker.model.attention import Recording, RowGroup, recording
     from videoqa.worker.model.generate import Generator
-    from videoqa.worker.pruning.attention import Recording, RowGroup, recording
 
     layout = prompt.layout
     window = torch.arange(layout.visual_end, layout.prompt_length)

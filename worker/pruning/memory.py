@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from videoqa.worker.errors import CorruptSession
-from videoqa.worker.pruning.attention import RetainedLayer, feature_map
+from videoqa.worker.model.attention import RetainedLayer, feature_map
 from videoqa.worker.pruning.extension import CacheExtension, extension_kind
 
 

@@ -14,9 +14,10 @@ import contextlib
 
 import torch
 
+from videoqa.worker.model.attention import Recording, recording
 from videoqa.worker.model.families import PreparedPrompt
-from videoqa.worker.model.generate import ConversationState, Generator
-from videoqa.worker.pruning.attention import Recording, recording
+from videoqa.worker.model.generate import Generator
+from videoqa.worker.model.state import ConversationState
 from videoqa.worker.pruning.base import PruneContext, PruneResult, PruningMethod, RowSets
 
 #: The observation window of question-agnostic pruning: a question about everything, in order,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from videoqa.worker.model.generate import ConversationState
+from videoqa.worker.model.state import ConversationState
 from videoqa.worker.pruning.base import PruneContext, PruneResult, PruningMethod
 from videoqa.worker.pruning.registry import register
 

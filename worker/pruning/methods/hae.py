@@ -24,8 +24,8 @@ import math
 
 import torch
 
-from videoqa.worker.model.generate import ConversationState
-from videoqa.worker.pruning.attention import RowGroup
+from videoqa.worker.model.attention import RowGroup
+from videoqa.worker.model.state import ConversationState
 from videoqa.worker.pruning.base import PruneContext, PruneResult, PruningMethod, RowSets
 from videoqa.worker.pruning.decode_bin import BinPolicy, DecodeRecycleBin
 from videoqa.worker.pruning.registry import register

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from videoqa.worker.pruning.attention import RowGroup
+from videoqa.worker.model.attention import RowGroup
 from videoqa.worker.pruning.base import SHARED_PARAMS, WINDOW, PruneContext, RowSets, ScoredMethod
 from videoqa.worker.pruning.registry import register
 from videoqa.worker.types import MethodParam

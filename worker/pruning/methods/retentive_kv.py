@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from videoqa.worker.model.generate import ConversationState
-from videoqa.worker.pruning.attention import RowGroup
+from videoqa.worker.model.attention import RowGroup
+from videoqa.worker.model.state import ConversationState
 from videoqa.worker.pruning.base import SHARED_PARAMS, PruneContext, PruneResult, RowSets, ScoredMethod
 from videoqa.worker.pruning.memory import RetainedMemory, fold
 from videoqa.worker.pruning.methods.snapkv import WINDOW_PARAMS, pool

@@ -26,6 +26,7 @@ multi-token chunk to its first ``q`` entries). While idle it is sdpa, bit for bi
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -65,6 +66,24 @@ class GroupStats:
     colsq: torch.Tensor | None = None
     colplogp: torch.Tensor | None = None
 
+    def plus(self, later: GroupStats) -> GroupStats:
+        """These statistics and those of ``later`` rows (over as many keys or more) together."""
+
+        def add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+            if a is None or b is None:
+                return None
+            grown = b.clone()
+            grown[..., : a.shape[-1]] += a
+            return grown
+
+        return GroupStats(
+            add(self.colsum, later.colsum),
+            add(self.visible, later.visible),
+            self.rows + later.rows,
+            add(self.colsq, later.colsq),
+            add(self.colplogp, later.colplogp),
+        )
+
     def mean(self) -> torch.Tensor:
         """Mean attention over the rows [H, S]."""
         return self.colsum / max(self.rows, 1)
@@ -89,11 +108,18 @@ class GroupStats:
 
 @dataclass
 class Recording:
-    """Statistics gathered during one forward pass: ``stats[layer][group name]``."""
+    """Statistics gathered during the forwards of one sequence: ``stats[layer][group name]``.
+
+    A sequence may be run in several forwards (chunked prefill): group rows index the whole
+    sequence, ``offset`` is where the forward being run starts in it, and statistics of later
+    forwards add to those of earlier ones (over the keys the cache holds then: columns of keys
+    that arrived later are zero for earlier rows, as causality has it)."""
 
     groups: list[RowGroup]
     #: Keep statistics only for the first ``key_limit`` keys (drops a probe's own keys).
     key_limit: int | None = None
+    #: Index in the sequence of the first query row of the forward being recorded.
+    offset: int = 0
     #: Upper bound on the fp32 logits materialised at once, in bytes.
     chunk_bytes: int = 64 << 20
     stats: dict[int, dict[str, GroupStats]] = field(default_factory=dict)
@@ -119,7 +145,10 @@ class Recording:
         key_pos = torch.arange(seq, device=key.device)
         out = self.stats.setdefault(layer, {})
         for group in groups:
-            rows = group.rows.to(query.device)
+            rows = group.rows.to(query.device) - self.offset
+            rows = rows[(rows >= 0) & (rows < q_len)]  # this forward's rows of the group
+            if rows.numel() == 0:
+                continue
             colsum = torch.zeros(heads, seq, device=query.device)
             colsq = torch.zeros(heads, seq, device=query.device) if group.moments else None
             colplogp = torch.zeros(heads, seq, device=query.device) if group.entropy else None
@@ -143,7 +172,8 @@ class Recording:
                 # Rows that see key j are those with horizon >= j: a suffix sum of the horizon histogram.
                 visible += torch.bincount(horizon.clamp(max=seq - 1), minlength=seq).flip(0).cumsum(0).flip(0)
             extra = [None if t is None else t[:, :limit] for t in (colsq, colplogp)]
-            out[group.name] = GroupStats(colsum[:, :limit], visible[:limit], int(rows.numel()), *extra)
+            stats = GroupStats(colsum[:, :limit], visible[:limit], int(rows.numel()), *extra)
+            out[group.name] = stats if group.name not in out else out[group.name].plus(stats)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -159,12 +189,6 @@ def _normalize(logits: torch.Tensor, mode: str) -> torch.Tensor:
     exp = torch.exp(logits - top)
     return exp / (torch.exp(-top) + exp.sum(dim=-1, keepdim=True))
 
-
-_recording: ContextVar[Recording | None] = ContextVar("videoqa_recording", default=None)
-_bias: ContextVar[dict[int, torch.Tensor] | None] = ContextVar("videoqa_attention_bias", default=None)
-_row_masks: ContextVar[dict[int, torch.Tensor] | None] = ContextVar("videoqa_row_masks", default=None)
-_observers: ContextVar[dict[int, DecodeObserver] | None] = ContextVar("videoqa_decode_observers", default=None)
-_retained: ContextVar[dict[int, RetainedLayer] | None] = ContextVar("videoqa_retained_state", default=None)
 
 #: ``observer(query [B, H, q, D] post-RoPE, key [B, H_kv, S, D], mask [B|1, H|1, q, S] (float or
 #: bool) or None, scaling)``: called for every forward of the layer it is registered for after the
@@ -184,42 +208,66 @@ class RetainedLayer:
     gate: torch.Tensor
 
 
+@dataclass(frozen=True)
+class ForwardHooks:
+    """Everything the attention function adds to sdpa for the forwards run inside :func:`hooks`
+    (one typed object in one context variable; every field ``None`` is plain sdpa).
+
+    - ``recording``: attention statistics to accumulate (prefill and window forwards);
+    - ``bias``: per layer, an additive logit bias [H_kv, n] on the first n cache entries;
+    - ``row_masks``: per layer, the float mask [B, H, 1, S] of a batched one-token step;
+    - ``observers``: per layer, a :data:`DecodeObserver`;
+    - ``retained``: per layer, a :class:`RetainedLayer` mixed into the output.
+    """
+
+    recording: Recording | None = None
+    bias: dict[int, torch.Tensor] | None = None
+    row_masks: dict[int, torch.Tensor] | None = None
+    observers: dict[int, DecodeObserver] | None = None
+    retained: dict[int, RetainedLayer] | None = None
+
+
+_NO_HOOKS = ForwardHooks()
+_hooks: ContextVar[ForwardHooks] = ContextVar("videoqa_forward_hooks", default=_NO_HOOKS)
+
+
 @contextlib.contextmanager
-def _bound(variable: ContextVar, value) -> Iterator[None]:
-    """Set ``variable`` to ``value`` inside the block, and back to what it was after."""
-    token = variable.set(value)
+def hooks(**fields) -> Iterator[ForwardHooks]:
+    """Run the block with the current hooks plus ``fields`` (names of :class:`ForwardHooks`;
+    empty dicts count as ``None``), and the previous hooks after it."""
+    current = _hooks.get()
+    updated = dataclasses.replace(current, **{name: value or None for name, value in fields.items()})
+    token = _hooks.set(updated)
     try:
-        yield
+        yield updated
     finally:
-        variable.reset(token)
+        _hooks.reset(token)
 
 
-@contextlib.contextmanager
-def recording(record: Recording) -> Iterator[Recording]:
+def recording(record: Recording) -> contextlib.AbstractContextManager:
     """Record attention statistics of the forward passes run inside the block."""
-    with _bound(_recording, record):
-        yield record
+    return hooks(recording=record)
 
 
 def attention_bias(bias: dict[int, torch.Tensor] | None) -> contextlib.AbstractContextManager:
     """Apply per-layer additive biases [H_kv, n] to the first n cache entries inside the block."""
-    return _bound(_bias, bias or None)
+    return hooks(bias=bias)
 
 
 def row_masks(masks: dict[int, torch.Tensor]) -> contextlib.AbstractContextManager:
     """Use ``masks[layer]`` (float [B, H, 1, S]: 0 where a row may look, -inf on padding, plus
     per-slot biases) as the attention mask of one-token steps inside the block."""
-    return _bound(_row_masks, masks)
+    return hooks(row_masks=masks)
 
 
 def decode_observers(observers: dict[int, DecodeObserver]) -> contextlib.AbstractContextManager:
     """Call ``observers[layer]`` on every forward of that layer inside the block."""
-    return _bound(_observers, observers or None)
+    return hooks(observers=observers)
 
 
 def retained_state(layers: dict[int, RetainedLayer]) -> contextlib.AbstractContextManager:
     """Mix each layer's retained memory into its attention output inside the block."""
-    return _bound(_retained, layers or None)
+    return hooks(retained=layers)
 
 
 def feature_map(x: torch.Tensor) -> torch.Tensor:
@@ -275,24 +323,25 @@ def attention(module, query, key, value, attention_mask, **kwargs):
     if not getattr(module, "is_causal", False):  # vision tower: untouched
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     layer = getattr(module, "layer_idx", None)
-    record = _recording.get()
+    active = _hooks.get()
+    record = active.recording
     if record is not None and layer is not None and query.shape[2] > 1:
         scaling = kwargs.get("scaling") or getattr(module, "scaling", query.shape[-1] ** -0.5)
         record.observe(layer, query, key, scaling)
-    masks = _row_masks.get()
+    masks = active.row_masks
     if masks is not None and layer in masks and query.shape[2] == 1:
         mask = masks[layer].to(query.dtype)
     else:
         mask = _fit_mask(attention_mask, query, key)
-        biases = _bias.get()
+        biases = active.bias
         if biases is not None and layer in biases:
             mask = _with_bias(mask, biases[layer], query, key)
-    observers = _observers.get()
+    observers = active.observers
     if observers is not None and layer in observers:
         scaling = kwargs.get("scaling") or getattr(module, "scaling", query.shape[-1] ** -0.5)
         observers[layer](query, key, mask, scaling)
     out, weights = sdpa_attention_forward(module, query, key, value, mask, **kwargs)
-    memories = _retained.get()
+    memories = active.retained
     if memories is not None and layer in memories:
         out = _mix_retained(out, query, memories[layer])
     return out, weights
