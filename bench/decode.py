@@ -31,7 +31,7 @@ import torch
 
 from videoqa.worker.model import tiny
 from videoqa.worker.model.batch import DecodeBatch
-from videoqa.worker.model.generate import Generator
+from videoqa.worker.model.generate import ModelRunner
 from videoqa.worker.model.loader import load_model
 from videoqa.worker.pruning.pipeline import PrunedPrefill
 from videoqa.worker.pruning.registry import build_method
@@ -80,7 +80,7 @@ def clock(device: torch.device, fn) -> float:
     return time.perf_counter() - start
 
 
-def build_session(gen: Generator, prompt, method: str, budget: float) -> dict:
+def build_session(gen: ModelRunner, prompt, method: str, budget: float) -> dict:
     """Prefill + prune one session; its state and timings."""
     device = gen.lm.device
     pipeline = PrunedPrefill(gen, build_method(PruningSpec(method, {}, budget)), question_aware=True)
@@ -99,14 +99,14 @@ def build_session(gen: Generator, prompt, method: str, budget: float) -> dict:
     }
 
 
-def one_token(gen: Generator, state) -> None:
+def one_token(gen: ModelRunner, state) -> None:
     """One unbatched decode step, with what the engine runs after it (``hae``'s bin rounds)."""
     gen.feed(state, [0])
     if state.extension is not None:
         state.extension.after_token(state)
 
 
-def decode_seconds(gen: Generator, state, concurrency: int, steps: int, batched: bool = True) -> tuple[float, int]:
+def decode_seconds(gen: ModelRunner, state, concurrency: int, steps: int, batched: bool = True) -> tuple[float, int]:
     """Seconds per step for ``concurrency`` copies of ``state`` decoding ``steps`` tokens together
     (token 0 each step: the length is fixed, end-of-turn ignored), and the peak CUDA bytes above
     what was allocated before the copies (0 off CUDA)."""
@@ -127,7 +127,7 @@ def decode_seconds(gen: Generator, state, concurrency: int, steps: int, batched:
 
 
 def measure(lm, count: int, configs: list[tuple[str, float]], concurrency: list[int], args) -> dict:
-    gen = Generator(lm)
+    gen = ModelRunner(lm)
     prompt = lm.adapter.prepare(frames(count, args.size), QUESTION)
     gen.prefill(prompt)  # warm-up
     sessions = {f"{m}@{b:g}": build_session(gen, prompt, m, b) for m, b in configs}

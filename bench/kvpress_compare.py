@@ -37,7 +37,7 @@ after the video (the question and the assistant prefix), the rows our ``snapkv``
 
 Decoding on the kvpress side follows kvpress's pipeline (greedy, one token per forward, explicit
 ``position_ids``), with M-RoPE positions continuing from the *unpruned* context length plus the
-rope delta, as ``Generator.feed`` does on ours. A fixed number of new tokens is decoded for timing
+rope delta, as ``ModelRunner.feed`` does on ours. A fixed number of new tokens is decoded for timing
 (end-of-turn ignored); agreement is computed on the greedy tokens up to the first end-of-turn.
 
     python bench/kvpress_compare.py                       # demo checkpoint + kv-heavy-small, CPU
@@ -487,13 +487,13 @@ def decode_weight_bytes(lm) -> int:
 
 
 class Ours:
-    """Our side: PrunedPrefill + Generator.feed, what the worker runs for a session."""
+    """Our side: PrunedPrefill + ModelRunner.feed, what the worker runs for a session."""
 
     def __init__(self, lm, prompt, device: str):
-        from videoqa.worker.model.generate import Generator
+        from videoqa.worker.model.generate import ModelRunner
 
         self.lm, self.prompt, self.device = lm, prompt, device
-        self.gen = Generator(lm)
+        self.gen = ModelRunner(lm)
 
     def run(self, method: str, budget: float, steps: int, kept: bool = False, logits: bool = False) -> dict:
         from videoqa.worker.pruning.pipeline import PrunedPrefill

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from videoqa.worker.model import tiny
-from videoqa.worker.model.generate import Generator
+from videoqa.worker.model.generate import ModelRunner
 from videoqa.worker.model.loader import load_model
 from videoqa.worker.pruning.pipeline import PrunedPrefill
 from videoqa.worker.pruning.registry import build_method
@@ -71,7 +71,7 @@ def timed(fn) -> float:
 
 
 def measure(lm, count: int, methods: list[str], budget: float, reps: int) -> dict:
-    gen = Generator(lm)
+    gen = ModelRunner(lm)
     prompt = lm.adapter.prepare(frames(count), QUESTION)
     gen.prefill(prompt)  # warm-up
     base: list[float] = []

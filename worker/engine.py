@@ -192,14 +192,14 @@ class Engine:
 
     def load(self) -> None:
         """Load every configured model (blocking; call it off the event loop)."""
-        from videoqa.worker.model.generate import Generator
+        from videoqa.worker.model.generate import ModelRunner
         from videoqa.worker.model.loader import load_model
 
         for model_id in self.settings.models:
             started = time.perf_counter()
             lm = load_model(model_id, device=self.settings.device, dtype=self.settings.dtype)
             self.models[model_id] = lm
-            self._generators[model_id] = Generator(lm)
+            self._generators[model_id] = ModelRunner(lm)
             log.info(
                 "loaded %s (%s, revision %s) in %.1fs", model_id, lm.family, lm.revision, time.perf_counter() - started
             )

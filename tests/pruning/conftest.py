@@ -31,13 +31,13 @@ class Pruned:
 @pytest.fixture(scope="session")
 def pruned(tiny_model):
     """``pruned(model_id, method, budget, aware=True, frames=8, **params) -> Pruned``."""
-    from videoqa.worker.model.generate import Generator
+    from videoqa.worker.model.generate import ModelRunner
     from videoqa.worker.pruning.pipeline import PrunedPrefill
     from videoqa.worker.pruning.registry import build_method
 
     def run(model_id: str, method: str, budget: float, aware: bool = True, frames: int = 8, **params):
         lm = tiny_model(model_id)
-        gen = Generator(lm)
+        gen = ModelRunner(lm)
         pipeline = PrunedPrefill(gen, build_method(PruningSpec(method, params, budget)), aware)
         prompt = lm.adapter.prepare(media(frames), "what is in the video?" if aware else None)
         state, logits = pipeline.prefill(prompt)

@@ -10,7 +10,7 @@ import torch
 from tests.conftest import FAMILIES
 from tests.pruning.conftest import media
 from videoqa.worker.model.attention import Recording, RowGroup, recording
-from videoqa.worker.model.generate import Generator
+from videoqa.worker.model.generate import ModelRunner
 from videoqa.worker.model.loader import load_model
 from videoqa.worker.pruning.registry import describe_methods
 from videoqa.worker.types import GenerationParams
@@ -19,7 +19,7 @@ ALL_METHODS = [m.name for m in describe_methods()]
 QUESTION = "what is in the video?"
 
 
-def conversation(gen: Generator, state, logits, steps: int = 4) -> list[torch.Tensor]:
+def conversation(gen: ModelRunner, state, logits, steps: int = 4) -> list[torch.Tensor]:
     """Logits of a few greedy steps, then of a follow-up question and its first steps."""
     seen: list[torch.Tensor] = []
     list(gen.stream(state, logits, GenerationParams(max_new_tokens=steps), on_logits=seen.append))
@@ -49,7 +49,7 @@ def test_keep_all_is_bit_identical_to_no_pruning(pruned, plain_sdpa, model_id, m
     run = pruned(model_id, method, 1.0)
     gen, state, logits = run.gen, run.state, run.logits
     ref_lm = plain_sdpa(model_id)
-    ref_gen = Generator(ref_lm)
+    ref_gen = ModelRunner(ref_lm)
     ref_state, ref_logits = ref_gen.prefill(ref_lm.adapter.prepare(media(), QUESTION))
     assert state.cache_lengths == ref_state.cache_lengths
     for layer, ref in zip(state.cache.layers, ref_state.cache.layers, strict=True):
@@ -84,7 +84,7 @@ def test_window_recompute_matches_eager_attention(model_id):
     groups = [RowGroup("window", window), RowGroup("visual", visual, moments=True, entropy=True)]
     record = Recording(groups, chunk_bytes=4096)
     with recording(record):
-        Generator(lm).prefill(prompt)
+        ModelRunner(lm).prefill(prompt)
     lm.model.set_attn_implementation("eager")
     with torch.no_grad():
         out = lm.model(**prompt.inputs, position_ids=prompt.position_ids, output_attentions=True)

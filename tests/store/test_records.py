@@ -9,15 +9,15 @@ from tests.pruning.conftest import media
 from videoqa.worker.errors import CorruptSession, IncompatibleSession
 from videoqa.worker.kvcache import serde
 from videoqa.worker.kvcache.records import encode_prefix, encode_turn, restore
-from videoqa.worker.model.generate import Generator
+from videoqa.worker.model.generate import ModelRunner
 from videoqa.worker.pruning.pipeline import PrunedPrefill
 from videoqa.worker.pruning.registry import build_method
 from videoqa.worker.sessions import Session
 from videoqa.worker.types import GenerationParams, MediaKind, PruningSpec, SamplingSpec
 
 
-def make_session(lm, mass_bias: int = 1, spec: PruningSpec | None = None) -> tuple[Session, Generator]:
-    gen = Generator(lm)
+def make_session(lm, mass_bias: int = 1, spec: PruningSpec | None = None) -> tuple[Session, ModelRunner]:
+    gen = ModelRunner(lm)
     method = build_method(spec or PruningSpec("das", {"bins_per_frame": 1, "mass_bias": mass_bias}, 0.3))
     pipeline = PrunedPrefill(gen, method, question_aware=True)
     clip = media()
@@ -42,7 +42,7 @@ def make_session(lm, mass_bias: int = 1, spec: PruningSpec | None = None) -> tup
     return session, gen
 
 
-def answer(session: Session, gen: Generator, tokens: int = 3) -> list[torch.Tensor]:
+def answer(session: Session, gen: ModelRunner, tokens: int = 3) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
     params = GenerationParams(max_new_tokens=tokens)
     list(gen.stream(session.state, session.extra.pop("logits"), params, on_logits=seen.append))

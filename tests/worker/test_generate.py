@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from videoqa.worker.model.generate import Generator, TextStreamer
+from videoqa.worker.model.generate import ModelRunner, TextStreamer
 from videoqa.worker.model.loader import LoadedModel
 from videoqa.worker.model.state import ConversationState
 from videoqa.worker.types import DecodedMedia, GenerationParams
@@ -20,7 +20,7 @@ def media(frames: int = 8, seed: int = 0) -> DecodedMedia:
     return DecodedMedia.from_array((rng.rand(frames, 96, 128, 3) * 255).astype(np.uint8))
 
 
-def run(gen: Generator, state: ConversationState, logits: torch.Tensor) -> tuple[list[int], list[torch.Tensor]]:
+def run(gen: ModelRunner, state: ConversationState, logits: torch.Tensor) -> tuple[list[int], list[torch.Tensor]]:
     seen: list[torch.Tensor] = []
     tokens = list(gen.stream(state, logits, GREEDY, on_logits=seen.append))
     return tokens, seen
@@ -38,13 +38,13 @@ def one_shot(lm: LoadedModel, prompt, ids: list[int]) -> tuple[ConversationState
         inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], pad], dim=1)
     position_ids, rope_delta = lm.adapter.prefill_positions(inputs)
     full = type(prompt)(inputs, position_ids, rope_delta, lm.adapter.layout(inputs))
-    return Generator(lm).prefill(full)
+    return ModelRunner(lm).prefill(full)
 
 
 @pytest.mark.parametrize("model_id", FAMILIES)
 def test_second_turn_equals_one_prefill(model_id, tiny_model):
     lm = tiny_model(model_id)
-    gen = Generator(lm)
+    gen = ModelRunner(lm)
     prompt = lm.adapter.prepare(media(), "what is in the video?")
     state, logits = gen.prefill(prompt)
     first, _ = run(gen, state, logits)
@@ -54,7 +54,7 @@ def test_second_turn_equals_one_prefill(model_id, tiny_model):
     second, live_logits = run(gen, state, logits2)
 
     ref_state, ref_logits = one_shot(lm, prompt, state.token_ids[: len(state.token_ids) - len(second) + 1])
-    ref_second, ref_step_logits = run(Generator(lm), ref_state, ref_logits)
+    ref_second, ref_step_logits = run(ModelRunner(lm), ref_state, ref_logits)
 
     assert second == ref_second
     for live, ref in zip(live_logits, ref_step_logits, strict=True):
@@ -64,7 +64,7 @@ def test_second_turn_equals_one_prefill(model_id, tiny_model):
 @pytest.mark.parametrize("model_id", FAMILIES)
 def test_question_agnostic_first_question_equals_question_aware(model_id, tiny_model):
     lm = tiny_model(model_id)
-    gen = Generator(lm)
+    gen = ModelRunner(lm)
     aware_state, aware_logits = gen.prefill(lm.adapter.prepare(media(), "what is in the video?"))
     agnostic_state, _ = gen.prefill(lm.adapter.prepare(media(), None))
     logits = gen.feed(agnostic_state, gen.turn_input(agnostic_state, "what is in the video?", first=True))
@@ -76,7 +76,7 @@ def test_question_agnostic_first_question_equals_question_aware(model_id, tiny_m
 def test_positions_are_exercised(model_id, tiny_model):
     """Feeding the follow-up at the wrong position changes the logits: positions matter."""
     lm = tiny_model(model_id)
-    gen = Generator(lm)
+    gen = ModelRunner(lm)
     state, logits = gen.prefill(lm.adapter.prepare(media(), "what is in the video?"))
     list(gen.stream(state, logits, GREEDY))
     chunk = gen.turn_input(state, "and then?", first=False)
@@ -90,7 +90,7 @@ def test_positions_are_exercised(model_id, tiny_model):
 
 def test_rollback_restores_state(tiny_model):
     lm = tiny_model("tiny-qwen2-vl")
-    gen = Generator(lm)
+    gen = ModelRunner(lm)
     state, logits = gen.prefill(lm.adapter.prepare(media(), "what?"))
     checkpoint = state.checkpoint()
     before = [layer.keys.clone() for layer in state.cache.layers]
@@ -104,7 +104,7 @@ def test_rollback_restores_state(tiny_model):
 
 def test_sampling_is_reproducible_with_seed(tiny_model):
     lm = tiny_model("tiny-qwen2-vl")
-    gen = Generator(lm)
+    gen = ModelRunner(lm)
     params = GenerationParams(max_new_tokens=8, temperature=1.5, top_p=0.9, seed=7)
     outs = []
     for _ in range(2):

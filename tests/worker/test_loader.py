@@ -8,7 +8,7 @@ import torch
 from tests.conftest import FAMILIES
 from tests.worker.test_generate import media
 from videoqa.worker.errors import InvalidInput
-from videoqa.worker.model.generate import Generator
+from videoqa.worker.model.generate import ModelRunner
 from videoqa.worker.model.loader import load_model
 
 
@@ -23,8 +23,8 @@ def test_save_pretrained_directory_loads_and_matches(model_id, tiny_model, tmp_p
     assert loaded.kv_bytes_per_token == built.kv_bytes_per_token
     assert loaded.revision != built.revision or loaded.revision  # both identify their source
     question = "what is in the video?"
-    _, want = Generator(built).prefill(built.adapter.prepare(media(), question))
-    _, got = Generator(loaded).prefill(loaded.adapter.prepare(media(), question))
+    _, want = ModelRunner(built).prefill(built.adapter.prepare(media(), question))
+    _, got = ModelRunner(loaded).prefill(loaded.adapter.prepare(media(), question))
     assert torch.allclose(want, got, atol=1e-5)
 
 
@@ -62,7 +62,7 @@ def test_the_embedded_demo_model_ships_in_the_package_and_answers(monkeypatch):
     right = 0
     for seed in range(2_000_000, 2_000_012):
         scene, question, answer, *_ = build("last_frames", seed, 16)
-        gen = Generator(lm)
+        gen = ModelRunner(lm)
         state, logits = gen.prefill(lm.adapter.prepare(DecodedMedia.from_array(render(scene, 112, seed)), question))
         text = lm.tokenizer.decode(list(gen.stream(state, logits, GenerationParams(4))), skip_special_tokens=True)
         right += text.strip() == answer

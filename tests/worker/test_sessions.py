@@ -76,12 +76,12 @@ def test_versioned_appends_and_locks():
 def test_hot_tier_is_bounded_in_bytes(tiny_model):
     """The LRU keeps the most recently used sessions within its byte budget."""
     from tests.pruning.conftest import media
-    from videoqa.worker.model.generate import Generator
+    from videoqa.worker.model.generate import ModelRunner
     from videoqa.worker.sessions import Session, SessionManager
     from videoqa.worker.types import MediaKind, PruningSpec, SamplingSpec
 
     lm = tiny_model("tiny-qwen2-vl")
-    gen = Generator(lm)
+    gen = ModelRunner(lm)
     prompt = lm.adapter.prepare(media(), "what?")
 
     def session(name: str) -> Session:

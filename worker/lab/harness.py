@@ -102,13 +102,13 @@ def evaluate(
     progress=None,
 ) -> list[Row]:
     """Answer every sample under every configuration (greedy)."""
-    from videoqa.worker.model.generate import Generator
+    from videoqa.worker.model.generate import ModelRunner
     from videoqa.worker.pruning.pipeline import PrunedPrefill
     from videoqa.worker.pruning.registry import build_method
     from videoqa.worker.types import GenerationParams, PruningSpec, SamplingSpec
     from videoqa.worker.video.decode import MediaDecoder
 
-    gen = Generator(lm)
+    gen = ModelRunner(lm)
     greedy = GenerationParams(max_new_tokens=max_new_tokens)
     rows: list[Row] = []
     with MediaDecoder() as decoder:

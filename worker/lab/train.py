@@ -241,12 +241,13 @@ class VisionCapture:
 @torch.no_grad()
 def validate(model, processor, count: int, frames: tuple[int, ...], size: int, families: tuple[str, ...]) -> dict:
     """Greedy accuracy per family on the validation split (the service's prefill + decode path)."""
-    from videoqa.worker.model.generate import Generator
+    from videoqa.worker.model.generate import ModelRunner
     from videoqa.worker.model.loader import LoadedModel
 
     model.eval()
     adapter = adapter_for(model, processor)
-    gen = Generator(LoadedModel("training", model, processor, adapter, "training", torch.device("cpu"), torch.float32))
+    lm = LoadedModel("training", model, processor, adapter, "training", torch.device("cpu"), torch.float32)
+    gen = ModelRunner(lm)
     results: dict[str, list[bool]] = {f: [] for f in families}
     base = SPLITS["validation"]
     for i in range(count):

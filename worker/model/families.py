@@ -65,6 +65,9 @@ class PreparedPrompt:
     position_ids: torch.Tensor
     rope_delta: int
     layout: TokenLayout
+    #: Text index in the conversation of the prompt's first token (0, except for media appended
+    #: to a conversation: its segment's positions are already the conversation's).
+    first_index: int = 0
 
     @property
     def input_ids(self) -> list[int]:
@@ -144,6 +147,37 @@ class FamilyAdapter:
     def _frame_spans(self, inputs: dict[str, torch.Tensor], start: int, end: int) -> tuple[list[tuple[int, int]], int]:
         raise NotImplementedError
 
+    # --- chunked prefill ---------------------------------------------------------------------
+
+    def video_features(self, inputs: dict[str, torch.Tensor], first: int, end: int) -> torch.Tensor:
+        """The language-model embeddings [n, hidden] of the visual tokens of frame spans
+        ``first`` to ``end`` (exclusive), in prompt order, from those frames alone. Exact (equal
+        to the whole video's features at those tokens) because every supported vision tower
+        attends within one frame span: Qwen2-VL and Qwen2.5-VL within each temporal patch
+        (``cu_seqlens`` per grid row), LLaVA-OneVision's SigLIP per frame."""
+        raise NotImplementedError
+
+    def embed(self, prompt: PreparedPrompt, start: int, end: int, spans: tuple[int, int] | None) -> torch.Tensor:
+        """Input embeddings [1, end - start, hidden] of prompt tokens ``start`` to ``end``: text
+        embeddings, with the visual features of frame spans ``spans`` at the visual tokens (the
+        spans whose tokens lie in the range; ``None``: the range holds no visual token)."""
+        model = self.model.model
+        ids = prompt.inputs["input_ids"][:, start:end].to(self.model.device)
+        embeds = model.get_input_embeddings()(ids)
+        if spans is None:
+            return embeds
+        features = self.video_features(prompt.inputs, *spans).to(embeds.device, embeds.dtype)
+        where = (ids[0] == self.video_token_id).nonzero().flatten()
+        if where.numel() != features.shape[0]:
+            raise InvalidInput("visual features do not match the visual tokens of a prefill chunk")
+        embeds[0, where] = features
+        return embeds
+
+    def visual_tokens_per_frame(self, height: int, width: int) -> float:
+        """Visual tokens the processor makes per sampled frame of ``height`` x ``width`` pixels
+        (the frames' size after sampling; the processor may resize them further)."""
+        raise NotImplementedError
+
     # --- positions ---------------------------------------------------------------------------
 
     def prefill_positions(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -190,6 +224,26 @@ class QwenVLAdapter(FamilyAdapter):
             raise InvalidInput("visual token count does not match the video grid")
         temporal = int(getattr(self.processor.video_processor, "temporal_patch_size", 2))
         return [(start + i * per_t, start + (i + 1) * per_t) for i in range(t)], temporal
+
+    def video_features(self, inputs, first, end):
+        _, h, w = (int(x) for x in inputs["video_grid_thw"][0])
+        per_patch = h * w
+        pixels = inputs["pixel_values_videos"][first * per_patch : end * per_patch].to(self.model.device)
+        grid = torch.tensor([[end - first, h, w]], device=self.model.device)
+        out = self.model.model.get_video_features(pixels, grid, return_dict=True)
+        return torch.cat(out.pooler_output, dim=0)
+
+    def visual_tokens_per_frame(self, height, width):
+        processor = self.processor.video_processor
+        patch = int(getattr(processor, "patch_size", 14)) * int(getattr(processor, "merge_size", 2))
+        temporal = int(getattr(processor, "temporal_patch_size", 2))
+        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+        size = getattr(processor, "size", None) or {}
+        low = int(size.get("shortest_edge", getattr(processor, "min_pixels", 56 * 56)))
+        high = int(size.get("longest_edge", getattr(processor, "max_pixels", 28 * 28 * 1280)))
+        h, w = smart_resize(height, width, factor=patch, min_pixels=low, max_pixels=high)
+        return (h // patch) * (w // patch) / temporal
 
     def prefill_positions(self, inputs):
         position_ids, _ = self._library_positions(inputs)
@@ -244,6 +298,19 @@ class LlavaOnevisionAdapter(FamilyAdapter):
 
     def _process(self, text, media):
         return dict(self.processor(text=[text], videos=[media.frames], return_tensors="pt"))
+
+    def video_features(self, inputs, first, end):
+        frames = int(inputs["pixel_values_videos"].shape[1])
+        pixels = inputs["pixel_values_videos"][:, first:end].to(self.model.device)
+        out = self.model.model.get_video_features(pixels, return_dict=True).pooler_output[0]
+        return out if end == frames else out[:-1]  # the video's one newline token follows its last frame
+
+    def visual_tokens_per_frame(self, height, width):
+        config = self.model.config
+        size = int(config.vision_config.image_size)
+        patches = size // int(config.vision_config.patch_size)
+        pooled = -(-patches // 2)  # the projector's 2x2 bilinear pooling, rounded up
+        return float(pooled * pooled)
 
     def _frame_spans(self, inputs, start, end):
         frames = int(inputs["pixel_values_videos"].shape[1])

@@ -8,7 +8,8 @@ bookkeeping (``next_pos``: the text index of the next token in the *unpruned* se
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 
 import torch
 from transformers import DynamicCache
@@ -19,7 +20,67 @@ from videoqa.worker.model.state import ConversationState
 from videoqa.worker.types import GenerationParams
 
 
-class Generator:
+@dataclass
+class DecodeRequest:
+    """Feed ``token`` to ``state`` (a session of model ``lm``); the one asking receives the logits
+    [vocab]. What :func:`answer` yields to whoever drives it: :meth:`ModelRunner.stream` feeds it
+    alone, the worker's scheduler in a batched step with other sessions' requests."""
+
+    lm: LoadedModel
+    state: ConversationState
+    token: int
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """The answer's token number ``index`` was chosen (``last``: the answer ends with it)."""
+
+    token: int
+    index: int
+    last: bool
+
+
+#: What :func:`answer` yields: a chosen token (send ``None`` back), or a request to feed one
+#: (send its logits back).
+AnswerStep = Chosen | DecodeRequest
+
+
+def answer(
+    lm: LoadedModel,
+    state: ConversationState,
+    logits: torch.Tensor,
+    params: GenerationParams,
+    check: Callable[[], None] = lambda: None,
+    on_logits: Callable[[torch.Tensor], None] | None = None,
+) -> Generator[AnswerStep, torch.Tensor | None, int]:
+    """The decode loop of one answer, the only one: up to ``params.max_new_tokens`` tokens.
+
+    Each token is yielded as :class:`Chosen` as soon as it is sampled; every token but the last
+    is then fed back through a :class:`DecodeRequest` (the driver sends the next logits [vocab]);
+    the last one stays ``state.pending_token``. ``check`` runs before every feed and raises to
+    stop (cancellation, deadline); ``on_logits`` sees the logits of every step. Returns the last
+    token."""
+    choose = sampler(params)
+    eos = lm.eos_token_ids
+    token = -1
+    for index in range(params.max_new_tokens):
+        if on_logits is not None:
+            on_logits(logits)
+        token = choose(logits)
+        state.pending_token = token
+        last = token in eos or index == params.max_new_tokens - 1
+        yield Chosen(token, index, last)
+        if last:
+            break
+        check()
+        logits = yield DecodeRequest(lm, state, token)
+        state.pending_token = None
+        if state.extension is not None:  # e.g. hae's recycle bin, every few tokens
+            state.extension.after_token(state)
+    return token
+
+
+class ModelRunner:
     """Runs one loaded model. Not thread-safe: the worker calls it from its one compute thread."""
 
     def __init__(self, lm: LoadedModel):
@@ -46,6 +107,32 @@ class Generator:
             token_ids=prompt.input_ids,
         )
         return state, out.logits[0, -1].float()
+
+    def begin(self, prompt: PreparedPrompt) -> ConversationState:
+        """An empty state that :meth:`prefill_range` fills with ``prompt`` chunk by chunk."""
+        return ConversationState(DynamicCache(config=self.lm.model.config), prompt.first_index, prompt.rope_delta, [])
+
+    @torch.inference_mode()
+    def prefill_range(
+        self, state: ConversationState, prompt: PreparedPrompt, start: int, end: int, spans: tuple[int, int] | None
+    ) -> torch.Tensor:
+        """Run prompt tokens ``start`` to ``end`` (the chunk's visual tokens are those of frame
+        spans ``spans``, embedded from those frames alone) after what ``state`` holds, at the
+        prompt's own positions; returns the last logits [vocab]. The prompt's tokens before
+        ``start`` must be in ``state`` already (possibly compressed)."""
+        device = self.lm.device
+        embeds = self.lm.adapter.embed(prompt, start, end, spans)
+        with state.forward_context():
+            out = self.lm.model(
+                inputs_embeds=embeds,
+                position_ids=prompt.position_ids[..., start:end].to(device),
+                past_key_values=state.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        state.next_pos = prompt.first_index + end
+        state.token_ids.extend(prompt.input_ids[start:end])
+        return out.logits[0, -1].float()
 
     @torch.inference_mode()
     def feed(self, state: ConversationState, ids: list[int]) -> torch.Tensor:
@@ -94,26 +181,19 @@ class Generator:
         check: Callable[[], None] = lambda: None,
         on_logits: Callable[[torch.Tensor], None] | None = None,
     ) -> Iterator[int]:
-        """Sample up to ``params.max_new_tokens`` tokens, yielding each as soon as it is chosen.
-
-        Every yielded token but the last is fed back; the last one becomes
-        ``state.pending_token``. ``check`` runs before every forward pass and raises to stop the
-        loop (cancellation, deadline). ``on_logits`` sees the logits [vocab] of every step.
-        """
-        choose = sampler(params)
-        for step in range(params.max_new_tokens):
-            if on_logits is not None:
-                on_logits(logits)
-            token = choose(logits)
-            state.pending_token = token
-            yield token
-            if token in self.eos or step == params.max_new_tokens - 1:
+        """:func:`answer` alone: yields each token as it is chosen, feeding every one but the last."""
+        steps = answer(self.lm, state, logits, params, check, on_logits)
+        reply = None
+        while True:
+            try:
+                step = steps.send(reply)
+            except StopIteration:
                 return
-            check()
-            logits = self.feed(state, [token])
-            state.pending_token = None
-            if state.extension is not None:
-                state.extension.after_token(state)
+            if isinstance(step, Chosen):
+                reply = None
+                yield step.token
+            else:
+                reply = self.feed(step.state, [step.token])
 
 
 def sampler(params: GenerationParams) -> Callable[[torch.Tensor], int]:
@@ -144,17 +224,27 @@ def sample(logits: torch.Tensor, params: GenerationParams, generator: torch.Gene
 
 
 class TextStreamer:
-    """Turns token ids into text deltas, holding back incomplete multi-byte characters."""
+    """Turns token ids into text deltas, holding back incomplete multi-byte characters.
+
+    Incremental: each token decodes only the few ids since the last emitted text (a window that
+    starts one emission back, so merges across the boundary come out right), not the whole
+    answer; the cost per token does not grow with the answer's length."""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.ids: list[int] = []
         self.text = ""
+        self._prefix = 0  # start of the decoding window
+        self._read = 0  # ids up to here are in ``text``
 
     def push(self, token: int) -> str:
         self.ids.append(token)
-        text = self.tokenizer.decode(self.ids, skip_special_tokens=True)
-        if text.endswith("\ufffd"):
+        decode = self.tokenizer.decode
+        before = decode(self.ids[self._prefix : self._read], skip_special_tokens=True)
+        now = decode(self.ids[self._prefix :], skip_special_tokens=True)
+        if len(now) <= len(before) or now.endswith("\ufffd"):
             return ""
-        delta, self.text = text[len(self.text) :], text
+        delta = now[len(before) :]
+        self._prefix, self._read = self._read, len(self.ids)
+        self.text += delta
         return delta

@@ -41,13 +41,13 @@ class Diagnosis:
 def frame_attention(lm, prompt) -> torch.Tensor:
     """[layers, M]: mean question→token attention per frame span, normalised over spans."""
     from videoqa.worker.model.attention import Recording, RowGroup, recording
-    from videoqa.worker.model.generate import Generator
+    from videoqa.worker.model.generate import ModelRunner
 
     layout = prompt.layout
     window = torch.arange(layout.visual_end, layout.prompt_length)
     record = Recording([RowGroup("window", window)], key_limit=layout.prompt_length)
     with recording(record):
-        Generator(lm).prefill(prompt)
+        ModelRunner(lm).prefill(prompt)
     rows = []
     for layer in range(lm.num_layers):
         c = record.stats[layer]["window"].mean().mean(dim=0)  # head average, [S]
@@ -69,12 +69,12 @@ def fitted_decay(shares: torch.Tensor) -> list[float]:
 
 def kept_per_frame(lm, media, question: str, method: str, budget: float) -> list[float]:
     """Share of a method's kept visual tokens in each frame span (question-aware prefill)."""
-    from videoqa.worker.model.generate import Generator
+    from videoqa.worker.model.generate import ModelRunner
     from videoqa.worker.pruning.pipeline import PrunedPrefill
     from videoqa.worker.pruning.registry import build_method
     from videoqa.worker.types import PruningSpec
 
-    pipeline = PrunedPrefill(Generator(lm), build_method(PruningSpec(method, {}, budget)), question_aware=True)
+    pipeline = PrunedPrefill(ModelRunner(lm), build_method(PruningSpec(method, {}, budget)), question_aware=True)
     state, _ = pipeline.prefill(lm.adapter.prepare(media, question))
     counts = torch.tensor(pipeline.prune(state).kept_per_frame, dtype=torch.float32)
     return (counts / counts.sum().clamp(min=1)).tolist()

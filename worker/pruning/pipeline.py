@@ -16,7 +16,7 @@ import torch
 
 from videoqa.worker.model.attention import Recording, recording
 from videoqa.worker.model.families import PreparedPrompt
-from videoqa.worker.model.generate import Generator
+from videoqa.worker.model.generate import ModelRunner
 from videoqa.worker.model.state import ConversationState
 from videoqa.worker.pruning.base import PruneContext, PruneResult, PruningMethod, RowSets
 
@@ -28,7 +28,7 @@ PROBE_QUESTION = "Describe what happens in this video, from the first frame to t
 class PrunedPrefill:
     """One session's prefill under a method: ``prefill()``, then ``prune()``."""
 
-    def __init__(self, generator: Generator, method: PruningMethod, question_aware: bool):
+    def __init__(self, generator: ModelRunner, method: PruningMethod, question_aware: bool):
         self.generator = generator
         self.method = method
         self.question_aware = question_aware
