@@ -13,6 +13,8 @@ A reconstruction of "Myopia Rectification" (CVPR 2026 Findings), whose exact for
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -54,6 +56,107 @@ def _frame_groups(frame_of: torch.Tensor, evicted: torch.Tensor, num_frames: int
     return wanted, remap[frame_of]
 
 
+@dataclass
+class Folded:
+    """One KV head's recycled entries, in frame order: ``keys``/``values`` [b, D]; ``counts`` [b]:
+    tokens each folds; ``weights`` [b]: the merge weight each carries into a later fold (the sum
+    of its members'); ``order`` [b]: the count-weighted mean token index; ``frames`` [b]."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    counts: torch.Tensor
+    weights: torch.Tensor
+    order: torch.Tensor
+    frames: torch.Tensor
+
+
+def fold(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    members: torch.Tensor,
+    frames: torch.Tensor,
+    order: torch.Tensor,
+    weights: torch.Tensor,
+    counts: torch.Tensor,
+    bins: list[int],
+) -> list[Folded]:
+    """Recycled entries for every KV head, from the entries each head folds.
+
+    Args:
+        keys, values: the layer's visual entries [H_kv, n, D].
+        members: [H_kv, n] bool, the entries that fold (evicted tokens, and earlier recycled
+            entries being folded again).
+        frames: [H_kv, n] frame span of each entry; ``order`` [H_kv, n] its token index (a
+            recycled entry: the mean of its tokens').
+        weights: [H_kv, n] merge weights (scores or ones; an earlier recycled entry: its weight
+            sum); ``counts`` [H_kv, n]: tokens each entry stands for (1 for a token).
+        bins: recycled entries wanted per head.
+
+    Each head's members are grouped by frame span (runs of adjacent spans when fewer entries are
+    wanted than spans), ordered by token index, split into contiguous chunks, and each chunk
+    becomes ``Σ w·x / Σ w``: a weighted mean over every token it covers, since an earlier recycled
+    entry enters with its own weight sum.
+    """
+    out = []
+    device = keys.device
+    for h, wanted in enumerate(bins):
+        ev = members[h]
+        if wanted <= 0 or not bool(ev.any()):
+            empty = torch.zeros(0, device=device)
+            out.append(
+                Folded(
+                    keys.new_zeros(0, keys.shape[-1]),
+                    values.new_zeros(0, values.shape[-1]),
+                    empty,
+                    empty.clone(),
+                    empty.clone(),
+                    torch.zeros(0, dtype=torch.long),
+                )
+            )
+            continue
+        idx = ev.nonzero().flatten()
+        idx = idx[torch.argsort(order[h, idx], stable=True)]  # token order (a no-op for one video's tokens)
+        frame_of = frames[h].clamp(min=0)  # (text entries, -1, are never members)
+        num_frames = int(frame_of.max()) + 1
+        idx = idx[torch.argsort(frame_of[idx], stable=True)]  # grouped by frame, token order within
+        groups, group_of = _frame_groups(frame_of, ev, num_frames, wanted)
+        per_frame = torch.bincount(group_of[idx], minlength=groups)
+        frame_bins = allocate(per_frame, wanted)
+        # Rank of each member within its group, then its chunk and entry id.
+        group = group_of[idx]
+        starts = torch.cumsum(per_frame, 0) - per_frame
+        rank = torch.arange(idx.numel()) - starts[group]
+        chunk = (rank * frame_bins[group]) // per_frame[group].clamp(min=1)
+        offsets = torch.cumsum(frame_bins, 0) - frame_bins
+        entry = (offsets[group] + chunk).to(device)
+        n_entries = int(frame_bins.sum())
+        w = weights[h, idx].clamp(min=0).to(device=device, dtype=torch.float32)
+        c = counts[h, idx].to(device=device, dtype=torch.float32)
+        total_w = torch.zeros(n_entries, device=device).index_add_(0, entry, w)
+        uniform = total_w <= 0  # all-zero scores: fall back to a mean over the tokens
+        w = torch.where(uniform[entry], c, w)
+        total_w = torch.zeros(n_entries, device=device).index_add_(0, entry, w)
+        pi = (w / total_w[entry]).to(keys.dtype)[:, None]
+        on_device = idx.to(device)
+        folded_counts = torch.zeros(n_entries, device=device).index_add_(0, entry, c)
+        positions = order[h, idx].to(device=device, dtype=torch.float32) * c
+        mean_order = torch.zeros(n_entries, device=device).index_add_(0, entry, positions) / folded_counts
+        entry_frame = torch.zeros(n_entries, dtype=torch.long).scatter_reduce_(
+            0, entry.cpu(), frame_of[idx].long(), "amin", include_self=False
+        )
+        out.append(
+            Folded(
+                _weighted_sum(keys[h, on_device], entry, pi, n_entries),
+                _weighted_sum(values[h, on_device], entry, pi, n_entries),
+                folded_counts,
+                total_w,
+                mean_order,
+                entry_frame,
+            )
+        )
+    return out
+
+
 def recycle(
     keys: torch.Tensor,
     values: torch.Tensor,
@@ -62,51 +165,13 @@ def recycle(
     bins: list[int],
     weights: torch.Tensor,
 ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Recycled entries for every KV head.
-
-    Args:
-        keys, values: visual entries [H_kv, n_visual, D].
-        evicted: [H_kv, n_visual] bool, the tokens that leave the cache.
-        frame_of: [n_visual] frame span of each visual token.
-        bins: recycled entries wanted per head.
-        weights: [H_kv, n_visual] merge weights (scores, or ones).
-
-    Returns, per head, ``(keys [b, D], values [b, D], counts [b])`` in frame order, where
-    ``counts`` is how many evicted tokens each entry folds.
-    """
-    out = []
-    num_frames = int(frame_of.max()) + 1
-    device = keys.device
-    for h, wanted in enumerate(bins):
-        ev = evicted[h]
-        if wanted <= 0 or not bool(ev.any()):
-            empty = keys.new_zeros(0, keys.shape[-1])
-            out.append((empty, values.new_zeros(0, values.shape[-1]), torch.zeros(0, device=device)))
-            continue
-        groups, group_of = _frame_groups(frame_of, ev, num_frames, wanted)
-        per_frame = torch.bincount(group_of[ev], minlength=groups)
-        frame_bins = allocate(per_frame, wanted)
-        # Rank of each evicted token within its group's evicted tokens, then its chunk and entry id.
-        idx = ev.nonzero().flatten()
-        frames = group_of[idx]
-        starts = torch.cumsum(per_frame, 0) - per_frame
-        rank = torch.arange(idx.numel()) - starts[frames]
-        chunk = (rank * frame_bins[frames]) // per_frame[frames].clamp(min=1)
-        offsets = torch.cumsum(frame_bins, 0) - frame_bins
-        entry = (offsets[frames] + chunk).to(device)
-        n_entries = int(frame_bins.sum())
-        w = weights[h, idx].clamp(min=0).to(device=device, dtype=torch.float32)
-        total_w = torch.zeros(n_entries, device=device).index_add_(0, entry, w)
-        uniform = total_w <= 0  # all-zero scores: fall back to a plain mean
-        w = torch.where(uniform[entry], torch.ones_like(w), w)
-        total_w = torch.zeros(n_entries, device=device).index_add_(0, entry, w)
-        pi = (w / total_w[entry]).to(keys.dtype)[:, None]
-        on_device = idx.to(device)
-        bin_k = _weighted_sum(keys[h, on_device], entry, pi, n_entries)
-        bin_v = _weighted_sum(values[h, on_device], entry, pi, n_entries)
-        counts = torch.zeros(n_entries, device=device).index_add_(0, entry, torch.ones_like(w))
-        out.append((bin_k, bin_v, counts))
-    return out
+    """:func:`fold` of one video's evicted tokens (``evicted`` [H_kv, n], ``frame_of`` [n] in token
+    order): per head ``(keys [b, D], values [b, D], counts [b])``."""
+    heads, n = evicted.shape
+    frames = frame_of[None].expand(heads, n)
+    order = torch.arange(n, dtype=torch.float32)[None].expand(heads, n)
+    folded = fold(keys, values, evicted, frames, order, weights, torch.ones(heads, n), bins)
+    return [(f.keys, f.values, f.counts) for f in folded]
 
 
 def _weighted_sum(rows: torch.Tensor, entry: torch.Tensor, pi: torch.Tensor, n_entries: int) -> torch.Tensor:

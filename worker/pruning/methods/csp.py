@@ -41,8 +41,8 @@ class CrossSelfPruning(ScoredMethod):
         return [RowGroup("cross", rows.window, normalize="softmax1")]
 
     def _parts(self, layer: int, ctx: PruneContext) -> tuple[torch.Tensor, torch.Tensor]:
-        cross = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "cross").mean()))
-        self_ = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "self").mean()))
+        cross = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "cross").mean(), layer))
+        self_ = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "self").mean(), layer))
         return cross, self_
 
     def score(self, layer: int, ctx: PruneContext) -> torch.Tensor:

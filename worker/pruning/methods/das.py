@@ -25,6 +25,8 @@ With γ = 1 and no bin, this is plain α-mixed top-k (tested).
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
@@ -34,17 +36,29 @@ from videoqa.worker.pruning.registry import register
 from videoqa.worker.types import MethodParam
 
 
-def subsidy_weights(frame_scores: torch.Tensor, gamma: float, mode: int, lambda_max: float) -> torch.Tensor:
-    """Per-frame multipliers [rows, M] from per-frame mean scores [rows, M]."""
+def subsidy_weights(
+    frame_scores: torch.Tensor, gamma: float, mode: int, lambda_max: float, present: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-frame multipliers [rows, M] from per-frame mean scores [rows, M]. ``present`` [M]: the
+    frames that still have entries to score (a progressive step: frames evicted earlier do not
+    take part in the fit; every frame keeps its place in time)."""
     rows, frames = frame_scores.shape
     if frames == 1 or gamma == 1.0:
         return torch.ones(rows, frames)
     m = torch.arange(frames, dtype=torch.float32)
     if mode == 0:
         return (gamma ** (m / (frames - 1)))[None].expand(rows, frames)
-    logs = torch.log(frame_scores.clamp(min=1e-30))
-    centred = m - m.mean()
-    slope = (logs - logs.mean(dim=1, keepdim=True)) @ centred / (centred @ centred)  # least squares, [rows]
+    if present is not None and not bool(present.all()):
+        if int(present.sum()) < 2:
+            return torch.ones(rows, frames)
+        logs = torch.log(frame_scores[:, present].clamp(min=1e-30))
+        at = m[present]
+        centred = at - at.mean()
+        slope = (logs - logs.mean(dim=1, keepdim=True)) @ centred / (centred @ centred)
+    else:
+        logs = torch.log(frame_scores.clamp(min=1e-30))
+        centred = m - m.mean()
+        slope = (logs - logs.mean(dim=1, keepdim=True)) @ centred / (centred @ centred)  # least squares, [rows]
     decay = (-slope).clamp(min=0, max=lambda_max)
     return torch.exp(decay[:, None] * m[None] * (1 - 1 / gamma))
 
@@ -91,59 +105,78 @@ class DynamicAttentionSubsidy(ScoredMethod):
         return [RowGroup("window", rows.window)] if self.mix(rows.question_aware) > 0 else []
 
     def layer_slots(self, layer: int, slots: int, ctx: PruneContext) -> int:
-        return int(ctx.visual.numel()) if layer < int(self.skip_first) else slots
+        return ctx.visual_seen if layer < int(self.skip_first) else slots
 
     def _reduce(self, per_head: torch.Tensor, ctx: PruneContext) -> torch.Tensor:
         return ctx.to_kv_heads(per_head) if int(self.per_head) else per_head.mean(dim=0, keepdim=True)
 
     def mixed(self, layer: int, ctx: PruneContext) -> torch.Tensor:
-        """The α-mixed score before subsidy, [rows, n_visual]."""
+        """The α-mixed score before subsidy, [rows, n]."""
         alpha = self.mix(ctx.question_aware)
         total = 0
         if alpha > 0:
-            c = self._reduce(ctx.visual_columns(ctx.stats(layer, "window").mean()), ctx).float().cpu()
+            c = self._reduce(ctx.visual_columns(ctx.stats(layer, "window").mean(), layer), ctx).float().cpu()
             total = total + alpha * c / c.sum(dim=1, keepdim=True).clamp(min=1e-30)
         if alpha < 1:
-            r = self._reduce(ctx.visual_columns(ctx.stats(layer, "visual").causal_mean()), ctx).float().cpu()
+            r = self._reduce(ctx.visual_columns(ctx.stats(layer, "visual").causal_mean(), layer), ctx).float().cpu()
             total = total + (1 - alpha) * r / r.sum(dim=1, keepdim=True).clamp(min=1e-30)
-        return self._pool_within_frames(total, ctx)
+        return self._pool_within_frames(total, self._frame_rows(layer, total.shape[0], ctx))
 
-    def _pool_within_frames(self, scores: torch.Tensor, ctx: PruneContext) -> torch.Tensor:
+    @staticmethod
+    def _frame_rows(layer: int, rows: int, ctx: PruneContext) -> torch.Tensor:
+        """Frame span of each visual entry per score row [rows, n] (one row: the heads agree)."""
+        frames = ctx.view(layer).frames
+        return frames[:1] if rows == 1 else frames
+
+    def _pool_within_frames(self, scores: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Average-pool each row of ``scores`` [rows, n] within runs of entries of one frame."""
         kernel = int(self.kernel)
         if kernel <= 1:
             return scores
         kernel += 1 - kernel % 2
         out = torch.empty_like(scores)
-        offset = 0
-        for start, end in ctx.layout.frame_spans:
-            n = end - start
-            out[:, offset : offset + n] = F.avg_pool1d(
-                scores[:, None, offset : offset + n], kernel, 1, kernel // 2, count_include_pad=False
-            )[:, 0]
-            offset += n
+        for row in range(scores.shape[0]):
+            change = torch.ones(frames.shape[1], dtype=torch.bool)
+            change[1:] = frames[row, 1:] != frames[row, :-1]
+            starts = [*change.nonzero().flatten().tolist(), frames.shape[1]]
+            for start, end in itertools.pairwise(starts):
+                out[row, start:end] = F.avg_pool1d(
+                    scores[row : row + 1, None, start:end], kernel, 1, kernel // 2, count_include_pad=False
+                )[0, 0]
         return out
 
     def score(self, layer: int, ctx: PruneContext) -> torch.Tensor:
         scores = self.mixed(layer, ctx)
-        frames = ctx.frame_of
-        counts = torch.bincount(frames, minlength=ctx.num_frames).float()
-        frame_mean = torch.zeros(scores.shape[0], ctx.num_frames).index_add_(1, frames, scores) / counts
-        weights = subsidy_weights(frame_mean, float(self.gamma), int(self.subsidy), float(self.lambda_max))
+        frames = self._frame_rows(layer, scores.shape[0], ctx)
+        eligible = ctx.view(layer).eligible[: scores.shape[0]]
+        frames = frames.clamp(min=0)
+        weights = torch.empty_like(scores)
+        for row in range(scores.shape[0]):  # the subsidy over the frames seen so far, per row
+            f, ok = frames[row], eligible[row]
+            counts = torch.bincount(f[ok], minlength=ctx.num_frames).float()
+            frame_mean = torch.zeros(ctx.num_frames).index_add_(0, f[ok], scores[row, ok]) / counts
+            present = counts > 0
+            w = subsidy_weights(
+                frame_mean[None], float(self.gamma), int(self.subsidy), float(self.lambda_max), present
+            )[0]
+            weights[row] = w[f]
         self._frames = frames
-        return scores * weights[:, frames]
+        return scores * weights
 
     def select(self, scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         if not int(self.quota):
             return super().select(scores, keep)
-        frames = self._frames  # set by score() for this layer, just before
+        frames = self._frames  # set by score() for this layer, just before: [rows, n]
         num_frames = int(frames.max()) + 1
         mask = torch.zeros_like(scores, dtype=torch.bool)
-        sizes = torch.bincount(frames, minlength=num_frames)
         for row in range(scores.shape[0]):
-            mass = torch.zeros(num_frames).index_add_(0, frames, scores[row].clamp(min=0))
+            f = frames[min(row, frames.shape[0] - 1)]
+            eligible = torch.isfinite(scores[row])
+            sizes = torch.bincount(f[eligible], minlength=num_frames)
+            mass = torch.zeros(num_frames).index_add_(0, f, scores[row].clamp(min=0).nan_to_num(0.0))
             quota = _largest_remainder(mass, int(keep[row]), sizes)
             for m in range(num_frames):
-                members = (frames == m).nonzero().flatten()
+                members = ((f == m) & eligible).nonzero().flatten()
                 best = members[torch.argsort(scores[row, members], descending=True, stable=True)[: int(quota[m])]]
                 mask[row, best] = True
         return mask

@@ -34,4 +34,4 @@ class FastV(ScoredMethod):
 
     def score(self, layer: int, ctx: PruneContext) -> torch.Tensor:
         source = self._source(ctx.num_layers)
-        return ctx.visual_columns(ctx.stats(source, "last").mean()).mean(dim=0, keepdim=True)
+        return ctx.visual_columns(ctx.stats(source, "last").mean(), layer).mean(dim=0, keepdim=True)

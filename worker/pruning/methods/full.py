@@ -11,6 +11,7 @@ from videoqa.worker.pruning.registry import register
 class FullCache(PruningMethod):
     name = "full"
     description = "Keeps every token: the unpruned cache (budget must be 1)."
+    progressive = True  # nothing to compress at any step
 
     def apply(self, state: ConversationState, ctx: PruneContext) -> PruneResult:
-        return PruneResult(visual_kept=int(ctx.visual.numel()), layer_lengths=state.cache_lengths)
+        return PruneResult(visual_kept=ctx.visual_seen, layer_lengths=state.cache_lengths)

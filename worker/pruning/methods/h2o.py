@@ -19,9 +19,11 @@ class H2O(ScoredMethod):
     name = "h2o"
     description = "Keeps the visual tokens with the largest accumulated attention from all prompt queries."
     params = SHARED_PARAMS
+    #: Its score sums attention from every prompt query; a chunk's queries are not all of them.
+    progressive = False
 
     def prefill_groups(self, rows: RowSets) -> list[RowGroup]:
         return [RowGroup("all", rows.all())]
 
     def score(self, layer: int, ctx: PruneContext) -> torch.Tensor:
-        return ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "all").colsum))
+        return ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "all").colsum, layer))

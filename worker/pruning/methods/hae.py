@@ -34,6 +34,8 @@ from videoqa.worker.types import MethodParam
 
 @register
 class HierarchicalAdaptiveEviction(PruningMethod):
+    #: One kept set from the whole prompt's statistics, and a decode-time bin that moves entries.
+    progressive = False
     name = "hae"
     description = (
         "HAE reconstruction: one early layer's mean+spread of attention picks one kept set for every layer; "

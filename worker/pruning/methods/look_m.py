@@ -47,12 +47,14 @@ class LookM(ScoredMethod):
         MethodParam("merge", "Pivot-merge evicted tokens into kept ones (1) or drop them (0)", 1, 0, 1, integer=True),
         *SHARED_PARAMS,
     )
+    #: Heavy-hitter scores over every prompt query, and merging rewrites kept entries.
+    progressive = False
 
     def prefill_groups(self, rows: RowSets) -> list[RowGroup]:
         return [RowGroup("all", rows.all())]
 
     def score(self, layer: int, ctx: PruneContext) -> torch.Tensor:
-        scores = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "all").colsum))
+        scores = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "all").colsum, layer))
         recent = round(float(self.recent_ratio) * scores.shape[1])
         if recent:
             scores[:, scores.shape[1] - recent :] = scores.max() + 1.0

@@ -43,7 +43,7 @@ class MadaKVLike(ScoredMethod):
 
     def score(self, layer: int, ctx: PruneContext) -> torch.Tensor:
         window = ctx.to_kv_heads(ctx.stats(layer, "window").mean())  # [H_kv, S]
-        visual = window[:, ctx.visual.to(window.device)]
+        visual = window[:, ctx.view(layer).slots.to(window.device)]
         self._preference = (visual.sum(dim=1) / window.sum(dim=1).clamp(min=1e-30)).float().cpu()
         return visual
 

@@ -24,6 +24,6 @@ class PyramidKV(SnapKV):
     def layer_slots(self, layer: int, slots: int, ctx: PruneContext) -> int:
         low = slots / float(self.beta)
         high = 2 * slots - low
-        if ctx.num_layers == 1 or high > ctx.visual.numel():
+        if ctx.num_layers == 1 or high > ctx.visual_seen:
             return slots  # the pyramid does not fit (large budgets): uniform, as SnapKV (kvpress does the same)
         return max(1, round(high - layer * (high - low) / (ctx.num_layers - 1)))

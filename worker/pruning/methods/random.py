@@ -17,4 +17,4 @@ class RandomPruning(ScoredMethod):
 
     def score(self, layer: int, ctx: PruneContext) -> torch.Tensor:
         generator = torch.Generator().manual_seed(int(self.seed))
-        return torch.rand(1, int(ctx.visual.numel()), generator=generator)
+        return torch.rand(1, ctx.view(layer).size, generator=generator)

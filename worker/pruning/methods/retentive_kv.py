@@ -38,6 +38,8 @@ class RetentiveKV(ScoredMethod):
         MethodParam("gate_scale", "Memory gate = this × the evicted tokens' window attention share (≤ 1)", 1.0, 0, 100),
         *SHARED_PARAMS,
     )
+    #: Its memory and gate are built once, from the whole prefill's attention.
+    progressive = False
 
     def window_groups(self, rows: RowSets) -> list[RowGroup]:
         return [RowGroup("window", rows.window)]
@@ -46,7 +48,7 @@ class RetentiveKV(ScoredMethod):
         return [RowGroup("spread", rows.visual(int(self.visual_rows)), entropy=True)]
 
     def score(self, layer: int, ctx: PruneContext) -> torch.Tensor:
-        window = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "window").mean()))
+        window = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "window").mean(), layer))
         return pool(window, int(self.kernel), bool(self.max_pool))
 
     def apply(self, state: ConversationState, ctx: PruneContext) -> PruneResult:
@@ -61,10 +63,10 @@ class RetentiveKV(ScoredMethod):
         evicted = ~kept  # [H_kv, n_visual]
         if not bool(evicted.any()):
             return keys, values
-        entropy = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "spread").column_entropy()))
+        entropy = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "spread").column_entropy(), layer))
         beta = entropy.to(keys.device) ** float(self.entropy_power) * evicted  # 0 for kept tokens
         state, normalizer = fold(keys, values, beta)
-        window = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "window").mean())).to(keys.device)
+        window = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "window").mean(), layer)).to(keys.device)
         share = (window * evicted).sum(dim=1)  # [H_kv]: attention the evicted tokens held
         gate = (float(self.gate_scale) * share).clamp(0, 1)
         self._memory[layer] = (state, normalizer, gate.float())  # float32 whatever the cache's dtype

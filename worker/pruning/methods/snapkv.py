@@ -42,5 +42,5 @@ class SnapKV(ScoredMethod):
         return [RowGroup("window", rows.window)]
 
     def score(self, layer: int, ctx: PruneContext) -> torch.Tensor:
-        window = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "window").mean()))
+        window = ctx.to_kv_heads(ctx.visual_columns(ctx.stats(layer, "window").mean(), layer))
         return pool(window, int(self.kernel), bool(self.max_pool))

@@ -20,7 +20,10 @@ class StreamingLLM(ScoredMethod):
     params = (MethodParam("n_sink", "Leading visual tokens always kept", 4, 0, 1024, integer=True), *SHARED_PARAMS)
 
     def score(self, layer: int, ctx: PruneContext) -> torch.Tensor:
-        n = int(ctx.visual.numel())
-        scores = torch.arange(n, dtype=torch.float32) / n  # later is better
-        scores[: int(self.n_sink)] = 2.0
+        order = ctx.view(layer).order[0]  # one kept set for every head: their entries agree
+        n = int(order.numel())
+        rank = torch.empty(n, dtype=torch.long)
+        rank[torch.argsort(order, stable=True)] = torch.arange(n)
+        scores = rank.float() / n  # later is better
+        scores[rank < int(self.n_sink)] = 2.0  # the earliest visual tokens seen (kept, so still the earliest)
         return scores[None]
