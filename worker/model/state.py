@@ -250,14 +250,15 @@ class ConversationState:
         """Entries per layer (read from the batch's bookkeeping while lent: no K/V move)."""
         if self.lender is not None:
             return self.lender.lengths_of(self)
-        return [int(layer.keys.shape[2]) for layer in self._cache.layers]
+        return [0 if layer.keys is None else int(layer.keys.shape[2]) for layer in self._cache.layers]
 
     def cache_bytes(self) -> int:
         """K/V bytes of every layer, plus what the cache extension keeps on the device."""
         extra = self.extension.nbytes() if self.extension is not None else 0
         if self.lender is not None:
             return sum(self.lender.lengths_of(self)) * self.lender.bytes_per_entry + extra
-        return sum(layer.keys.nbytes + layer.values.nbytes for layer in self._cache.layers) + extra
+        layers = [layer for layer in self._cache.layers if layer.keys is not None]
+        return sum(layer.keys.nbytes + layer.values.nbytes for layer in layers) + extra
 
     def checkpoint(self, rewrites: bool = False) -> Checkpoint:
         """What ``rollback`` needs to undo everything fed after this point. ``rewrites``: what

@@ -383,9 +383,7 @@ class ScoredMethod(PruningMethod):
         # earlier recycled entries carry their weight sums (uniform weighting: their token counts)
         carried = view.weights if int(self.bin_weighting) == 0 else view.counts
         weights = torch.where(view.recycled, carried, token_weights)
-        folded = (
-            fold(vk, vv, members, view.frames, view.order, weights, view.counts, bins) if any(bins) else None
-        )
+        folded = fold(vk, vv, members, view.frames, view.order, weights, view.counts, bins) if any(bins) else None
         return _gather(layer, view, kept, vk, vv, folded, bins, keep, ctx, bias=bool(int(self.mass_bias)))
 
 
