@@ -66,6 +66,9 @@ class PruningSpec:
     params: dict[str, float] = field(default_factory=dict)
     #: Fraction of visual tokens kept, in (0, 1].
     budget: float = 1.0
+    #: Most visual entries a layer keeps, whatever the video's length (0: no cap); needs a method
+    #: that compresses progressively.
+    max_visual_tokens: int = 0
 
 
 @dataclass(frozen=True)

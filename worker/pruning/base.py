@@ -368,6 +368,11 @@ class ScoredMethod(PruningMethod):
         keep = torch.minimum(self.keep_counts(scores, layer_slots, ctx), tokens_per_row)
         ranked = scores.masked_fill(~eligible_rows, float("-inf")) if not bool(eligible_rows.all()) else scores
         kept = self.select(ranked, keep) & eligible_rows  # [rows, n]
+        short = keep - kept.sum(dim=1)
+        if bool((short > 0).any()):  # a method's own selection chose entries that cannot stay
+            for row in (short > 0).nonzero().flatten().tolist():
+                rest = ranked[row].masked_fill(kept[row] | ~eligible_rows[row], float("-inf"))
+                kept[row, torch.argsort(rest, descending=True, stable=True)[: int(short[row])]] = True
         kept = kept.expand(heads, n) if kept.shape[0] == 1 else kept
         keep = keep.expand(heads) if keep.shape[0] == 1 else keep
         row_scores = scores.expand(heads, n) if scores.shape[0] == 1 else scores

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
 
 METHODS: dict[str, type[PruningMethod]] = {}
 DEFAULT_METHOD = "full"
+#: Upper bound on ``PruningSpec.max_visual_tokens``.
+MAX_VISUAL_TOKENS = 1 << 24
 
 
 def register(cls: type[PruningMethod]) -> type[PruningMethod]:
@@ -36,6 +38,18 @@ def build_method(spec: PruningSpec) -> PruningMethod:
         raise InvalidInput(f"budget must be in (0, 1], got {spec.budget}", field="pruning.budget")
     if name == "full" and budget != 1.0:
         raise InvalidInput("method 'full' keeps every token; its budget must be 1", field="pruning.budget")
+    cap = spec.max_visual_tokens
+    if cap < 0 or cap > MAX_VISUAL_TOKENS:
+        raise InvalidInput(
+            f"max_visual_tokens must be in [0, {MAX_VISUAL_TOKENS}], got {cap}", field="pruning.max_visual_tokens"
+        )
+    if cap and (name == "full" or not cls.progressive):
+        progressive = ", ".join(sorted(n for n, c in METHODS.items() if c.progressive and n != "full"))
+        raise InvalidInput(
+            f"method {name!r} cannot hold a cap on visual entries (it compresses once, after the whole prefill); "
+            f"methods that compress progressively: {progressive}",
+            field="pruning.max_visual_tokens",
+        )
     known = {p.name: p for p in cls.params}
     values: dict[str, float] = {p.name: p.default for p in cls.params}
     for key, value in spec.params.items():
@@ -53,7 +67,7 @@ def build_method(spec: PruningSpec) -> PruningMethod:
         if param.integer and value != int(value):
             raise InvalidInput(f"parameter {key!r} of {name!r} must be an integer", field=f"pruning.params.{key}")
         values[key] = value
-    return cls(budget, **values)
+    return cls(budget, cap, **values)
 
 
 def describe_methods() -> list[MethodDescription]:

@@ -47,7 +47,10 @@ class CrossSelfPruning(ScoredMethod):
 
     def score(self, layer: int, ctx: PruneContext) -> torch.Tensor:
         cross, self_ = self._parts(layer, ctx)
-        self._current = (cross.float().cpu(), self_.float().cpu())
+        cross, self_ = cross.float().cpu(), self_.float().cpu()
+        staying = ctx.view(layer).eligible  # (a progressive step: earlier recycled entries cannot stay)
+        hide = lambda x: x if bool(staying.all()) else x.masked_fill(~staying, float("-inf"))  # noqa: E731
+        self._current = (hide(cross), hide(self_))
         norm = lambda x: x / x.sum(dim=1, keepdim=True).clamp(min=1e-30)  # noqa: E731
         return norm(cross) + norm(self_)  # used to weight recycled entries
 
