@@ -37,11 +37,15 @@ def sampling_to_pb(spec: t.SamplingSpec) -> pb.FrameSampling:
 
 
 def pruning_from_pb(msg: pb.PruningSpec) -> t.PruningSpec:
-    return t.PruningSpec(method=msg.method, params=dict(msg.params), budget=msg.budget)
+    return t.PruningSpec(
+        method=msg.method, params=dict(msg.params), budget=msg.budget, max_visual_tokens=msg.max_visual_tokens
+    )
 
 
 def pruning_to_pb(spec: t.PruningSpec) -> pb.PruningSpec:
-    return pb.PruningSpec(method=spec.method, params=spec.params, budget=spec.budget)
+    return pb.PruningSpec(
+        method=spec.method, params=spec.params, budget=spec.budget, max_visual_tokens=spec.max_visual_tokens
+    )
 
 
 def generation_from_pb(msg: pb.GenerationParams) -> t.GenerationParams:
@@ -81,6 +85,7 @@ def session_to_pb(s: t.SessionSnapshot) -> pb.SessionInfo:
         kv_bytes=s.kv_bytes,
         created_at=s.created_at,
         last_used_at=s.last_used_at,
+        segments=s.segments,
     )
 
 
@@ -127,6 +132,7 @@ def event_to_pb(event: t.Event) -> pb.AskResponse:
             generated_tokens=s.generated_tokens,
             finish_reason=_FINISH[s.finish_reason],
             timings=timings_to_pb(s.timings),
+            gpu_peak_bytes=s.gpu_peak_bytes,
         )
     )
 
@@ -166,4 +172,6 @@ def limits_to_pb(x: t.Limits) -> pb.Limits:
         max_new_tokens=x.max_new_tokens,
         default_frames=x.default_frames,
         default_max_new_tokens=x.default_max_new_tokens,
+        max_session_frames=x.max_session_frames,
+        prefill_chunk_frames=x.prefill_chunk_frames,
     )

@@ -146,6 +146,32 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
         except Exception as error:
             await self._fail(context, error)
 
+    async def AppendMedia(self, request_iterator, context):
+        try:
+            self.authenticate(context.invocation_metadata() or ())  # before reading any media
+            upload: Upload = await read_upload(
+                request_iterator, max_bytes=self.max_upload_bytes, max_images=self.max_images, budget=self.uploads
+            )
+            try:
+                session_id = upload.spec.session_id
+                self._check_session_id(session_id)
+                call_context = self._context(context, session_id)
+
+                def start(worker: WorkerHandle, timeout: float | None):
+                    def messages():
+                        yield wpb.WorkerAppendRequest(context=call_context)
+                        for message in upload_messages(upload):
+                            yield wpb.WorkerAppendRequest(request=message)
+
+                    return worker.stub.AppendMedia(messages(), timeout=timeout)
+
+                async for response in self._stream(session_id, context, start):
+                    yield response
+            finally:
+                self.uploads.release(upload.size)
+        except Exception as error:
+            await self._fail(context, error)
+
     async def Ask(self, request: pb.AskRequest, context):
         try:
             self._check_session_id(request.session_id)

@@ -1,4 +1,8 @@
-"""Reading a client-streamed upload into memory under a size cap, and re-streaming it."""
+"""Reading a client-streamed upload into memory under a size cap, and re-streaming it.
+
+Both uploads that carry media (``CreateSession`` and ``AppendMedia``) stream the same message
+shape: a first message with a ``spec`` (``SessionSpec`` or ``AppendSpec``, both with a media kind
+and an optional total size), then ``video_chunk`` or ``image`` parts."""
 
 from __future__ import annotations
 
@@ -37,7 +41,7 @@ class UploadBudget:
 
 @dataclass
 class Upload:
-    spec: pb.SessionSpec
+    spec: pb.SessionSpec | pb.AppendSpec
     kind: MediaKind
     #: The video's bytes, or one encoded image per item.
     payload: bytes | list[bytes]
@@ -46,7 +50,7 @@ class Upload:
 
 
 async def read_upload(
-    requests: AsyncIterator[pb.CreateSessionRequest],
+    requests: AsyncIterator[pb.CreateSessionRequest | pb.AppendMediaRequest],
     *,
     max_bytes: int,
     max_images: int,
@@ -67,14 +71,14 @@ async def read_upload(
 
 
 async def _read(
-    requests: AsyncIterator[pb.CreateSessionRequest],
+    requests: AsyncIterator[pb.CreateSessionRequest | pb.AppendMediaRequest],
     max_bytes: int,
     max_images: int,
     budget: UploadBudget,
     taken: list[int],
 ) -> Upload:
     started = time.perf_counter()
-    spec: pb.SessionSpec | None = None
+    spec: pb.SessionSpec | pb.AppendSpec | None = None
     kind: MediaKind | None = None
     video: list[bytes] = []
     images: list[list[bytes]] = []
@@ -123,16 +127,18 @@ async def _read(
     return Upload(spec, kind, payload, size, time.perf_counter() - started)
 
 
-def upload_messages(upload: Upload, chunk: int = CHUNK) -> Iterator[pb.CreateSessionRequest]:
-    """The upload as a stream again: its spec (with the resolved media kind), then the media."""
-    spec = pb.SessionSpec()
+def upload_messages(upload: Upload, chunk: int = CHUNK) -> Iterator[pb.CreateSessionRequest | pb.AppendMediaRequest]:
+    """The upload as a stream again, in the message type it came in: its spec (with the resolved
+    media kind), then the media."""
+    message = pb.AppendMediaRequest if isinstance(upload.spec, pb.AppendSpec) else pb.CreateSessionRequest
+    spec = type(upload.spec)()
     spec.CopyFrom(upload.spec)
     spec.media_kind = pb.MEDIA_KIND_IMAGES if upload.kind == MediaKind.IMAGES else pb.MEDIA_KIND_VIDEO
-    yield pb.CreateSessionRequest(spec=spec)
+    yield message(spec=spec)
     if isinstance(upload.payload, bytes):
         for start in range(0, len(upload.payload), chunk):
-            yield pb.CreateSessionRequest(video_chunk=upload.payload[start : start + chunk])
+            yield message(video_chunk=upload.payload[start : start + chunk])
         return
     for index, image in enumerate(upload.payload):
         for start in range(0, max(len(image), 1), chunk):
-            yield pb.CreateSessionRequest(image=pb.ImagePart(index=index, data=image[start : start + chunk]))
+            yield message(image=pb.ImagePart(index=index, data=image[start : start + chunk]))

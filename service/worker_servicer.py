@@ -12,7 +12,7 @@ from videoqa.service import convert
 from videoqa.service.errors import abort
 from videoqa.service.upload import UploadBudget, read_upload
 from videoqa.v1 import videoqa_pb2 as pb
-from videoqa.worker.engine import CreateRequest, Engine, TurnControl
+from videoqa.worker.engine import AppendRequest, CreateRequest, Engine, TurnControl
 from videoqa.worker.errors import InvalidInput, NotReady
 from videoqa.worker.types import MediaKind
 
@@ -29,23 +29,27 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         settings = engine.settings
         self.uploads = UploadBudget(max(settings.max_buffered_upload_bytes, settings.max_upload_bytes))
 
+    async def _upload(self, request_iterator):
+        """The call context and the upload that follows it (context first, then the public stream)."""
+        first = await anext(request_iterator, None)
+        if first is None or first.WhichOneof("payload") != "context":
+            raise InvalidInput("the first message must carry the call context")
+
+        async def requests():
+            async for message in request_iterator:
+                if message.WhichOneof("payload") != "request":
+                    raise InvalidInput("the call context may only be sent once")
+                yield message.request
+
+        limits = self.engine.settings
+        upload = await read_upload(
+            requests(), max_bytes=limits.max_upload_bytes, max_images=limits.max_images, budget=self.uploads
+        )
+        return first.context, upload
+
     async def CreateSession(self, request_iterator, context):
         try:
-            first = await anext(request_iterator, None)
-            if first is None or first.WhichOneof("payload") != "context":
-                raise InvalidInput("the first message must carry the call context")
-            call = first.context
-
-            async def requests():
-                async for message in request_iterator:
-                    if message.WhichOneof("payload") != "request":
-                        raise InvalidInput("the call context may only be sent once")
-                    yield message.request
-
-            limits = self.engine.settings
-            upload = await read_upload(
-                requests(), max_bytes=limits.max_upload_bytes, max_images=limits.max_images, budget=self.uploads
-            )
+            call, upload = await self._upload(request_iterator)
             spec = upload.spec
             request = CreateRequest(
                 tenant=call.tenant,
@@ -62,6 +66,29 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             )
             try:
                 async for event in self.engine.create_session(request, control_for(context)):
+                    yield convert.event_to_pb(event)
+            finally:
+                self.uploads.release(upload.size)
+        except Exception as error:
+            await abort(context, error)
+
+    async def AppendMedia(self, request_iterator, context):
+        try:
+            call, upload = await self._upload(request_iterator)
+            spec = upload.spec
+            if spec.session_id and spec.session_id != call.session_id:
+                raise InvalidInput("the spec names another session than the call", field="spec.session_id")
+            request = AppendRequest(
+                tenant=call.tenant,
+                session_id=call.session_id,
+                media_kind=upload.kind,
+                payload=upload.payload,
+                sampling=convert.sampling_from_pb(spec.sampling),
+                image_fps=spec.image_fps if upload.kind == MediaKind.IMAGES else 0.0,
+                upload_s=upload.seconds,
+            )
+            try:
+                async for event in self.engine.append(request, control_for(context)):
                     yield convert.event_to_pb(event)
             finally:
                 self.uploads.release(upload.size)
@@ -85,14 +112,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
     async def GetSession(self, request: wpb.WorkerSessionRequest, context):
         try:
             self._ready()
-            return convert.session_to_pb(self.engine.get_session(request.context.tenant, request.context.session_id))
+            snapshot = await self.engine.get_session(request.context.tenant, request.context.session_id)
+            return convert.session_to_pb(snapshot)
         except Exception as error:
             await abort(context, error)
 
     async def DeleteSession(self, request: wpb.WorkerSessionRequest, context):
         try:
             self._ready()
-            self.engine.delete_session(request.context.tenant, request.context.session_id)
+            await self.engine.delete_session(request.context.tenant, request.context.session_id)
             return pb.DeleteSessionResponse()
         except Exception as error:
             await abort(context, error)

@@ -7,7 +7,6 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
 
 from videoqa.worker.errors import (
     CorruptSession,
@@ -18,9 +17,77 @@ from videoqa.worker.errors import (
     TurnDeadlineExceeded,
 )
 from videoqa.worker.model.families import TokenLayout
-from videoqa.worker.model.state import ConversationState
+from videoqa.worker.model.state import ConversationState, VisualSlots
 from videoqa.worker.telemetry import StoreFailure, Telemetry
 from videoqa.worker.types import DecodedMedia, MediaKind, PruningSpec, SamplingSpec, SessionSnapshot
+
+
+@dataclass(frozen=True)
+class MediaSegment:
+    """One piece of a session's media: the upload that created the session, or a segment appended
+    later. Its ``timestamps`` are on the session's clock: an appended segment's times continue
+    where the media before it ended (``start_s``)."""
+
+    kind: MediaKind
+    sampling: SamplingSpec
+    frame_indices: tuple[int, ...]
+    timestamps: tuple[float, ...]
+    width: int
+    height: int
+    source_frames: int
+    source_fps: float
+    duration_s: float
+    #: Where this segment starts on the session's clock, in seconds.
+    start_s: float
+    #: Visual tokens the model made of it, and the frame spans (temporal patches or frames) they form.
+    visual_tokens: int
+    spans: int
+
+    @classmethod
+    def of(
+        cls, media: DecodedMedia, kind: MediaKind, sampling: SamplingSpec, layout: TokenLayout, start_s: float = 0.0
+    ) -> MediaSegment:
+        frames = media.frames
+        return cls(
+            kind=kind,
+            sampling=sampling,
+            frame_indices=tuple(int(i) for i in media.indices),
+            timestamps=tuple(start_s + float(t) for t in media.timestamps),
+            width=int(frames.shape[2]) if frames.ndim == 4 else 0,
+            height=int(frames.shape[1]) if frames.ndim == 4 else 0,
+            source_frames=int(media.source_frames),
+            source_fps=float(media.source_fps),
+            duration_s=float(media.duration_s),
+            start_s=start_s,
+            visual_tokens=layout.num_visual_tokens,
+            spans=len(layout.frame_spans),
+        )
+
+    @property
+    def end_s(self) -> float:
+        """Where the next segment starts: after this one's duration (or its last frame, if later)."""
+        last = self.timestamps[-1] if self.timestamps else self.start_s
+        return max(self.start_s + self.duration_s, last)
+
+
+@dataclass(frozen=True)
+class SavePoint:
+    """The session as last stored: each layer's cache length and the tokens fed (a delta record
+    holds what came after)."""
+
+    lengths: tuple[int, ...] = ()
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far a session has got, as ``GetSession`` reports it."""
+
+    turns: int
+    context_length: int
+    cache_length: int
+    visual_tokens_after: int
+    kv_bytes: int
 
 
 @dataclass
@@ -30,42 +97,74 @@ class Session:
     session_id: str
     tenant: str
     model_id: str
-    media_kind: MediaKind
-    sampling: SamplingSpec
     pruning: PruningSpec
-    media: DecodedMedia
-    layout: TokenLayout
+    segments: list[MediaSegment]
     state: ConversationState
     visual_tokens_after: int
     recycled_tokens: int
     kv_bytes_per_token: int
     #: Completed question/answer turns.
     turns: int = 0
+    #: Delta records stored after the prefix (turns and appended segments): the manifest's version.
+    records: int = 0
+    #: The prompt ends with media and no question yet (the next question opens no new user turn).
+    awaiting_question: bool = False
+    #: False when the store was unreachable at creation: the session lives for its one call only.
+    stored: bool = True
     created_at: float = field(default_factory=time.time)
     last_used_at: float = field(default_factory=time.time)
-    #: Extra per-method state the pruning engine may attach.
-    extra: dict[str, Any] = field(default_factory=dict)
-    #: Per-layer cache lengths and token count at the last save: where the next turn delta starts.
-    saved: tuple[tuple[int, ...], int] = ((), 0)
-    #: Turns and cache sizes at the last save, as the snapshot reports them: a turn in flight on
-    #: the compute thread grows the live cache, and readers must not see half a turn.
-    committed: dict[str, int] | None = None
+    #: Where the next delta record starts.
+    saved: SavePoint = field(default_factory=SavePoint)
+    #: Progress at the last save, as the snapshot reports it: a turn in flight on the compute
+    #: thread grows the live cache, and readers must not see half a turn.
+    committed: Progress | None = None
+
+    @property
+    def media_kind(self) -> MediaKind:
+        return self.segments[0].kind
+
+    @property
+    def sampling(self) -> SamplingSpec:
+        return self.segments[0].sampling
+
+    @property
+    def visual_tokens_before(self) -> int:
+        """Visual tokens the model made of all the session's media."""
+        return sum(segment.visual_tokens for segment in self.segments)
+
+    @property
+    def frame_spans(self) -> int:
+        """Frame spans (temporal patches or frames) of all the session's media."""
+        return sum(segment.spans for segment in self.segments)
+
+    @property
+    def frames(self) -> int:
+        return sum(len(segment.frame_indices) for segment in self.segments)
+
+    @property
+    def clock_s(self) -> float:
+        """Where media appended now starts on the session's clock."""
+        return self.segments[-1].end_s if self.segments else 0.0
 
     def mark_saved(self) -> None:
-        self.saved = (tuple(self.state.cache_lengths), len(self.state.token_ids))
-        if self.state.extension is not None:
-            self.state.extension.mark_saved()
+        state = self.state
+        self.saved = SavePoint(tuple(state.cache_lengths), len(state.token_ids))
+        if state.extension is not None:
+            state.extension.mark_saved()
+        if state.slots is not None:
+            lengths = state.cache_lengths
+            state.slots = VisualSlots([state.slots.layer(i, n).stored() for i, n in enumerate(lengths)])
         self.committed = self._progress()
 
-    def _progress(self) -> dict[str, int]:
+    def _progress(self) -> Progress:
         """How far the conversation has got: turns and the cache's sizes, live."""
-        return {
-            "turns": self.turns,
-            "context_length": self.state.next_pos,
-            "cache_length": self.state.cache_length,
-            "visual_tokens_after": self.live_counts()[0],
-            "kv_bytes": self.state.cache_bytes(),
-        }
+        return Progress(
+            turns=self.turns,
+            context_length=self.state.next_pos,
+            cache_length=self.state.cache_length,
+            visual_tokens_after=self.live_counts()[0],
+            kv_bytes=self.state.cache_bytes(),
+        )
 
     def live_counts(self) -> tuple[int, int]:
         """(visual entries in the cache, recycled entries) now: the prefill's, unless the method's
@@ -74,24 +173,30 @@ class Session:
         return counts if counts is not None else (self.visual_tokens_after, self.recycled_tokens)
 
     def snapshot(self) -> SessionSnapshot:
-        frames = self.media.frames
+        first = self.segments[0]
+        progress = self.committed or self._progress()
         return SessionSnapshot(
             session_id=self.session_id,
             model=self.model_id,
             media_kind=self.media_kind,
             sampling=self.sampling,
-            frame_indices=list(self.media.indices),
-            frame_timestamps=list(self.media.timestamps),
-            frame_width=int(frames.shape[2]) if frames.ndim == 4 else 0,
-            frame_height=int(frames.shape[1]) if frames.ndim == 4 else 0,
-            source_frames=self.media.source_frames,
-            source_fps=self.media.source_fps,
-            source_duration_s=self.media.duration_s,
+            frame_indices=[i for segment in self.segments for i in segment.frame_indices],
+            frame_timestamps=[t for segment in self.segments for t in segment.timestamps],
+            frame_width=first.width,
+            frame_height=first.height,
+            source_frames=sum(segment.source_frames for segment in self.segments),
+            source_fps=first.source_fps,
+            source_duration_s=self.clock_s,
             pruning=self.pruning,
-            visual_tokens_before=self.layout.num_visual_tokens,
-            **(self.committed or self._progress()),
+            visual_tokens_before=self.visual_tokens_before,
+            turns=progress.turns,
+            context_length=progress.context_length,
+            cache_length=progress.cache_length,
+            visual_tokens_after=progress.visual_tokens_after,
+            kv_bytes=progress.kv_bytes,
             created_at=self.created_at,
             last_used_at=self.last_used_at,
+            segments=len(self.segments),
         )
 
 
@@ -197,14 +302,17 @@ class SessionManager:
         session.mark_saved()
         self._remember(session)
 
-    def save_turn(self, session: Session) -> None:
-        """Append the turn just completed (``session.turns``) as a delta; compare-and-set."""
-        from videoqa.worker.kvcache.records import encode_turn
+    def save_turn(self, session: Session, segment: MediaSegment | None = None) -> None:
+        """Store what changed since the last save (the turn just completed, or ``segment`` just
+        appended) as one more delta record; compare-and-set on the record count."""
+        from videoqa.worker.kvcache.records import encode_delta
 
         with self.telemetry.timed("serialize", op="encode"):
-            blob = encode_turn(session, session.saved, self.quantize)
-        self.telemetry.size("record_bytes", len(blob), kind="turn")
-        self._counted("append", self.store.append, session.session_id, session.turns - 1, blob)
+            blob = encode_delta(session, self.quantize, segment)
+        kind = "turn" if segment is None else "segment"
+        self.telemetry.size("record_bytes", len(blob), kind=kind)
+        self._counted("append", self.store.append, session.session_id, session.records, blob)
+        session.records += 1
         session.mark_saved()
         session.last_used_at = time.time()
         self._remember(session)
@@ -223,7 +331,7 @@ class SessionManager:
             )
         with self._lock:
             hot = self._hot.get(session_id)
-        if hot is not None and hot.turns == manifest["version"]:
+        if hot is not None and hot.records == manifest["version"]:
             self.counters["lookup_hot"] += 1
             hot.last_used_at = time.time()
             self._remember(hot)

@@ -27,7 +27,17 @@ class WorkerSettings(BaseSettings):
     max_buffered_upload_bytes: int = Field(default=1 << 30, ge=1024, le=1 << 36)
     """Bytes of uploads held in memory at once across all calls; beyond, RESOURCE_EXHAUSTED."""
     max_frames: int = Field(default=64, ge=1, le=4096)
-    """Most frames a request may sample."""
+    """Most frames one request (an upload, or media appended to a session) may sample."""
+    max_session_frames: int = Field(default=4096, ge=1, le=1 << 20)
+    """Most frames a session may hold over all its media; with a cap on visual entries
+    (``max_visual_tokens``) its KV stays bounded whatever this is."""
+    prefill_chunk_frames: int = Field(default=16, ge=0, le=1 << 16)
+    """Frames per prefill chunk (rounded down to whole temporal patches, at least one): between
+    chunks the other sessions' answers take a decode step, and a progressive pruning method
+    compresses what it holds. 0: a video is prefilled in one forward."""
+    prefill_chunk_tokens: int = Field(default=4096, ge=0, le=1 << 24)
+    """Most visual tokens in one prefill chunk (0: no bound beyond the frames); a chunk always
+    holds at least one temporal patch."""
     max_images: int = Field(default=512, ge=1, le=100_000)
     """Most images an image-sequence upload may contain."""
     default_frames: int = Field(default=8, ge=1, le=4096)
@@ -51,6 +61,9 @@ class WorkerSettings(BaseSettings):
     RESOURCE_EXHAUSTED and a retry hint."""
     max_batch_size: int = Field(default=16, ge=1, le=1024)
     """Most sessions decoded together in one batched step."""
+    io_threads: int = Field(default=4, ge=1, le=256)
+    """Threads that run a turn's I/O stages (session restore and save, with their (de)serialisation;
+    media preprocessing), off the compute thread and off the event loop."""
     kv_budget_bytes: int = Field(default=8 << 30, ge=0, le=1 << 44)
     """KV bytes the running turns may reserve together (their sessions' caches plus the answers);
     a turn that does not fit waits (0: no limit). One turn always runs, whatever its size."""

@@ -60,6 +60,29 @@ class CacheBuilt:
     prune_s: float
 
 
+@dataclass(frozen=True)
+class ChunkPrefilled:
+    """One prefill chunk ran: its forward's seconds and its compression's (0 when none ran)."""
+
+    model: str
+    prefill_s: float
+    prune_s: float
+
+
+@dataclass(frozen=True)
+class MediaAppended:
+    """Media was appended to a session: what came in, how it was prefilled, the KV peak."""
+
+    model: str
+    method: str
+    frames: int
+    visual_tokens: int
+    chunks: int
+    prefill_s: float
+    prune_s: float
+    kv_bytes_peak: int
+
+
 Listener = Callable[[Any], None]
 
 

@@ -146,6 +146,8 @@ class SessionSnapshot:
     kv_bytes: int
     created_at: float
     last_used_at: float
+    #: Media pieces: the upload, then every segment appended to it.
+    segments: int = 1
 
 
 @dataclass
@@ -232,3 +234,7 @@ class Limits:
     max_new_tokens: int
     default_frames: int
     default_max_new_tokens: int
+    #: Frames a session may hold over all its media (uploads and appended segments).
+    max_session_frames: int = 0
+    #: Frames per prefill chunk (0: a video is prefilled in one forward).
+    prefill_chunk_frames: int = 0

@@ -8,11 +8,11 @@ import torch
 from tests.pruning.conftest import media
 from videoqa.worker.errors import CorruptSession, IncompatibleSession
 from videoqa.worker.kvcache import serde
-from videoqa.worker.kvcache.records import encode_prefix, encode_turn, restore
+from videoqa.worker.kvcache.records import encode_delta, encode_prefix, restore
 from videoqa.worker.model.generate import ModelRunner
 from videoqa.worker.pruning.pipeline import PrunedPrefill
 from videoqa.worker.pruning.registry import build_method
-from videoqa.worker.sessions import Session
+from videoqa.worker.sessions import MediaSegment, Session
 from videoqa.worker.types import GenerationParams, MediaKind, PruningSpec, SamplingSpec
 
 
@@ -27,26 +27,35 @@ def make_session(lm, mass_bias: int = 1, spec: PruningSpec | None = None) -> tup
         "s1",
         "tenant",
         lm.model_id,
-        MediaKind.VIDEO,
-        SamplingSpec(num_frames=8),
         PruningSpec(method.name, dict(method.values), method.budget),
-        clip,
-        pipeline.prompt.layout,
+        [MediaSegment.of(clip, MediaKind.VIDEO, SamplingSpec(num_frames=8), pipeline.prompt.layout)],
         state,
         result.visual_kept,
         result.recycled,
         lm.kv_bytes_per_token,
     )
     session.mark_saved()
-    session.extra["logits"] = logits
+    LOGITS[id(session)] = logits
     return session, gen
+
+
+#: The logits each test session's next answer starts from, by ``id(session)``.
+LOGITS: dict[int, torch.Tensor] = {}
 
 
 def answer(session: Session, gen: ModelRunner, tokens: int = 3) -> list[torch.Tensor]:
     seen: list[torch.Tensor] = []
     params = GenerationParams(max_new_tokens=tokens)
-    list(gen.stream(session.state, session.extra.pop("logits"), params, on_logits=seen.append))
+    list(gen.stream(session.state, LOGITS.pop(id(session)), params, on_logits=seen.append))
     return seen
+
+
+def saved(session: Session) -> bytes:
+    """The session's next delta record; the session is then as stored."""
+    blob = encode_delta(session)
+    session.records += 1
+    session.mark_saved()
+    return blob
 
 
 def restored(lm, prefix: bytes, turns: list[bytes]) -> Session:
@@ -59,11 +68,10 @@ def test_prefix_and_turns_round_trip_bit_exactly(tiny_model):
     prefix = encode_prefix(session, lm.revision, "float32")
     answer(session, gen)
     session.turns = 1
-    turn1 = encode_turn(session, session.saved)
-    session.mark_saved()
+    turn1 = saved(session)
     gen.feed(session.state, gen.turn_input(session.state, "and then?", first=False))
     session.turns = 2
-    turn2 = encode_turn(session, session.saved)
+    turn2 = saved(session)
     back = restored(lm, prefix, [turn1, turn2])
     assert back.turns == 2 and back.state.token_ids == session.state.token_ids
     assert (back.state.next_pos, back.state.rope_delta, back.state.pending_token) == (
@@ -76,7 +84,7 @@ def test_prefix_and_turns_round_trip_bit_exactly(tiny_model):
     assert session.state.attention_bias and all(
         torch.equal(back.state.attention_bias[i], t) for i, t in session.state.attention_bias.items()
     )
-    assert back.layout == session.layout and back.snapshot().frame_indices == session.snapshot().frame_indices
+    assert back.segments == session.segments and back.snapshot().frame_indices == session.snapshot().frame_indices
     # A follow-up on the restored session equals one on the live session.
     live = gen.feed(session.state, gen.turn_input(session.state, "what next?", first=False))
     again = gen.feed(back.state, gen.turn_input(back.state, "what next?", first=False))
@@ -149,11 +157,10 @@ def test_a_session_saved_mid_conversation_restores_its_recycle_bin(tiny_model):
     turns = []
     for turn in (1, 2):
         if turn > 1:
-            session.extra["logits"] = gen.feed(session.state, gen.turn_input(session.state, "and?", first=False))
+            LOGITS[id(session)] = gen.feed(session.state, gen.turn_input(session.state, "and?", first=False))
         answer(session, gen, tokens=8)
         session.turns = turn
-        turns.append(encode_turn(session, session.saved))
-        session.mark_saved()
+        turns.append(saved(session))
     live = session.state.extension
     assert live.moves["evicted"] > 0 and live.size > 0, "the bin holds entries when the session is saved"
     assert [serde.decode(t)[0]["base_lengths"] is None for t in turns] == [True, True], "whole-cache turns"
@@ -169,8 +176,8 @@ def test_a_session_saved_mid_conversation_restores_its_recycle_bin(tiny_model):
     assert back.live_counts() == session.live_counts() and back.live_counts()[1] == live.size
     # The follow-up (bin still moving) equals the live one, logits and bin alike.
     for each in (session, back):
-        each.extra["logits"] = gen.feed(each.state, gen.turn_input(each.state, "and then?", first=False))
-    assert torch.equal(back.extra["logits"], session.extra["logits"])
+        LOGITS[id(each)] = gen.feed(each.state, gen.turn_input(each.state, "and then?", first=False))
+    assert torch.equal(LOGITS[id(back)], LOGITS[id(session)])
     moves = dict(live.moves)
     live_seen, back_seen = answer(session, gen, tokens=8), answer(back, gen, tokens=8)
     assert all(torch.equal(a, b) for a, b in zip(live_seen, back_seen, strict=True))
@@ -183,7 +190,7 @@ def test_retained_memory_is_stored_with_the_session(tiny_model):
     prefix = encode_prefix(session, lm.revision, "float32")
     answer(session, gen)
     session.turns = 1
-    turn = encode_turn(session, session.saved)
+    turn = saved(session)
     back = restored(lm, prefix, [turn])
     live, mine = session.state.extension.layers, back.state.extension.layers
     assert set(mine) == set(live) == set(range(lm.num_layers))

@@ -77,7 +77,7 @@ def test_hot_tier_is_bounded_in_bytes(tiny_model):
     """The LRU keeps the most recently used sessions within its byte budget."""
     from tests.pruning.conftest import media
     from videoqa.worker.model.generate import ModelRunner
-    from videoqa.worker.sessions import Session, SessionManager
+    from videoqa.worker.sessions import MediaSegment, Session, SessionManager
     from videoqa.worker.types import MediaKind, PruningSpec, SamplingSpec
 
     lm = tiny_model("tiny-qwen2-vl")
@@ -90,11 +90,8 @@ def test_hot_tier_is_bounded_in_bytes(tiny_model):
             name,
             "a",
             lm.model_id,
-            MediaKind.VIDEO,
-            SamplingSpec(),
             PruningSpec(),
-            media(),
-            prompt.layout,
+            [MediaSegment.of(media(), MediaKind.VIDEO, SamplingSpec(), prompt.layout)],
             state,
             0,
             0,

@@ -23,6 +23,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from videoqa.worker.model.attention import RetainedLayer, decode_observers, retained_state, row_masks
+from videoqa.worker.model.clock import model_work
 from videoqa.worker.model.loader import LoadedModel
 from videoqa.worker.model.state import ConversationState
 
@@ -210,6 +211,7 @@ class DecodeBatch:
                 self.give_back(state)
 
     @torch.inference_mode()
+    @model_work()
     def step(self, tokens: list[int]) -> torch.Tensor:
         """Feed ``tokens[b]`` to row b at its session's next position; the logits [B, vocab]."""
         if len(tokens) != self.size:

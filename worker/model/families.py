@@ -94,6 +94,7 @@ class FamilyAdapter:
         #: Text that closes the user turn after the question and opens the assistant's.
         self.question_suffix = suffix
         self._followup_cache: str | None = None
+        self._segment_texts: tuple[str, str] | None = None
 
     # --- prompt text -------------------------------------------------------------------------
 
@@ -113,6 +114,51 @@ class FamilyAdapter:
             )
             self._followup_cache = rendered.partition(ANSWER_SENTINEL)[2]
         return self._followup_cache.replace(QUESTION_SENTINEL, question)
+
+    def segment_text(self, after_answer: bool) -> str:
+        """Text that puts more media into a conversation, up to and including its placeholder:
+        after an answer, the end of the assistant turn and a new user turn opening with the media;
+        else (the conversation ends with media and no question yet) the media's own text, as a
+        second video of the same user message renders."""
+        if self._segment_texts is None:
+            after = self._render(
+                [
+                    {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "q"}]},
+                    {"role": "assistant", "content": [{"type": "text", "text": ANSWER_SENTINEL}]},
+                    {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION_SENTINEL}]},
+                ]
+            )
+            two = self._render(
+                [
+                    {
+                        "role": "user",
+                        "content": [{"type": "video"}, {"type": "video"}, {"type": "text", "text": QUESTION_SENTINEL}],
+                    }
+                ]
+            ).partition(QUESTION_SENTINEL)[0]
+            if not two.startswith(self.video_prefix):
+                raise InvalidInput("this model's chat template cannot hold more media in one message")
+            self._segment_texts = (
+                after.partition(ANSWER_SENTINEL)[2].partition(QUESTION_SENTINEL)[0],
+                two[len(self.video_prefix) :],
+            )
+        return self._segment_texts[0 if after_answer else 1]
+
+    def prepare_segment(
+        self, media: DecodedMedia, next_pos: int, rope_delta: int, after_answer: bool, pending: int | None
+    ) -> PreparedPrompt:
+        """The prompt that appends ``media`` to a conversation whose next token has text index
+        ``next_pos`` (and ``rope_delta``): the segment text of :meth:`segment_text` (preceded by
+        the previous answer's last sampled token when the template does not write it), processed
+        alone, at the positions it has in one prompt holding the whole conversation. Exact: the
+        families' position rules depend only on what came before through the next position."""
+        inputs = self._process(self.segment_text(after_answer), media)
+        ids = inputs["input_ids"]
+        if after_answer and pending is not None and int(ids[0, 0]) != pending:
+            inputs = _prepend_token(inputs, pending)
+        local, local_delta = self.prefill_positions(inputs)
+        offset = next_pos + rope_delta  # the next token's position on every axis
+        return PreparedPrompt(inputs, local + offset, rope_delta + local_delta, self.layout(inputs), next_pos)
 
     def encode_text(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -188,6 +234,16 @@ class FamilyAdapter:
         """Positions of ``length`` text tokens whose first has text index ``start``."""
         pos = torch.arange(start, start + length) + rope_delta
         return pos.view(1, 1, length).expand(3, 1, length) if self.uses_mrope else pos.view(1, length)
+
+
+def _prepend_token(inputs: dict[str, torch.Tensor], token: int) -> dict[str, torch.Tensor]:
+    """``inputs`` with a text token before the first one (ids, mask and token types)."""
+    out = dict(inputs)
+    for name, value in (("input_ids", token), ("attention_mask", 1), ("mm_token_type_ids", 0)):
+        if name in out:
+            first = torch.full((1, 1), value, dtype=out[name].dtype)
+            out[name] = torch.cat([first, out[name]], dim=1)
+    return out
 
 
 class QwenVLAdapter(FamilyAdapter):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from videoqa.worker.model.clock import model_work
 from videoqa.worker.model.families import PreparedPrompt
 from videoqa.worker.model.loader import LoadedModel
 from videoqa.worker.model.state import ConversationState
@@ -88,6 +89,7 @@ class ModelRunner:
         self.eos = lm.eos_token_ids
 
     @torch.inference_mode()
+    @model_work()
     def prefill(self, prompt: PreparedPrompt) -> tuple[ConversationState, torch.Tensor]:
         """Encode the media and run the prompt. Returns the state and the last logits [vocab]."""
         device = self.lm.device
@@ -113,6 +115,7 @@ class ModelRunner:
         return ConversationState(DynamicCache(config=self.lm.model.config), prompt.first_index, prompt.rope_delta, [])
 
     @torch.inference_mode()
+    @model_work()
     def prefill_range(
         self, state: ConversationState, prompt: PreparedPrompt, start: int, end: int, spans: tuple[int, int] | None
     ) -> torch.Tensor:
@@ -131,10 +134,12 @@ class ModelRunner:
                 logits_to_keep=1,
             )
         state.next_pos = prompt.first_index + end
+        state.rope_delta = prompt.rope_delta  # (positions are explicit while the prompt runs)
         state.token_ids.extend(prompt.input_ids[start:end])
         return out.logits[0, -1].float()
 
     @torch.inference_mode()
+    @model_work()
     def feed(self, state: ConversationState, ids: list[int]) -> torch.Tensor:
         """Append text tokens at the session's next positions; returns the last logits [vocab]."""
         if not ids:

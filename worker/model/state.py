@@ -103,7 +103,9 @@ class LayerSlots:
     folds evicted visual tokens); ``frame``: the frame span of a visual entry (-1 for text);
     ``order``: the entry's token index in the conversation (a recycled entry: the mass-weighted
     mean of its tokens'); ``count``: tokens the entry stands for (1 for a token); ``weight``: the
-    merge weight it carries into a later fold (a token: 0, its score is given when it is folded).
+    merge weight it carries into a later fold (a token: 0, its score is given when it is folded);
+    ``origin``: the entry's index in the cache as the session was last stored (-1: not stored
+    yet), from which a stored delta says which stored entries a compression removed.
     """
 
     kind: torch.Tensor
@@ -111,6 +113,7 @@ class LayerSlots:
     order: torch.Tensor
     count: torch.Tensor
     weight: torch.Tensor
+    origin: torch.Tensor
 
     @property
     def length(self) -> int:
@@ -127,7 +130,12 @@ class LayerSlots:
             return torch.cat([t, torch.full((heads, extra), value, dtype=t.dtype)], dim=1)
 
         return LayerSlots(
-            grow(self.kind, TEXT), grow(self.frame, -1), grow(self.order, -1), grow(self.count, 0), grow(self.weight, 0)
+            grow(self.kind, TEXT),
+            grow(self.frame, -1),
+            grow(self.order, -1),
+            grow(self.count, 0),
+            grow(self.weight, 0),
+            grow(self.origin, -1),
         )
 
     def truncated(self, length: int) -> LayerSlots:
@@ -135,12 +143,22 @@ class LayerSlots:
             return self
         return LayerSlots(*(t[:, :length] for t in self.tensors()))
 
+    def tail(self, start: int) -> LayerSlots:
+        """The entries from ``start`` on."""
+        return LayerSlots(*(t[:, start:] for t in self.tensors()))
+
     def gathered(self, index: torch.Tensor) -> LayerSlots:
         """Entries ``index`` [H_kv, S'] of each head, in that order."""
         return LayerSlots(*(torch.gather(t, 1, index) for t in self.tensors()))
 
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        return self.kind, self.frame, self.order, self.count, self.weight
+        return self.kind, self.frame, self.order, self.count, self.weight, self.origin
+
+    def stored(self) -> LayerSlots:
+        """This map once its cache has been stored: every entry's origin is its own index."""
+        heads, length = self.kind.shape
+        origin = torch.arange(length, dtype=torch.int32).expand(heads, length).clone()
+        return LayerSlots(self.kind, self.frame, self.order, self.count, self.weight, origin)
 
     @classmethod
     def text(cls, heads: int, length: int) -> LayerSlots:
@@ -150,7 +168,12 @@ class LayerSlots:
             torch.arange(length, dtype=torch.float32).expand(heads, length).clone(),
             torch.zeros(heads, length),
             torch.zeros(heads, length),
+            torch.full((heads, length), -1, dtype=torch.int32),
         )
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return "kind", "frame", "order", "count", "weight", "origin"
 
 
 @dataclass

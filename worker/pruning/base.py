@@ -420,10 +420,11 @@ class _Outcome:
                     f.order.float().cpu(),
                     f.counts.float().cpu(),
                     f.weights.float().cpu(),
+                    torch.full((b,), -1, dtype=torch.int32),
                 )
                 parts = [torch.cat([p[:cut], new, p[cut:]]) for p, new in zip(parts, inserted, strict=True)]
             rows.append(parts)
-        return LayerSlots(*(torch.stack([row[i] for row in rows]) for i in range(5)))
+        return LayerSlots(*(torch.stack([row[i] for row in rows]) for i in range(len(LayerSlots.names()))))
 
 
 def _map_of(view: LayerView, heads: int, length: int) -> LayerSlots:

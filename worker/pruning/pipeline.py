@@ -30,6 +30,7 @@ import torch
 
 from videoqa.worker.model.attention import Recording, recording
 from videoqa.worker.model.chunks import Chunk, Chunking, plan_chunks
+from videoqa.worker.model.clock import model_work
 from videoqa.worker.model.families import PreparedPrompt, TokenLayout
 from videoqa.worker.model.generate import ModelRunner
 from videoqa.worker.model.state import TOKEN, ConversationState, LayerSlots, VisualSlots
@@ -108,6 +109,7 @@ class PrunedPrefill:
         with recording(self.record) if groups else contextlib.nullcontext():
             return self.generator.prefill(prompt)
 
+    @model_work()
     def prune(self, state: ConversationState) -> PruneResult:
         """Probe if needed, then let the method shrink the cache."""
         return self.method.apply(state, self.context(state))
@@ -199,7 +201,8 @@ class PrunedPrefill:
                     seen = media.visual_before + layout.num_visual_tokens
                     result = PruneResult(visual_kept=seen, layer_lengths=state.cache_lengths)
                 else:
-                    result = self.method.apply(state, self.context(state))
+                    with model_work():
+                        result = self.method.apply(state, self.context(state))
             yield ChunkDone(index, len(plan), prefill_s, time.perf_counter() - started, peak)
         return Prefilled(state, logits, result, peak, len(plan))
 
@@ -225,12 +228,13 @@ class PrunedPrefill:
             started = time.perf_counter()
             seen_visual = media.visual_before + sum(e - s for s, e in layout.frame_spans[: chunk.end_span])
             ctx_args = (state, record, media.frames_before + chunk.end_span, seen_visual)
-            if last:
-                window = record if self.question_aware else self._probe_window(state)
-                result = self.method.apply(state, self._step_context(*ctx_args, window))
-            elif self._over_budget(state, seen_visual):
-                window = self._intermediate_window(state, prompt, chunk)
-                result = self.method.apply(state, self._step_context(*ctx_args, window))
+            with model_work():
+                if last:
+                    window = record if self.question_aware else self._probe_window(state)
+                    result = self.method.apply(state, self._step_context(*ctx_args, window))
+                elif self._over_budget(state, seen_visual):
+                    window = self._intermediate_window(state, prompt, chunk)
+                    result = self.method.apply(state, self._step_context(*ctx_args, window))
             yield ChunkDone(index, len(plan), prefill_s, time.perf_counter() - started, peak)
         self.record = record
         return Prefilled(state, logits, result, peak, len(plan))
@@ -339,7 +343,7 @@ def _mark_tokens(state: ConversationState, prompt: PreparedPrompt, chunk: Chunk,
             kind[:, a : a + e - s] = TOKEN
             frame[:, a : a + e - s] = media.frames_before + span
             count[:, a : a + e - s] = 1.0
-        maps.append(LayerSlots(kind, frame, order, count, layer.weight))
+        maps.append(LayerSlots(kind, frame, order, count, layer.weight, layer.origin))
     state.slots = VisualSlots(maps)
 
 

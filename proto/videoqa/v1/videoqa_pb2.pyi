@@ -38,7 +38,7 @@ class FrameSampling(_message.Message):
     def __init__(self, num_frames: _Optional[int] = ..., fps: _Optional[float] = ..., max_frames: _Optional[int] = ..., max_resolution: _Optional[int] = ...) -> None: ...
 
 class PruningSpec(_message.Message):
-    __slots__ = ("method", "params", "budget")
+    __slots__ = ("method", "params", "budget", "max_visual_tokens")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,10 +49,12 @@ class PruningSpec(_message.Message):
     METHOD_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
+    MAX_VISUAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
     method: str
     params: _containers.ScalarMap[str, float]
     budget: float
-    def __init__(self, method: _Optional[str] = ..., params: _Optional[_Mapping[str, float]] = ..., budget: _Optional[float] = ...) -> None: ...
+    max_visual_tokens: int
+    def __init__(self, method: _Optional[str] = ..., params: _Optional[_Mapping[str, float]] = ..., budget: _Optional[float] = ..., max_visual_tokens: _Optional[int] = ...) -> None: ...
 
 class GenerationParams(_message.Message):
     __slots__ = ("max_new_tokens", "temperature", "top_p", "seed")
@@ -103,6 +105,30 @@ class CreateSessionRequest(_message.Message):
     video_chunk: bytes
     image: ImagePart
     def __init__(self, spec: _Optional[_Union[SessionSpec, _Mapping]] = ..., video_chunk: _Optional[bytes] = ..., image: _Optional[_Union[ImagePart, _Mapping]] = ...) -> None: ...
+
+class AppendSpec(_message.Message):
+    __slots__ = ("session_id", "media_kind", "total_bytes", "sampling", "image_fps")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_KIND_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FPS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    media_kind: MediaKind
+    total_bytes: int
+    sampling: FrameSampling
+    image_fps: float
+    def __init__(self, session_id: _Optional[str] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., total_bytes: _Optional[int] = ..., sampling: _Optional[_Union[FrameSampling, _Mapping]] = ..., image_fps: _Optional[float] = ...) -> None: ...
+
+class AppendMediaRequest(_message.Message):
+    __slots__ = ("spec", "video_chunk", "image")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    spec: AppendSpec
+    video_chunk: bytes
+    image: ImagePart
+    def __init__(self, spec: _Optional[_Union[AppendSpec, _Mapping]] = ..., video_chunk: _Optional[bytes] = ..., image: _Optional[_Union[ImagePart, _Mapping]] = ...) -> None: ...
 
 class AskRequest(_message.Message):
     __slots__ = ("session_id", "question", "generation")
@@ -195,7 +221,7 @@ class Timings(_message.Message):
     def __init__(self, upload_seconds: _Optional[float] = ..., decode_seconds: _Optional[float] = ..., encode_seconds: _Optional[float] = ..., prefill_seconds: _Optional[float] = ..., prune_seconds: _Optional[float] = ..., save_seconds: _Optional[float] = ..., time_to_first_token_seconds: _Optional[float] = ..., generate_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ...) -> None: ...
 
 class TurnStats(_message.Message):
-    __slots__ = ("session_id", "turn", "frames_used", "visual_tokens_before", "visual_tokens_after", "recycled_tokens", "kv_bytes_before", "kv_bytes_after", "context_length", "cache_length", "prompt_tokens", "generated_tokens", "finish_reason", "timings")
+    __slots__ = ("session_id", "turn", "frames_used", "visual_tokens_before", "visual_tokens_after", "recycled_tokens", "kv_bytes_before", "kv_bytes_after", "context_length", "cache_length", "prompt_tokens", "generated_tokens", "finish_reason", "timings", "gpu_peak_bytes")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
     FRAMES_USED_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +236,7 @@ class TurnStats(_message.Message):
     GENERATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    GPU_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn: int
     frames_used: int
@@ -224,7 +251,8 @@ class TurnStats(_message.Message):
     generated_tokens: int
     finish_reason: FinishReason
     timings: Timings
-    def __init__(self, session_id: _Optional[str] = ..., turn: _Optional[int] = ..., frames_used: _Optional[int] = ..., visual_tokens_before: _Optional[int] = ..., visual_tokens_after: _Optional[int] = ..., recycled_tokens: _Optional[int] = ..., kv_bytes_before: _Optional[int] = ..., kv_bytes_after: _Optional[int] = ..., context_length: _Optional[int] = ..., cache_length: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    gpu_peak_bytes: int
+    def __init__(self, session_id: _Optional[str] = ..., turn: _Optional[int] = ..., frames_used: _Optional[int] = ..., visual_tokens_before: _Optional[int] = ..., visual_tokens_after: _Optional[int] = ..., recycled_tokens: _Optional[int] = ..., kv_bytes_before: _Optional[int] = ..., kv_bytes_after: _Optional[int] = ..., context_length: _Optional[int] = ..., cache_length: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., gpu_peak_bytes: _Optional[int] = ...) -> None: ...
 
 class SampledFrames(_message.Message):
     __slots__ = ("indices", "timestamps", "width", "height", "source_frames", "source_fps", "source_duration_seconds")
@@ -245,7 +273,7 @@ class SampledFrames(_message.Message):
     def __init__(self, indices: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[float]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., source_frames: _Optional[int] = ..., source_fps: _Optional[float] = ..., source_duration_seconds: _Optional[float] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
-    __slots__ = ("session_id", "model", "media_kind", "sampling", "frames", "pruning", "turns", "context_length", "cache_length", "visual_tokens_before", "visual_tokens_after", "kv_bytes", "created_at", "last_used_at")
+    __slots__ = ("session_id", "model", "media_kind", "sampling", "frames", "pruning", "turns", "context_length", "cache_length", "visual_tokens_before", "visual_tokens_after", "kv_bytes", "created_at", "last_used_at", "segments")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MEDIA_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +288,7 @@ class SessionInfo(_message.Message):
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     media_kind: MediaKind
@@ -274,7 +303,8 @@ class SessionInfo(_message.Message):
     kv_bytes: int
     created_at: float
     last_used_at: float
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., sampling: _Optional[_Union[FrameSampling, _Mapping]] = ..., frames: _Optional[_Union[SampledFrames, _Mapping]] = ..., pruning: _Optional[_Union[PruningSpec, _Mapping]] = ..., turns: _Optional[int] = ..., context_length: _Optional[int] = ..., cache_length: _Optional[int] = ..., visual_tokens_before: _Optional[int] = ..., visual_tokens_after: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., created_at: _Optional[float] = ..., last_used_at: _Optional[float] = ...) -> None: ...
+    segments: int
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., sampling: _Optional[_Union[FrameSampling, _Mapping]] = ..., frames: _Optional[_Union[SampledFrames, _Mapping]] = ..., pruning: _Optional[_Union[PruningSpec, _Mapping]] = ..., turns: _Optional[int] = ..., context_length: _Optional[int] = ..., cache_length: _Optional[int] = ..., visual_tokens_before: _Optional[int] = ..., visual_tokens_after: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., created_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., segments: _Optional[int] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -361,7 +391,7 @@ class GetServerInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_upload_bytes", "max_frames", "max_images", "max_resolution", "max_question_chars", "max_new_tokens", "default_frames", "default_max_new_tokens")
+    __slots__ = ("max_upload_bytes", "max_frames", "max_images", "max_resolution", "max_question_chars", "max_new_tokens", "default_frames", "default_max_new_tokens", "max_session_frames", "prefill_chunk_frames")
     MAX_UPLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_FRAMES_FIELD_NUMBER: _ClassVar[int]
     MAX_IMAGES_FIELD_NUMBER: _ClassVar[int]
@@ -370,6 +400,8 @@ class Limits(_message.Message):
     MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_FRAMES_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MAX_NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSION_FRAMES_FIELD_NUMBER: _ClassVar[int]
+    PREFILL_CHUNK_FRAMES_FIELD_NUMBER: _ClassVar[int]
     max_upload_bytes: int
     max_frames: int
     max_images: int
@@ -378,7 +410,9 @@ class Limits(_message.Message):
     max_new_tokens: int
     default_frames: int
     default_max_new_tokens: int
-    def __init__(self, max_upload_bytes: _Optional[int] = ..., max_frames: _Optional[int] = ..., max_images: _Optional[int] = ..., max_resolution: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., default_frames: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ...) -> None: ...
+    max_session_frames: int
+    prefill_chunk_frames: int
+    def __init__(self, max_upload_bytes: _Optional[int] = ..., max_frames: _Optional[int] = ..., max_images: _Optional[int] = ..., max_resolution: _Optional[int] = ..., max_question_chars: _Optional[int] = ..., max_new_tokens: _Optional[int] = ..., default_frames: _Optional[int] = ..., default_max_new_tokens: _Optional[int] = ..., max_session_frames: _Optional[int] = ..., prefill_chunk_frames: _Optional[int] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("version", "api_version", "limits", "default_model", "session_store", "runtime_versions", "workers")

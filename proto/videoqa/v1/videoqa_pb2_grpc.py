@@ -44,6 +44,11 @@ class VideoQAStub:
                 request_serializer=videoqa_dot_v1_dot_videoqa__pb2.AskRequest.SerializeToString,
                 response_deserializer=videoqa_dot_v1_dot_videoqa__pb2.AskResponse.FromString,
                 _registered_method=True)
+        self.AppendMedia = channel.stream_stream(
+                '/videoqa.v1.VideoQA/AppendMedia',
+                request_serializer=videoqa_dot_v1_dot_videoqa__pb2.AppendMediaRequest.SerializeToString,
+                response_deserializer=videoqa_dot_v1_dot_videoqa__pb2.AskResponse.FromString,
+                _registered_method=True)
         self.GetSession = channel.unary_unary(
                 '/videoqa.v1.VideoQA/GetSession',
                 request_serializer=videoqa_dot_v1_dot_videoqa__pb2.GetSessionRequest.SerializeToString,
@@ -87,6 +92,19 @@ class VideoQAServicer:
 
     def Ask(self, request, context):
         """Asks a (follow-up) question about an existing session; streams tokens then stats.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AppendMedia(self, request_iterator, context):
+        """Appends media (a video segment or images) to an existing session, e.g. the next part of a
+        live stream or of a long recording. Client-streaming like CreateSession: the first message
+        carries `spec` (with the session id), the following ones the media. The media is prefilled
+        after the conversation so far, in chunks, and compressed together with what the session
+        holds (the session's pruning method must compress progressively); its frame timestamps
+        continue the session's clock. The server streams progress events, then a `session` event
+        with the session as it now is. A question asked next sees the whole media so far.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,6 +156,11 @@ def add_VideoQAServicer_to_server(servicer, server):
             'Ask': grpc.unary_stream_rpc_method_handler(
                     servicer.Ask,
                     request_deserializer=videoqa_dot_v1_dot_videoqa__pb2.AskRequest.FromString,
+                    response_serializer=videoqa_dot_v1_dot_videoqa__pb2.AskResponse.SerializeToString,
+            ),
+            'AppendMedia': grpc.stream_stream_rpc_method_handler(
+                    servicer.AppendMedia,
+                    request_deserializer=videoqa_dot_v1_dot_videoqa__pb2.AppendMediaRequest.FromString,
                     response_serializer=videoqa_dot_v1_dot_videoqa__pb2.AskResponse.SerializeToString,
             ),
             'GetSession': grpc.unary_unary_rpc_method_handler(
@@ -219,6 +242,33 @@ class VideoQA:
             target,
             '/videoqa.v1.VideoQA/Ask',
             videoqa_dot_v1_dot_videoqa__pb2.AskRequest.SerializeToString,
+            videoqa_dot_v1_dot_videoqa__pb2.AskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendMedia(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/videoqa.v1.VideoQA/AppendMedia',
+            videoqa_dot_v1_dot_videoqa__pb2.AppendMediaRequest.SerializeToString,
             videoqa_dot_v1_dot_videoqa__pb2.AskResponse.FromString,
             options,
             channel_credentials,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from videoqa.v1 import videoqa_pb2 as videoqa_dot_v1_dot_videoqa__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n videoqa/internal/v1/worker.proto\x12\x13videoqa.internal.v1\x1a\x18videoqa/v1/videoqa.proto\"E\n\x0b\x43\x61llContext\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x91\x01\n\x1aWorkerCreateSessionRequest\x12\x33\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .videoqa.internal.v1.CallContextH\x00\x12\x33\n\x07request\x18\x02 \x01(\x0b\x32 .videoqa.v1.CreateSessionRequestH\x00\x42\t\n\x07payload\"n\n\x10WorkerAskRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .videoqa.internal.v1.CallContext\x12\'\n\x07request\x18\x02 \x01(\x0b\x32\x16.videoqa.v1.AskRequest\"I\n\x14WorkerSessionRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .videoqa.internal.v1.CallContext\"\x11\n\x0f\x44\x65scribeRequest\"\x89\x01\n\x11WorkerDescription\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.videoqa.v1.ModelInfo\x12\'\n\x07methods\x18\x02 \x03(\x0b\x32\x16.videoqa.v1.MethodInfo\x12$\n\x04info\x18\x03 \x01(\x0b\x32\x16.videoqa.v1.ServerInfo2\xbb\x03\n\x06Worker\x12]\n\rCreateSession\x12/.videoqa.internal.v1.WorkerCreateSessionRequest\x1a\x17.videoqa.v1.AskResponse(\x01\x30\x01\x12G\n\x03\x41sk\x12%.videoqa.internal.v1.WorkerAskRequest\x1a\x17.videoqa.v1.AskResponse0\x01\x12P\n\nGetSession\x12).videoqa.internal.v1.WorkerSessionRequest\x1a\x17.videoqa.v1.SessionInfo\x12]\n\rDeleteSession\x12).videoqa.internal.v1.WorkerSessionRequest\x1a!.videoqa.v1.DeleteSessionResponse\x12X\n\x08\x44\x65scribe\x12$.videoqa.internal.v1.DescribeRequest\x1a&.videoqa.internal.v1.WorkerDescriptionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n videoqa/internal/v1/worker.proto\x12\x13videoqa.internal.v1\x1a\x18videoqa/v1/videoqa.proto\"E\n\x0b\x43\x61llContext\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x91\x01\n\x1aWorkerCreateSessionRequest\x12\x33\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .videoqa.internal.v1.CallContextH\x00\x12\x33\n\x07request\x18\x02 \x01(\x0b\x32 .videoqa.v1.CreateSessionRequestH\x00\x42\t\n\x07payload\"\x88\x01\n\x13WorkerAppendRequest\x12\x33\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .videoqa.internal.v1.CallContextH\x00\x12\x31\n\x07request\x18\x02 \x01(\x0b\x32\x1e.videoqa.v1.AppendMediaRequestH\x00\x42\t\n\x07payload\"n\n\x10WorkerAskRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .videoqa.internal.v1.CallContext\x12\'\n\x07request\x18\x02 \x01(\x0b\x32\x16.videoqa.v1.AskRequest\"I\n\x14WorkerSessionRequest\x12\x31\n\x07\x63ontext\x18\x01 \x01(\x0b\x32 .videoqa.internal.v1.CallContext\"\x11\n\x0f\x44\x65scribeRequest\"\x89\x01\n\x11WorkerDescription\x12%\n\x06models\x18\x01 \x03(\x0b\x32\x15.videoqa.v1.ModelInfo\x12\'\n\x07methods\x18\x02 \x03(\x0b\x32\x16.videoqa.v1.MethodInfo\x12$\n\x04info\x18\x03 \x01(\x0b\x32\x16.videoqa.v1.ServerInfo2\x91\x04\n\x06Worker\x12]\n\rCreateSession\x12/.videoqa.internal.v1.WorkerCreateSessionRequest\x1a\x17.videoqa.v1.AskResponse(\x01\x30\x01\x12G\n\x03\x41sk\x12%.videoqa.internal.v1.WorkerAskRequest\x1a\x17.videoqa.v1.AskResponse0\x01\x12T\n\x0b\x41ppendMedia\x12(.videoqa.internal.v1.WorkerAppendRequest\x1a\x17.videoqa.v1.AskResponse(\x01\x30\x01\x12P\n\nGetSession\x12).videoqa.internal.v1.WorkerSessionRequest\x1a\x17.videoqa.v1.SessionInfo\x12]\n\rDeleteSession\x12).videoqa.internal.v1.WorkerSessionRequest\x1a!.videoqa.v1.DeleteSessionResponse\x12X\n\x08\x44\x65scribe\x12$.videoqa.internal.v1.DescribeRequest\x1a&.videoqa.internal.v1.WorkerDescriptionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,14 +36,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLCONTEXT']._serialized_end=152
   _globals['_WORKERCREATESESSIONREQUEST']._serialized_start=155
   _globals['_WORKERCREATESESSIONREQUEST']._serialized_end=300
-  _globals['_WORKERASKREQUEST']._serialized_start=302
-  _globals['_WORKERASKREQUEST']._serialized_end=412
-  _globals['_WORKERSESSIONREQUEST']._serialized_start=414
-  _globals['_WORKERSESSIONREQUEST']._serialized_end=487
-  _globals['_DESCRIBEREQUEST']._serialized_start=489
-  _globals['_DESCRIBEREQUEST']._serialized_end=506
-  _globals['_WORKERDESCRIPTION']._serialized_start=509
-  _globals['_WORKERDESCRIPTION']._serialized_end=646
-  _globals['_WORKER']._serialized_start=649
-  _globals['_WORKER']._serialized_end=1092
+  _globals['_WORKERAPPENDREQUEST']._serialized_start=303
+  _globals['_WORKERAPPENDREQUEST']._serialized_end=439
+  _globals['_WORKERASKREQUEST']._serialized_start=441
+  _globals['_WORKERASKREQUEST']._serialized_end=551
+  _globals['_WORKERSESSIONREQUEST']._serialized_start=553
+  _globals['_WORKERSESSIONREQUEST']._serialized_end=626
+  _globals['_DESCRIBEREQUEST']._serialized_start=628
+  _globals['_DESCRIBEREQUEST']._serialized_end=645
+  _globals['_WORKERDESCRIPTION']._serialized_start=648
+  _globals['_WORKERDESCRIPTION']._serialized_end=785
+  _globals['_WORKER']._serialized_start=788
+  _globals['_WORKER']._serialized_end=1317
 # @@protoc_insertion_point(module_scope)

@@ -25,6 +25,14 @@ class WorkerCreateSessionRequest(_message.Message):
     request: _videoqa_pb2.CreateSessionRequest
     def __init__(self, context: _Optional[_Union[CallContext, _Mapping]] = ..., request: _Optional[_Union[_videoqa_pb2.CreateSessionRequest, _Mapping]] = ...) -> None: ...
 
+class WorkerAppendRequest(_message.Message):
+    __slots__ = ("context", "request")
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    context: CallContext
+    request: _videoqa_pb2.AppendMediaRequest
+    def __init__(self, context: _Optional[_Union[CallContext, _Mapping]] = ..., request: _Optional[_Union[_videoqa_pb2.AppendMediaRequest, _Mapping]] = ...) -> None: ...
+
 class WorkerAskRequest(_message.Message):
     __slots__ = ("context", "request")
     CONTEXT_FIELD_NUMBER: _ClassVar[int]

@@ -45,6 +45,11 @@ class WorkerStub:
                 request_serializer=videoqa_dot_internal_dot_v1_dot_worker__pb2.WorkerAskRequest.SerializeToString,
                 response_deserializer=videoqa_dot_v1_dot_videoqa__pb2.AskResponse.FromString,
                 _registered_method=True)
+        self.AppendMedia = channel.stream_stream(
+                '/videoqa.internal.v1.Worker/AppendMedia',
+                request_serializer=videoqa_dot_internal_dot_v1_dot_worker__pb2.WorkerAppendRequest.SerializeToString,
+                response_deserializer=videoqa_dot_v1_dot_videoqa__pb2.AskResponse.FromString,
+                _registered_method=True)
         self.GetSession = channel.unary_unary(
                 '/videoqa.internal.v1.Worker/GetSession',
                 request_serializer=videoqa_dot_internal_dot_v1_dot_worker__pb2.WorkerSessionRequest.SerializeToString,
@@ -79,6 +84,13 @@ class WorkerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AppendMedia(self, request_iterator, context):
+        """First message: `context`, then the public append stream (spec first, then media parts).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSession(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -109,6 +121,11 @@ def add_WorkerServicer_to_server(servicer, server):
             'Ask': grpc.unary_stream_rpc_method_handler(
                     servicer.Ask,
                     request_deserializer=videoqa_dot_internal_dot_v1_dot_worker__pb2.WorkerAskRequest.FromString,
+                    response_serializer=videoqa_dot_v1_dot_videoqa__pb2.AskResponse.SerializeToString,
+            ),
+            'AppendMedia': grpc.stream_stream_rpc_method_handler(
+                    servicer.AppendMedia,
+                    request_deserializer=videoqa_dot_internal_dot_v1_dot_worker__pb2.WorkerAppendRequest.FromString,
                     response_serializer=videoqa_dot_v1_dot_videoqa__pb2.AskResponse.SerializeToString,
             ),
             'GetSession': grpc.unary_unary_rpc_method_handler(
@@ -180,6 +197,33 @@ class Worker:
             target,
             '/videoqa.internal.v1.Worker/Ask',
             videoqa_dot_internal_dot_v1_dot_worker__pb2.WorkerAskRequest.SerializeToString,
+            videoqa_dot_v1_dot_videoqa__pb2.AskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AppendMedia(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/videoqa.internal.v1.Worker/AppendMedia',
+            videoqa_dot_internal_dot_v1_dot_worker__pb2.WorkerAppendRequest.SerializeToString,
             videoqa_dot_v1_dot_videoqa__pb2.AskResponse.FromString,
             options,
             channel_credentials,
