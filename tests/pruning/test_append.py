@@ -1,0 +1,244 @@
+"""Media appended to a conversation: one prompt's positions, stored deltas, and clean cancellation."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tests.conftest import FAMILIES
+from tests.pruning.conftest import media
+from videoqa.worker.kvcache.records import encode_delta, encode_prefix, restore
+from videoqa.worker.model.chunks import Chunking
+from videoqa.worker.model.generate import ModelRunner
+from videoqa.worker.pruning.pipeline import PrunedPrefill, SessionMedia, run_to_end
+from videoqa.worker.pruning.registry import build_method
+from videoqa.worker.sessions import MediaSegment, Session
+from videoqa.worker.types import GenerationParams, MediaKind, PruningSpec, SamplingSpec
+
+GREEDY = GenerationParams(max_new_tokens=4)
+CHUNKS = Chunking(frames=4)
+
+
+class Conversation:
+    """A session on one model: created from a first clip, then grown by appended clips."""
+
+    def __init__(self, lm, spec: PruningSpec, question: str | None, frames: int = 8, seed: int = 0):
+        self.lm, self.runner = lm, ModelRunner(lm)
+        self.method = build_method(spec)
+        clip = media(frames, seed=seed)
+        pipeline = PrunedPrefill(self.runner, self.method, question is not None, CHUNKS)
+        prompt = lm.adapter.prepare(clip, question)
+        out = run_to_end(pipeline.steps(prompt))
+        self.logits = out.logits
+        self.clips = [clip]
+        self.session = Session(
+            "s1",
+            "tenant",
+            lm.model_id,
+            spec,
+            [MediaSegment.of(clip, MediaKind.VIDEO, SamplingSpec(), prompt.layout)],
+            out.state,
+            out.result.visual_kept,
+            out.result.recycled,
+            lm.kv_bytes_per_token,
+            awaiting_question=question is None,
+        )
+        self.session.mark_saved()
+
+    @property
+    def state(self):
+        return self.session.state
+
+    def answer(self) -> tuple[list[int], list[torch.Tensor]]:
+        seen: list[torch.Tensor] = []
+        tokens = list(self.runner.stream(self.state, self.logits, GREEDY, on_logits=seen.append))
+        self.session.turns += 1
+        self.session.awaiting_question = False
+        return tokens, seen
+
+    def ask(self, question: str) -> None:
+        first = self.session.awaiting_question
+        self.logits = self.runner.feed(self.state, self.runner.turn_input(self.state, question, first=first))
+
+    def append_steps(self, frames: int = 8, seed: int = 1):
+        """The chunked prefill of another clip after the conversation (a generator)."""
+        clip = media(frames, seed=seed)
+        state = self.state
+        prompt = self.lm.adapter.prepare_segment(
+            clip, state.next_pos, state.rope_delta, not self.session.awaiting_question, state.pending_token
+        )
+        pipeline = PrunedPrefill(self.runner, self.method, False, CHUNKS)
+        seen = SessionMedia(self.session.frame_spans, self.session.visual_tokens_before)
+        return clip, prompt, pipeline.steps(prompt, state=state, media=seen)
+
+    def append(self, frames: int = 8, seed: int = 1):
+        clip, prompt, steps = self.append_steps(frames, seed)
+        out = run_to_end(steps)
+        session = self.session
+        segment = MediaSegment.of(clip, MediaKind.VIDEO, SamplingSpec(), prompt.layout, session.clock_s)
+        session.visual_tokens_after, session.recycled_tokens = out.result.visual_kept, out.result.recycled
+        session.awaiting_question = True
+        session.segments.append(segment)
+        self.clips.append(clip)
+        return segment, out
+
+
+def one_prompt(lm, clips, token_ids: list[int]):
+    """The whole conversation as one prompt (every clip's features, the library's positions) ->
+    (state, logits), through plain ModelRunner.prefill."""
+    from videoqa.worker.model.families import PreparedPrompt, QwenVLAdapter, TokenLayout
+
+    adapter = lm.adapter
+    text = "".join(adapter.segment_text(False) for _ in clips)  # one placeholder per clip
+    inputs = dict(_process_many(lm, text, clips, [c.frames for c in clips]))
+    ids = torch.tensor([token_ids])
+    inputs["input_ids"] = ids
+    inputs["attention_mask"] = torch.ones_like(ids)
+    if "mm_token_type_ids" in inputs:
+        inputs["mm_token_type_ids"] = (ids == adapter.video_token_id).long() * 2
+    if isinstance(adapter, QwenVLAdapter):
+        position_ids, rope_delta = adapter.prefill_positions(inputs)
+    else:
+        position_ids, rope_delta = torch.arange(ids.shape[1]).view(1, -1), 0
+    layout = TokenLayout(ids.shape[1], 0, 0, [], 1)  # (only the length is used by a plain prefill)
+    return ModelRunner(lm).prefill(PreparedPrompt(inputs, position_ids, rope_delta, layout))
+
+
+def _process_many(lm, text, clips, videos):
+    from transformers.video_utils import VideoMetadata
+
+    adapter = lm.adapter
+    if adapter.family == "llava_onevision":
+        return adapter.processor(text=[text], videos=videos, return_tensors="pt")
+    metadata = [
+        VideoMetadata(
+            total_num_frames=len(c.indices),
+            fps=c.sampled_fps,
+            frames_indices=list(range(len(c.indices))),
+            width=c.frames.shape[2],
+            height=c.frames.shape[1],
+            duration=len(c.indices) / c.sampled_fps,
+        )
+        for c in clips
+    ]
+    return adapter.processor(
+        text=[text],
+        videos=videos,
+        return_tensors="pt",
+        videos_kwargs={"video_metadata": metadata, "do_sample_frames": False},
+    )
+
+
+@pytest.mark.parametrize("after_answer", [True, False], ids=["after-answer", "before-any-question"])
+@pytest.mark.parametrize("model_id", FAMILIES)
+def test_appending_media_then_asking_equals_one_prompt(tiny_model, model_id, after_answer):
+    """At keep-all, a conversation grown by an appended clip (prefilled in chunks after it) and
+    then asked about answers as one prompt holding the whole conversation: same greedy tokens,
+    logits within 1e-4."""
+    lm = tiny_model(model_id)
+    talk = Conversation(lm, PruningSpec("full"), "what is in the video?" if after_answer else None)
+    if after_answer:
+        talk.answer()
+    talk.append()
+    talk.ask("and what happens next?")
+    before_answer = list(talk.state.token_ids)
+    tokens, seen = talk.answer()
+
+    ref_state, ref_logits = one_prompt(lm, talk.clips, before_answer)
+    ref_seen: list[torch.Tensor] = []
+    ref_tokens = list(ModelRunner(lm).stream(ref_state, ref_logits, GREEDY, on_logits=ref_seen.append))
+    assert tokens == ref_tokens
+    for mine, theirs in zip(seen, ref_seen, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-4)
+    assert talk.state.next_pos == ref_state.next_pos - len(ref_tokens) + 1 + len(tokens) - 1
+    assert talk.state.rope_delta == ref_state.rope_delta
+
+
+@pytest.mark.parametrize("model_id", FAMILIES)
+def test_appended_media_with_compression_reloads_as_live(tiny_model, model_id):
+    """A session whose appended clip was compressed together with what it held (stored entries
+    dropped, recycled entries folded again) is stored as prefix + deltas that restore it bit for
+    bit: cache, slot map, biases, positions; its next answer equals the live one."""
+    lm = tiny_model(model_id)
+    spec = PruningSpec("das", {"bins_per_frame": 1, "mass_bias": 1, "per_head": 1}, 0.3)
+    talk = Conversation(lm, spec, "what is in the video?")
+    session = talk.session
+    prefix = encode_prefix(session, lm.revision, "float32")
+    records = []
+
+    def save(segment=None):
+        records.append(encode_delta(session, segment=segment))
+        session.records += 1
+        session.mark_saved()
+
+    talk.answer()
+    save()
+    for seed in (1, 2):
+        segment, out = talk.append(seed=seed)
+        save(segment)
+        assert out.result.visual_kept == round(0.3 * session.visual_tokens_before)
+    back = restore(prefix, records, model_id=lm.model_id, revision=lm.revision, device=lm.device, dtype=lm.dtype)
+    assert back.segments == session.segments and back.records == 3 and back.turns == 1
+    assert back.awaiting_question and back.visual_tokens_after == session.visual_tokens_after
+    live, mine = session.state, back.state
+    assert (mine.next_pos, mine.rope_delta, mine.token_ids) == (live.next_pos, live.rope_delta, live.token_ids)
+    for a, b in zip(mine.cache.layers, live.cache.layers, strict=True):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    assert set(mine.attention_bias) == set(live.attention_bias) and mine.attention_bias
+    for i, bias in live.attention_bias.items():
+        assert torch.equal(mine.attention_bias[i], bias)
+    for a, b in zip(mine.slots.layers, live.slots.layers, strict=True):
+        for name, x, y in zip(("kind", "frame", "order", "count", "weight"), a.tensors(), b.tensors(), strict=False):
+            visual = b.kind != 0
+            assert torch.equal(x[visual], y[visual]), name
+    timestamps = back.snapshot().frame_timestamps
+    assert timestamps == sorted(timestamps) and len(timestamps) == 3 * 8, "one clock across segments"
+    question = "and at the end?"
+    for each in (live, mine):
+        ids = talk.runner.turn_input(each, question, first=True)
+        talk.logits = talk.runner.feed(each, ids)
+        seen: list[torch.Tensor] = []
+        list(talk.runner.stream(each, talk.logits, GREEDY, on_logits=seen.append))
+        each.seen = seen  # type: ignore[attr-defined]
+    assert all(torch.equal(a, b) for a, b in zip(live.seen, mine.seen, strict=True))
+
+
+def test_a_cancelled_append_leaves_the_session_as_it_was(tiny_model):
+    lm = tiny_model("tiny-qwen2-vl")
+    talk = Conversation(lm, PruningSpec("snapkv", {}, 0.3, max_visual_tokens=30), "what is in the video?")
+    talk.answer()
+    state = talk.state
+    before = copy.deepcopy(state)
+    checkpoint = state.checkpoint(rewrites=True)
+    _, _, steps = talk.append_steps(frames=16)
+    next(steps)
+    next(steps)  # two chunks in, compressed with what the session held
+    assert state.cache_lengths != before.cache_lengths or state.next_pos != before.next_pos
+    steps.close()
+    state.rollback(checkpoint)
+    assert (state.next_pos, state.rope_delta, state.token_ids, state.pending_token) == (
+        before.next_pos,
+        before.rope_delta,
+        before.token_ids,
+        before.pending_token,
+    )
+    for a, b in zip(state.cache.layers, before.cache.layers, strict=True):
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+    for a, b in zip(state.slots.layers, before.slots.layers, strict=True):
+        assert all(torch.equal(x, y) for x, y in zip(a.tensors(), b.tensors(), strict=True))
+    assert state.attention_bias.keys() == before.attention_bias.keys()
+
+
+def test_a_capped_session_stays_bounded_however_much_is_appended(tiny_model):
+    lm = tiny_model("tiny-llava-onevision")
+    talk = Conversation(lm, PruningSpec("das", {}, 1.0, max_visual_tokens=40), None)
+    peaks = []
+    for seed in range(1, 5):
+        _, out = talk.append(seed=seed)
+        peaks.append(out.peak_kv_bytes)
+        assert out.result.visual_kept == 40
+    text_per_append = 4 * lm.kv_bytes_per_token  # each segment's own few text tokens stay
+    assert peaks[-1] - peaks[0] <= 3 * text_per_append, "the peak does not grow with the media held"
+    assert talk.session.visual_tokens_before > 4 * 40
