@@ -121,3 +121,103 @@ def test_runs_split_over_processes_merge_into_one_report(tmp_path, capsys):
         assert "full@1/agnostic answered a differently" in str(error)
     else:
         raise AssertionError("two runs that disagree on full were merged")
+
+
+def test_chunk_frames_zero_answers_as_the_one_shot_path_and_chunked_rows_carry_their_chunk(tiny_model):
+    """``--chunk-frames 0`` is the harness as it was (one forward, then one prune: the same answers,
+    cache and peak); a chunked configuration really runs in chunks, compresses as it goes (a lower
+    peak) and labels its rows with its chunk size."""
+    from videoqa.worker.lab.harness import Config, evaluate, markdown
+    from videoqa.worker.lab.suite import generate
+    from videoqa.worker.model.generate import ModelRunner
+    from videoqa.worker.pruning.pipeline import PrunedPrefill
+    from videoqa.worker.pruning.registry import build_method
+    from videoqa.worker.types import GenerationParams, PruningSpec, SamplingSpec
+    from videoqa.worker.video.decode import MediaDecoder
+
+    lm = tiny_model("tiny-qwen2-vl")
+    samples = generate("test", 2, (16,), size=56)
+    modes = ("aware", "agnostic", "followup")
+    configs = [Config(m, b, mode) for m, b in (("full", 1.0), ("das", 0.2), ("h2o", 0.2)) for mode in modes]
+    rows = evaluate(lm, samples, configs, max_new_tokens=4)
+
+    # the harness before chunking, verbatim: prefill(), prune(), then the turn's questions
+    gen, greedy, old = ModelRunner(lm), GenerationParams(max_new_tokens=4), []
+    with MediaDecoder() as decoder:
+        for item in samples:
+            spec = SamplingSpec(num_frames=item.num_frames, max_frames=item.num_frames, max_resolution=448)
+            media = decoder.decode(item.kind, item.media, spec, 1.0)
+            for config in configs:
+                pipeline = PrunedPrefill(
+                    gen, build_method(PruningSpec(config.method, {}, config.budget)), config.mode != "agnostic"
+                )
+                asked = {"aware": item.question, "agnostic": None, "followup": "What shape is in the last frame?"}
+                state, logits = pipeline.prefill(lm.adapter.prepare(media, asked[config.mode]))
+                peak = state.cache_bytes()
+                pipeline.prune(state)
+                kv = (state.cache_bytes(), state.cache_length, peak)
+                if config.mode == "agnostic":
+                    logits = gen.feed(state, gen.turn_input(state, item.question, first=True))
+                elif config.mode == "followup":
+                    list(gen.stream(state, logits, greedy))
+                    logits = gen.feed(state, gen.turn_input(state, item.question, first=False))
+                text = lm.tokenizer.decode(list(gen.stream(state, logits, greedy)), skip_special_tokens=True)
+                old.append((item.sample_id, config.label, text, *kv))
+    new = [(r.sample_id, r.label, r.prediction, r.kv_bytes, r.cache_length, r.peak_kv_bytes) for r in rows]
+    assert new == old
+    assert all(r.chunks == 1 and r.chunk_frames == 0 and r.max_visual_tokens == 0 for r in rows)
+
+    chunked = evaluate(
+        lm, samples, [Config(c.method, c.budget, c.mode, chunk_frames=4) for c in configs], max_new_tokens=4
+    )
+    assert len(chunked) == len(rows)
+    assert all(r.chunk_frames == 4 and r.label.endswith("/chunk4") for r in chunked)
+    assert all(r.chunks == 4 for r in chunked)  # 16 frames, 4 a chunk (two temporal patches)
+    one_shot = {(r.sample_id, r.label): r for r in rows}
+    for r in chunked:
+        before = one_shot[(r.sample_id, r.label.removesuffix("/chunk4"))]
+        if r.method == "das":  # compressed after every chunk: never the whole video's cache at once
+            assert r.peak_kv_bytes < before.peak_kv_bytes and r.kv_bytes == before.kv_bytes
+        else:  # full keeps everything, h2o prunes once at the end: the whole video is cached first
+            assert r.peak_kv_bytes == before.peak_kv_bytes
+    summary = summarize(rows + chunked)
+    configs_out = {(c["method"], c["mode"], c["chunk_frames"]) for c in summary["configs"]}
+    assert ("das", "agnostic", 4) in configs_out and ("das", "agnostic", 0) in configs_out
+    assert summary["keep_all_equals_full"] is None  # no method other than full at budget 1
+    table = markdown(summary)
+    assert "| chunk frames |" in table and "| das | 20% | agnostic | 4 | 2 |" in table
+    assert "chunk frames" not in markdown(summarize(rows))  # one chunk size: the old table
+
+
+def test_chunks_and_caps_multiply_the_grid_and_old_rows_still_load(tmp_path):
+    configs = configurations("full,das,h2o", [], "0.2", "agnostic,followup", "0,16", "0,26")
+    labels = {c.label for c in configs}
+    assert "full@1/agnostic/chunk16" in labels and "das@0.2/followup/chunk16/cap26" in labels
+    assert "das@0.2/agnostic" in labels and "h2o@0.2/agnostic/chunk16" in labels
+    assert not [c for c in configs if c.max_visual_tokens and c.method in ("full", "h2o")]  # they cannot hold a cap
+    assert len(configs) == 2 * 2 + 2 * 2 * 2 + 2 * 2  # full, das (chunk × cap), h2o (chunk) per mode
+    assert configurations("das", [], "0.2", "agnostic") == configurations("das", [], "0.2", "agnostic", "0", "0")
+    try:
+        configurations("das", [], "0.2", "agnostic", "-8")
+    except ValueError:
+        pass
+    else:
+        raise AssertionError("a negative chunk size was accepted")
+
+    old = {
+        "sample_id": "a",
+        "family": "needle",
+        "needle": 0.1,
+        "method": "das",
+        "budget": 0.2,
+        "mode": "agnostic",
+        "prediction": "red",
+        "answer": "red",
+        "correct": True,
+        "kv_bytes": 40,
+        "cache_length": 4,
+    }
+    (tmp_path / "results.json").write_text(json.dumps({"rows": [old, dict(old, chunk_frames=16, correct=False)]}))
+    rows = merge([tmp_path])
+    assert [(r.chunk_frames, r.max_visual_tokens, r.correct) for r in rows] == [(0, 0, True), (16, 0, False)]
+    assert [c["accuracy"] for c in summarize(rows)["configs"]] == [1.0, 0.0]  # two configurations

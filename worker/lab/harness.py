@@ -1,4 +1,4 @@
-"""``videoqa eval``: accuracy of a model over a suite, for methods × budgets × modes.
+"""``videoqa eval``: accuracy of a model over a suite, for methods × budgets × modes × chunkings.
 
 Runs each sample through the same worker code the service uses: the crash-isolated media decoder,
 the family adapter, the pruned prefill, and the greedy decode loop, in three modes:
@@ -12,10 +12,19 @@ the family adapter, the pruned prefill, and the greedy decode loop, in three mod
 per question family, per needle-position bucket, KV bytes per configuration) and two PNG plots:
 accuracy vs budget per method, and accuracy vs needle position at 20% (the myopia curve).
 
+Every sample is prefilled as the worker does it (``PrunedPrefill.steps``): ``--chunk-frames 0``
+(the default) runs the whole prompt in one forward and prunes once, the one-shot path;
+``--chunk-frames 16`` runs it 16 frames at a time, and a progressive method compresses the cache
+after every chunk (a one-shot method prunes once at the end). ``--max-visual-tokens N`` caps the
+visual entries a layer keeps, whatever the video's length (progressive methods only; the others
+are left out of capped configurations). Both take comma lists and multiply the grid.
+
     videoqa eval --model videoqa-demo --split test --count 60 --frames 8,16 \\
         --methods full,das,snapkv --budgets 1,0.5,0.2,0.1 --modes aware,agnostic --out eval/
     videoqa eval --milebench /data/MileBench --datasets ActionSequence --out eval-milebench/
     videoqa eval --merge eval-a/ eval-b/ --out eval/      # one report from runs split over processes
+    videoqa eval --frames 32,64 --methods das,snapkv --budgets 0.2 --modes agnostic \\
+        --chunk-frames 0,16 --out eval-chunked/                # one-shot vs chunked + progressive
 """
 
 from __future__ import annotations
@@ -38,13 +47,16 @@ FIRST_QUESTION = "What shape is in the last frame?"
 @dataclass(frozen=True)
 class Config:
     """One pruning configuration: ``name`` labels it in the results (the method's name unless it
-    is a variant with its own ``params``)."""
+    is a variant with its own ``params``); ``chunk_frames`` frames per prefill chunk (0: one
+    forward, the one-shot path); ``max_visual_tokens`` the absolute cap (0: none)."""
 
     method: str
     budget: float
     mode: str
     params: tuple[tuple[str, float], ...] = ()
     name: str = ""
+    chunk_frames: int = 0
+    max_visual_tokens: int = 0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -52,7 +64,17 @@ class Config:
 
     @property
     def label(self) -> str:
-        return f"{self.name or self.method}@{self.budget:g}/{self.mode}"
+        return label(self.name or self.method, self.budget, self.mode, self.chunk_frames, self.max_visual_tokens)
+
+
+def label(method: str, budget: float, mode: str, chunk_frames: int = 0, max_visual_tokens: int = 0) -> str:
+    """``das@0.2/agnostic``, with ``/chunk16`` and ``/cap26`` when the prefill is chunked or capped."""
+    text = f"{method}@{budget:g}/{mode}"
+    if chunk_frames:
+        text += f"/chunk{chunk_frames}"
+    if max_visual_tokens:
+        text += f"/cap{max_visual_tokens}"
+    return text
 
 
 def parse_variant(text: str) -> tuple[str, str, tuple[tuple[str, float], ...]]:
@@ -83,6 +105,18 @@ class Row:
     correct: bool
     kv_bytes: int
     cache_length: int
+    #: Frames per prefill chunk (0: one forward) and the cap on visual entries (0: none); rows of
+    #: runs before chunking existed load with both 0.
+    chunk_frames: int = 0
+    max_visual_tokens: int = 0
+    #: Most KV bytes the cache held while the prompt was prefilled (before or between
+    #: compressions), and how many chunks ran.
+    peak_kv_bytes: int = 0
+    chunks: int = 1
+
+    @property
+    def label(self) -> str:
+        return label(self.method, self.budget, self.mode, self.chunk_frames, self.max_visual_tokens)
 
 
 def bucket(needle: float | None) -> str | None:
@@ -101,9 +135,11 @@ def evaluate(
     first_question: str = FIRST_QUESTION,
     progress=None,
 ) -> list[Row]:
-    """Answer every sample under every configuration (greedy)."""
+    """Answer every sample under every configuration (greedy), each prefilled as the worker does
+    (``PrunedPrefill.steps`` under the configuration's chunking)."""
+    from videoqa.worker.model.chunks import Chunking
     from videoqa.worker.model.generate import ModelRunner
-    from videoqa.worker.pruning.pipeline import PrunedPrefill
+    from videoqa.worker.pruning.pipeline import PrunedPrefill, run_to_end
     from videoqa.worker.pruning.registry import build_method
     from videoqa.worker.types import GenerationParams, PruningSpec, SamplingSpec
     from videoqa.worker.video.decode import MediaDecoder
@@ -116,11 +152,16 @@ def evaluate(
             spec = SamplingSpec(num_frames=item.num_frames, max_frames=item.num_frames, max_resolution=max_resolution)
             media = decoder.decode(item.kind, item.media, spec, 1.0)
             for config in configs:
-                method = build_method(PruningSpec(config.method, dict(config.params), config.budget))
-                pipeline = PrunedPrefill(gen, method, question_aware=config.mode != "agnostic")
+                spec = PruningSpec(config.method, dict(config.params), config.budget, config.max_visual_tokens)
+                pipeline = PrunedPrefill(
+                    gen,
+                    build_method(spec),
+                    question_aware=config.mode != "agnostic",
+                    chunking=Chunking(frames=config.chunk_frames),
+                )
                 asked = {"aware": item.question, "agnostic": None, "followup": first_question}[config.mode]
-                state, logits = pipeline.prefill(lm.adapter.prepare(media, asked))
-                pipeline.prune(state)
+                done = run_to_end(pipeline.steps(lm.adapter.prepare(media, asked)))
+                state, logits = done.state, done.logits
                 kv_bytes, cache_length = state.cache_bytes(), state.cache_length
                 if config.mode == "agnostic":
                     logits = gen.feed(state, gen.turn_input(state, item.question, first=True))
@@ -142,6 +183,10 @@ def evaluate(
                         is_correct(text, item),
                         kv_bytes,
                         cache_length,
+                        config.chunk_frames,
+                        config.max_visual_tokens,
+                        done.peak_kv_bytes,
+                        done.chunks,
                     )
                 )
             if progress:
@@ -153,30 +198,32 @@ def merge(paths: list[Path]) -> list[Row]:
     """The rows of several runs' ``results.json`` (a grid split over processes or machines).
     A configuration two runs both answered (``full``, typically) is kept once, and must have
     answered every sample the same way in both."""
-    rows: dict[tuple[str, str, float, str], Row] = {}
+    rows: dict[tuple, Row] = {}
     for path in paths:
         data = json.loads((path / "results.json" if path.is_dir() else path).read_text())
         for fields in data["rows"]:
             row = Row(**fields)
-            key = (row.sample_id, row.method, row.budget, row.mode)
+            key = (row.sample_id, row.method, row.budget, row.mode, row.chunk_frames, row.max_visual_tokens)
             if key in rows and rows[key].prediction != row.prediction:
-                raise ValueError(f"{path}: {row.method}@{row.budget:g}/{row.mode} answered {row.sample_id} differently")
+                raise ValueError(f"{path}: {row.label} answered {row.sample_id} differently")
             rows.setdefault(key, row)
     return list(rows.values())
 
 
 def summarize(rows: list[Row]) -> dict:
-    """Accuracy per configuration: overall, per family, per needle bucket; mean KV bytes; and
-    whether every method at budget 1 answered exactly as ``full`` (same predictions)."""
-    groups: dict[tuple[str, float, str], list[Row]] = defaultdict(list)
+    """Accuracy per configuration (method × budget × mode × chunk frames × cap): overall, per
+    family, per needle bucket; mean KV bytes (after the prefill, and at its peak); and whether
+    every uncapped method at budget 1 answered exactly as ``full`` with the same chunking (same
+    predictions)."""
+    groups: dict[tuple[str, float, str, int, int], list[Row]] = defaultdict(list)
     for row in rows:
-        groups[(row.method, row.budget, row.mode)].append(row)
+        groups[(row.method, row.budget, row.mode, row.chunk_frames, row.max_visual_tokens)].append(row)
 
     def accuracy(items: list[Row]) -> float:
         return sum(r.correct for r in items) / len(items) if items else float("nan")
 
     configs = []
-    for (method, budget, mode), items in sorted(groups.items()):
+    for (method, budget, mode, chunk_frames, cap), items in sorted(groups.items()):
         families: dict[str, list[Row]] = defaultdict(list)
         buckets: dict[str, list[Row]] = defaultdict(list)
         for r in items:
@@ -188,36 +235,58 @@ def summarize(rows: list[Row]) -> dict:
                 "method": method,
                 "budget": budget,
                 "mode": mode,
+                "chunk_frames": chunk_frames,
+                "max_visual_tokens": cap,
                 "samples": len(items),
                 "accuracy": accuracy(items),
                 "families": {f: accuracy(v) for f, v in sorted(families.items())},
                 "needle_buckets": {b: accuracy(buckets[b]) for b in BUCKETS if buckets[b]},
                 "kv_bytes": sum(r.kv_bytes for r in items) / len(items),
+                "peak_kv_bytes": sum(r.peak_kv_bytes for r in items) / len(items),
             }
         )
-    reference = {(r.sample_id, r.mode): r.prediction for r in rows if r.method == "full"}
-    at_full_budget = [r for r in rows if r.budget == 1.0 and r.method != "full" and (r.sample_id, r.mode) in reference]
-    equal = all(r.prediction == reference[(r.sample_id, r.mode)] for r in at_full_budget)
+    reference = {(r.sample_id, r.mode, r.chunk_frames): r.prediction for r in rows if r.method == "full"}
+    at_full_budget = [
+        r
+        for r in rows
+        if r.budget == 1.0
+        and r.method != "full"
+        and not r.max_visual_tokens
+        and (r.sample_id, r.mode, r.chunk_frames) in reference
+    ]
+    equal = all(r.prediction == reference[(r.sample_id, r.mode, r.chunk_frames)] for r in at_full_budget)
     return {"configs": configs, "keep_all_equals_full": equal if at_full_budget else None}
 
 
+def varied(configs: list[dict]) -> tuple[bool, bool]:
+    """Whether the configurations use more than one chunk size, more than one cap."""
+    return (
+        len({c.get("chunk_frames", 0) for c in configs}) > 1,
+        len({c.get("max_visual_tokens", 0) for c in configs}) > 1,
+    )
+
+
 def markdown(summary: dict) -> str:
+    """One row per configuration; the chunk and cap columns (and the peak KV bytes) only when
+    more than one value of them is in the table."""
     configs = summary["configs"]
     families = sorted({f for c in configs for f in c["families"]})
-    lines = [
-        "| method | budget | mode | n | accuracy | "
-        + " | ".join(families)
-        + " | "
-        + " | ".join(BUCKETS)
-        + " | KV bytes |",
-        "|---" * (6 + len(families) + len(BUCKETS)) + "|",
-    ]
+    chunked, capped = varied(configs)
+    extra = (["chunk frames"] if chunked else []) + (["cap"] if capped else [])
+    peak = ["peak KV bytes"] if chunked or capped else []
+    header = ["method", "budget", "mode", *extra, "n", "accuracy", *families, *BUCKETS, "KV bytes", *peak]
+    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for c in configs:
         fam = " | ".join(f"{c['families'].get(f, float('nan')):.2f}" for f in families)
         buc = " | ".join(f"{c['needle_buckets'].get(b, float('nan')):.2f}" for b in BUCKETS)
+        columns = ([str(c.get("chunk_frames", 0))] if chunked else []) + (
+            [str(c.get("max_visual_tokens", 0) or "—")] if capped else []
+        )
+        lead = "".join(f"{value} | " for value in columns)
+        tail = f" {c.get('peak_kv_bytes', 0) / 1024:.0f} KiB |" if peak else ""
         lines.append(
-            f"| {c['method']} | {c['budget']:.0%} | {c['mode']} | {c['samples']} | {c['accuracy']:.3f} | "
-            f"{fam} | {buc} | {c['kv_bytes'] / 1024:.0f} KiB |"
+            f"| {c['method']} | {c['budget']:.0%} | {c['mode']} | {lead}{c['samples']} | {c['accuracy']:.3f} | "
+            f"{fam} | {buc} | {c['kv_bytes'] / 1024:.0f} KiB |{tail}"
         )
     if summary["keep_all_equals_full"] is not None:
         lines.append(f"\nAt 100% every method answers exactly as `full`: **{summary['keep_all_equals_full']}**")
@@ -235,13 +304,19 @@ def plot(summary: dict, out: Path, myopia_budget: float = 0.2) -> list[Path]:
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
         for axes in (left, right):  # more methods than the default 10-colour cycle
             axes.set_prop_cycle(color=plt.cm.tab20.colors)
+        chunked, capped = varied(summary["configs"])
         by_method: dict[str, list[dict]] = defaultdict(list)
         for c in summary["configs"]:
             if c["mode"] == mode:
-                by_method[c["method"]].append(c)
+                name = c["method"]
+                if chunked:
+                    name += f" chunk {c.get('chunk_frames', 0)}" if c.get("chunk_frames", 0) else " one-shot"
+                if capped and c.get("max_visual_tokens", 0):
+                    name += f" cap {c['max_visual_tokens']}"
+                by_method[name].append(c)
         for method, items in sorted(by_method.items()):
             items.sort(key=lambda c: c["budget"])
-            width = 2.8 if method == "das" else 1.4  # the method under study stands out
+            width = 2.8 if method.split()[0] == "das" else 1.4  # the method under study stands out
             left.plot([c["budget"] for c in items], [c["accuracy"] for c in items], marker="o", lw=width, label=method)
             at = [c for c in items if abs(c["budget"] - myopia_budget) < 1e-9] or [
                 c for c in items if c["budget"] == 1.0
@@ -270,22 +345,41 @@ def plot(summary: dict, out: Path, myopia_budget: float = 0.2) -> list[Path]:
     return paths
 
 
-def configurations(methods: str, variants: list[str], budgets: str, modes: str) -> list[Config]:
-    """Every (method or variant) × budget × mode; ``full`` at budget 1 whatever the budgets (the
-    reference); ``all`` = every registered method."""
-    from videoqa.worker.pruning.registry import describe_methods
+def configurations(
+    methods: str, variants: list[str], budgets: str, modes: str, chunk_frames: str = "0", max_visual_tokens: str = "0"
+) -> list[Config]:
+    """Every (method or variant) × budget × mode × chunk frames × cap; ``full`` at budget 1
+    whatever the budgets (the reference), and never capped; a cap only for methods that compress
+    progressively (the others cannot hold one); ``all`` = every registered method."""
+    from videoqa.worker.pruning.registry import METHODS, describe_methods
 
     names = [m for m in methods.split(",") if m]
     if names == ["all"]:
         names = [d.name for d in describe_methods()]
+    else:
+        describe_methods()  # registers the built-in methods
     entries = [(name, name, ()) for name in names] + [parse_variant(v) for v in variants]
+    chunks = [_count(c, "--chunk-frames") for c in chunk_frames.split(",")]
+    caps = [_count(c, "--max-visual-tokens") for c in max_visual_tokens.split(",")]
     configs = []
     fractions = [float(b) for b in budgets.split(",")]
     for name, method, params in entries:
+        progressive = method in METHODS and METHODS[method].progressive and method != "full"
         for budget in [1.0] if method == "full" else fractions:
             for mode in modes.split(","):
-                configs.append(Config(method, budget, mode, params, name))
+                for chunk in chunks:
+                    for cap in caps:
+                        if cap and not progressive:
+                            continue
+                        configs.append(Config(method, budget, mode, params, name, chunk, cap))
     return configs
+
+
+def _count(text: str, flag: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"{flag}: {value} is negative (0: none)")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -310,6 +404,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--budgets", default="1,0.5,0.2,0.1")
     parser.add_argument("--modes", default="aware,agnostic", help=f"comma separated: {', '.join(MODES)}")
+    parser.add_argument(
+        "--chunk-frames",
+        default="0",
+        help="frames per prefill chunk, comma separated (0: the whole video in one forward, the one-shot path)",
+    )
+    parser.add_argument(
+        "--max-visual-tokens",
+        default="0",
+        help="caps on the visual entries a layer keeps, comma separated (0: none; progressive methods only)",
+    )
     parser.add_argument("--first-question", default=FIRST_QUESTION, help="the first turn of followup mode")
     parser.add_argument("--max-new-tokens", type=int, default=6)
     parser.add_argument("--out", type=Path, default=Path("eval"))
@@ -347,7 +451,9 @@ def run(opts: argparse.Namespace) -> list[Row]:
         from videoqa.worker.lab.suite import generate
 
         samples = generate(opts.split, opts.count, tuple(int(f) for f in opts.frames.split(",")))
-    configs = configurations(opts.methods, opts.variant, opts.budgets, opts.modes)
+    configs = configurations(
+        opts.methods, opts.variant, opts.budgets, opts.modes, opts.chunk_frames, opts.max_visual_tokens
+    )
     lm = load_model(opts.model, device=opts.device)
     rows = evaluate(
         lm,
