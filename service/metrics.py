@@ -28,7 +28,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from videoqa.service.interceptors import guarded, own_rpc
-from videoqa.worker.telemetry import CacheBuilt, Sized, StoreFailure, Timed
+from videoqa.worker.telemetry import CacheBuilt, ChunkPrefilled, MediaAppended, Sized, StoreFailure, Timed
 from videoqa.worker.types import TurnStats
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,28 @@ class Metrics:
         self.kv_ratio = histogram(
             "videoqa_kv_compression_ratio", "Compressed / full KV bytes of a new session", built, buckets=RATIO_BUCKETS
         )
+        self.chunk_prefill = histogram(
+            "videoqa_prefill_chunk_seconds",
+            "One prefill chunk's forward (vision tower and language model), uploads and appended media",
+            ("model",),
+            buckets=LATENCY_BUCKETS,
+        )
+        self.chunk_compress = histogram(
+            "videoqa_prefill_chunk_compress_seconds",
+            "Compressing the cache after a prefill chunk (progressive methods)",
+            ("model",),
+            buckets=FAST_BUCKETS,
+        )
+        self.frames_appended = counter("videoqa_frames_appended", "Frames appended to existing sessions", built)
+        self.segments_appended = counter(
+            "videoqa_media_segments_appended", "Media segments appended to existing sessions", built
+        )
+        self.append_kv_peak = histogram(
+            "videoqa_append_kv_peak_bytes",
+            "KV bytes a session held at the peak of an append's prefill",
+            built,
+            buckets=BYTES_BUCKETS,
+        )
         self.serialize = histogram(
             "videoqa_session_serialize_seconds", "Session record encoding and decoding", ("op",), buckets=FAST_BUCKETS
         )
@@ -178,6 +200,16 @@ class Metrics:
             self._observe_turn(item)
         elif isinstance(item, CacheBuilt):
             self._observe_build(item)
+        elif isinstance(item, ChunkPrefilled):
+            self.chunk_prefill.labels(item.model).observe(item.prefill_s)
+            if item.prune_s:
+                self.chunk_compress.labels(item.model).observe(item.prune_s)
+        elif isinstance(item, MediaAppended):
+            labels = (item.model, item.method)
+            self.frames_appended.labels(*labels).inc(item.frames)
+            self.segments_appended.labels(*labels).inc()
+            self.append_kv_peak.labels(*labels).observe(item.kv_bytes_peak)
+            self.visual_tokens.labels(*labels, "input").inc(item.visual_tokens)
         elif isinstance(item, Timed):
             labels = dict(item.labels)
             if item.name == "serialize":
@@ -334,6 +366,15 @@ class _EngineCollector(Collector):
         yield gauge("videoqa_turns_running", "Turns on the model now", engine.running_turns)
         yield counter("videoqa_decode_steps", "Batched decode steps", (), [((), scheduler.steps)])
         yield counter("videoqa_decode_rows", "Session-tokens decoded in batched steps", (), [((), scheduler.rows)])
+        yield counter(
+            "videoqa_compute_busy_seconds", "Seconds the compute thread was busy", (), [((), scheduler.busy_s)]
+        )
+        yield counter(
+            "videoqa_compute_model_seconds",
+            "Seconds of model work on the compute thread (forwards, compression, decode steps)",
+            (),
+            [((), scheduler.model_s)],
+        )
         yield gauge("videoqa_kv_reserved_bytes", "KV bytes reserved by the running turns", scheduler.reserved_bytes)
         yield gauge(
             "videoqa_kv_budget_bytes", "KV bytes the running turns may reserve (0: no limit)", scheduler.kv_budget_bytes

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from videoqa.worker.errors import InvalidInput, NotReady, Overloaded, TurnCancelled, TurnDeadlineExceeded, VideoQAError
+from videoqa.worker.model.chunks import Chunking
 from videoqa.worker.requests import AppendRequest, CreateRequest, RequestLimits
 from videoqa.worker.scheduler import TurnMeter, TurnScheduler
 from videoqa.worker.settings import WorkerSettings
@@ -101,8 +102,9 @@ class Engine:
         self._decoder = decoder
         #: The I/O stages of turns (restore, save, preprocessing, estimates, lookups).
         self._io = ThreadPoolExecutor(self.settings.io_threads, thread_name_prefix="videoqa-io")
-        self._scheduler: TurnScheduler | None = None
-        self._turns: TurnRunner | None = None
+        self._scheduler = TurnScheduler(self.settings.max_batch_size, self.settings.kv_budget_bytes)
+        chunking = Chunking(self.settings.prefill_chunk_frames, self.settings.prefill_chunk_tokens)
+        self._turns = TurnRunner(self._runners, self.sessions, self.telemetry, self._io, chunking)
         self._admission = threading.Lock()
         self._queued = 0
         self.ready = False
@@ -111,7 +113,6 @@ class Engine:
 
     def load(self) -> None:
         """Load every configured model (blocking; call it off the event loop)."""
-        from videoqa.worker.model.chunks import Chunking
         from videoqa.worker.model.generate import ModelRunner
         from videoqa.worker.model.loader import load_model
 
@@ -127,16 +128,12 @@ class Engine:
             from videoqa.worker.video.decode import MediaDecoder
 
             self._decoder = MediaDecoder(timeout_s=self.settings.decode_timeout_s)
-        devices = list({str(lm.device): lm.device for lm in self.models.values()}.values())
-        self._scheduler = TurnScheduler(self.settings.max_batch_size, self.settings.kv_budget_bytes, devices=devices)
-        chunking = Chunking(self.settings.prefill_chunk_frames, self.settings.prefill_chunk_tokens)
-        self._turns = TurnRunner(self._runners, self.sessions, self.telemetry, self._io, chunking)
+        self._scheduler.measure_devices([lm.device for lm in self.models.values()])
         self.ready = True
 
     def close(self) -> None:
         self.ready = False
-        if self._scheduler is not None:
-            self._scheduler.close()
+        self._scheduler.close()
         if self._decoder is not None:
             self._decoder.close()
         self._io.shutdown(wait=False, cancel_futures=True)
@@ -372,7 +369,7 @@ class Engine:
 
     @property
     def running_turns(self) -> int:
-        return self._scheduler.running if self._scheduler is not None else 0
+        return self._scheduler.running
 
     @property
     def scheduler(self) -> TurnScheduler:

@@ -136,6 +136,10 @@ class TurnScheduler:
             self._waiting.append(_Entry(start, max(0, reserve_bytes), finished))
             self._cv.notify()
 
+    def measure_devices(self, devices: list[torch.device]) -> None:
+        """Measure the per-pass CUDA peak on ``devices`` (the models' devices; CPUs are ignored)."""
+        self._cuda = list({str(d): d for d in devices if d.type == "cuda"}.values())
+
     @property
     def running(self) -> int:
         return len(self._active)
@@ -189,9 +193,10 @@ class TurnScheduler:
                     break
                 self._admit_locked()
             started, model_before = time.perf_counter(), model_seconds()
+            present = list(self._active)  # (a turn that ends in this pass still gets its peak)
             self._reset_peak()
             self._pass()
-            self._record_peak()
+            self._record_peak(present + [e for e in self._active if e not in present])
             self.busy_s += time.perf_counter() - started
             self.model_s += model_seconds() - model_before
         for entry in [*self._active, *self._waiting]:
@@ -294,11 +299,11 @@ class TurnScheduler:
         for device in self._cuda:
             torch.cuda.reset_peak_memory_stats(device)
 
-    def _record_peak(self) -> None:
+    def _record_peak(self, entries: list[_Entry]) -> None:
         if not self._cuda:
             return
         peak = max(int(torch.cuda.max_memory_allocated(device)) for device in self._cuda)
-        for entry in self._active:
+        for entry in entries:
             entry.meter.gpu_peak_bytes = max(entry.meter.gpu_peak_bytes, peak)
 
     @property
