@@ -2,7 +2,8 @@
 
 Needs only grpcio, protobuf and tqdm: no torch, transformers, decord, numpy or pydantic.
 
-- :class:`VideoQAClient` / :class:`Session`: blocking client.
+- :class:`VideoQAClient` / :class:`Session`: blocking client (``create_session``, ``ask``, and
+  ``Session.append`` / ``append_media`` to add media to a session, e.g. a live stream's next part).
 - :class:`AsyncVideoQAClient` / :class:`AsyncSession`: asyncio client on ``grpc.aio``.
 - Dataclasses for options (:class:`FrameSampling`, :class:`Pruning`, :class:`Generation`,
   :class:`Timeouts`), streamed events (:class:`Progress`, :class:`SessionCreated`,

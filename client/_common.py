@@ -13,7 +13,7 @@ import grpc
 from videoqa.v1 import videoqa_pb2 as pb
 
 from . import convert
-from ._media import Media
+from ._media import Media, MediaSource
 from .types import FrameSampling, Generation, Pruning, Timeouts
 
 #: Largest message either side may send; an upload is streamed in much smaller pieces.
@@ -33,7 +33,7 @@ def resolve_timeouts(timeout: float | Timeouts | None) -> Timeouts:
         return timeout
     if timeout <= 0:
         raise ValueError("timeout must be positive")
-    return Timeouts(unary=timeout, create_session=timeout, ask=timeout)
+    return Timeouts(unary=timeout, create_session=timeout, ask=timeout, append_media=timeout)
 
 
 def channel_options(extra: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
@@ -179,6 +179,28 @@ def build_spec(
     return spec
 
 
+def build_append_spec(
+    session_id: str, media: Media, *, sampling: FrameSampling | None, image_fps: float
+) -> pb.AppendSpec:
+    """The first message of an append."""
+    spec = pb.AppendSpec(
+        session_id=session_id,
+        media_kind=media.media_kind,  # type: ignore[arg-type]
+        total_bytes=media.total_bytes,
+        image_fps=image_fps,
+    )
+    if sampling is not None:
+        spec.sampling.CopyFrom(convert.sampling_to_pb(sampling))
+    return spec
+
+
+def append_source(video: MediaSource | None, images: MediaSource | None) -> tuple[MediaSource, bool]:
+    """What :meth:`Session.append` sends: ``(media, images?)`` from its two exclusive arguments."""
+    if (video is None) == (images is None):
+        raise ValueError("give one of a video (path or bytes) and images")
+    return (images, True) if images is not None else (video, False)  # type: ignore[return-value]
+
+
 def build_ask(session_id: str, question: str, generation: Generation | None) -> pb.AskRequest:
     request = pb.AskRequest(session_id=session_id, question=question)
     if generation is not None:
@@ -189,14 +211,14 @@ def build_ask(session_id: str, question: str, generation: Generation | None) -> 
 class UploadRequests:
     """Iterator over an upload's messages that remembers an exception raised while reading media."""
 
-    def __init__(self, requests: Iterator[pb.CreateSessionRequest]) -> None:
+    def __init__(self, requests: Iterator[pb.CreateSessionRequest | pb.AppendMediaRequest]) -> None:
         self._requests = requests
         self.error: BaseException | None = None
 
     def __iter__(self) -> UploadRequests:
         return self
 
-    def __next__(self) -> pb.CreateSessionRequest:
+    def __next__(self) -> pb.CreateSessionRequest | pb.AppendMediaRequest:
         try:
             return next(self._requests)
         except StopIteration:

@@ -28,7 +28,7 @@ VIDEO = "video"
 IMAGES = "images"
 
 
-def _natural_key(path: Path) -> list[object]:
+def natural_key(path: Path) -> list[object]:
     """Sort key that puts ``frame2.png`` before ``frame10.png``."""
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
@@ -42,7 +42,7 @@ def image_files(directory: Path) -> list[Path]:
     ]
     if not files:
         raise ValueError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {directory}")
-    return sorted(files, key=_natural_key)
+    return sorted(files, key=natural_key)
 
 
 @dataclass(frozen=True)
@@ -114,21 +114,26 @@ class Media:
                         yield index, piece
 
     def requests(
-        self, spec: pb.SessionSpec, chunk_size: int, on_upload: UploadCallback | None = None
-    ) -> Iterator[pb.CreateSessionRequest]:
-        """The messages of one upload: the spec, then the media in ``chunk_size`` pieces."""
+        self, spec: pb.SessionSpec | pb.AppendSpec, chunk_size: int, on_upload: UploadCallback | None = None
+    ) -> Iterator[pb.CreateSessionRequest | pb.AppendMediaRequest]:
+        """The messages of one upload: the spec, then the media in ``chunk_size`` pieces.
+
+        A :class:`SessionSpec` makes ``CreateSession`` messages, an :class:`AppendSpec`
+        ``AppendMedia`` messages (both carry the media the same way).
+        """
+        message = pb.AppendMediaRequest if isinstance(spec, pb.AppendSpec) else pb.CreateSessionRequest
         total = self.total_bytes
-        yield pb.CreateSessionRequest(spec=spec)
+        yield message(spec=spec)
         sent = 0
         if on_upload is not None:
             on_upload(0, total)
         for index, piece in self.chunks(chunk_size):
             if self.kind == IMAGES:
-                yield pb.CreateSessionRequest(image=pb.ImagePart(index=index, data=piece))
+                yield message(image=pb.ImagePart(index=index, data=piece))
             else:
                 if not piece:
                     continue
-                yield pb.CreateSessionRequest(video_chunk=piece)
+                yield message(video_chunk=piece)
             sent += len(piece)
             if on_upload is not None:
                 on_upload(sent, total)

@@ -35,6 +35,8 @@ from ._common import (
     Metadata,
     RetryPolicy,
     UploadRequests,
+    append_source,
+    build_append_spec,
     build_ask,
     build_spec,
     check_chunk_size,
@@ -219,6 +221,72 @@ class AsyncVideoQAClient:
         """A handle on an existing session (fetches its info; :class:`NotFound` if unknown)."""
         return AsyncSession(self, await self.get_session(session_id))
 
+    def stream_append_media(
+        self,
+        session_id: str,
+        media: MediaSource,
+        *,
+        images: bool = False,
+        sampling: FrameSampling | None = None,
+        image_fps: float = 0.0,
+        timeout: float | None = None,
+        on_upload: UploadCallback | None = None,
+    ) -> AsyncIterator[Event]:
+        """Appends ``media`` to a session and yields the server's events (an async iterator).
+
+        See :meth:`VideoQAClient.stream_append_media`. Files are checked here; the call starts
+        on the first ``__anext__``. Closing the iterator early (``aclose``) cancels it.
+        """
+        loaded = Media.load(media, images=images)
+        spec = build_append_spec(session_id, loaded, sampling=sampling, image_fps=image_fps)
+        deadline_s = timeout if timeout is not None else self.timeouts.append_media
+
+        def start(remaining: float) -> tuple[Any, UploadRequests]:
+            requests = UploadRequests(loaded.requests(spec, self.chunk_size, on_upload))
+            call = self._stub.AppendMedia(requests, timeout=remaining, metadata=self._metadata)
+            return call, requests
+
+        return self._stream(start, deadline_s)
+
+    async def append_media(
+        self,
+        session_id: str,
+        media: MediaSource,
+        *,
+        images: bool = False,
+        sampling: FrameSampling | None = None,
+        image_fps: float = 0.0,
+        timeout: float | None = None,
+        on_progress: AsyncProgressCallback | None = None,
+        on_upload: UploadCallback | None = None,
+    ) -> SessionInfo:
+        """Appends ``media`` to a session and returns the session's updated :class:`SessionInfo`.
+
+        See :meth:`VideoQAClient.append_media`; ``on_progress`` may be a coroutine function.
+        """
+        info: SessionInfo | None = None
+        stream = self.stream_append_media(
+            session_id,
+            media,
+            images=images,
+            sampling=sampling,
+            image_fps=image_fps,
+            timeout=timeout,
+            on_upload=on_upload,
+        )
+        async with aclosing(stream):  # type: ignore[type-var]
+            async for event in stream:
+                if isinstance(event, Progress):
+                    if on_progress is not None:
+                        result = on_progress(event)
+                        if inspect.isawaitable(result):
+                            await result
+                elif isinstance(event, SessionCreated):
+                    info = event.session
+        if info is None:
+            raise Unknown("the server ended AppendMedia without describing the session")
+        return info
+
     def ask(
         self,
         session_id: str,
@@ -376,6 +444,32 @@ class AsyncSession:
             generation, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
         )
         return await self._client.ask_text(self.id, question, gen, timeout)
+
+    async def append(
+        self,
+        video_path_or_bytes: MediaSource | None = None,
+        *,
+        images: MediaSource | None = None,
+        sampling: FrameSampling | None = None,
+        image_fps: float = 0.0,
+        timeout: float | None = None,
+        on_progress: AsyncProgressCallback | None = None,
+        on_upload: UploadCallback | None = None,
+    ) -> SessionInfo:
+        """Appends a video segment or an image sequence to this session; updates and returns
+        :attr:`info` (see :meth:`Session.append`)."""
+        media, as_images = append_source(video_path_or_bytes, images)
+        self.info = await self._client.append_media(
+            self.id,
+            media,
+            images=as_images,
+            sampling=sampling,
+            image_fps=image_fps,
+            timeout=timeout,
+            on_progress=on_progress,
+            on_upload=on_upload,
+        )
+        return self.info
 
     async def refresh(self) -> SessionInfo:
         """Fetches the session's current info into :attr:`info`."""

@@ -4,6 +4,10 @@ Client commands (need only the base install)::
 
     videoqa ask VIDEO QUESTION [options]    upload, answer one question, delete the session
     videoqa chat VIDEO [options]            upload once, then answer questions read from stdin
+                                            (``/add PATH`` appends a file as a new segment)
+    videoqa watch DIR|FILE... [options]     one session over files as they come: create it from
+                                            the first, append each further one, answer questions
+                                            read from stdin meanwhile
     videoqa info | models | methods         describe the deployment
 
 Server commands (``serve``, ``frontend``, ``worker``, ``diagnose``) are handed, arguments untouched,
@@ -16,16 +20,24 @@ import argparse
 import dataclasses
 import json
 import os
+import queue
+import shlex
 import sys
+import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, suppress
+from pathlib import Path
 from typing import Any, TextIO
 
+import grpc
 from tqdm import tqdm
 
 from ._common import DEFAULT_TARGET, tls_credentials
+from ._media import IMAGE_SUFFIXES, natural_key
 from .errors import VideoQAError
-from .sync import VideoQAClient
+from .sync import Session, VideoQAClient
 from .types import (
     Answer,
     Event,
@@ -93,13 +105,17 @@ def describe_session(info: SessionInfo) -> str:
     f = info.frames
     pruning = info.pruning.method or "default"
     budget = info.pruning.budget or 1.0
+    cap = f", at most {info.pruning.max_visual_tokens} visual tokens" if info.pruning.max_visual_tokens else ""
+    span = f" over {f.timestamps[0]:.1f}–{f.timestamps[-1]:.1f} s" if f.timestamps else ""
+    segments = f"{info.segments} (the upload and {info.segments - 1} appended)" if info.segments > 1 else "1"
     lines = [
         f"session   {info.session_id}",
         f"model     {info.model}",
         f"media     {info.media_kind}: {f.source_frames} frames, {f.source_fps:g} fps, "
         f"{f.source_duration_seconds:.1f} s",
-        f"frames    {len(f.indices)} sampled at {f.width}x{f.height}",
-        f"pruning   {pruning}, budget {budget:g}"
+        f"segments  {segments}",
+        f"frames    {len(f.indices)} sampled at {f.width}x{f.height}{span}",
+        f"pruning   {pruning}, budget {budget:g}{cap}"
         + "".join(f", {k}={v:g}" for k, v in sorted(info.pruning.params.items())),
         f"tokens    visual {info.visual_tokens_before}→{info.visual_tokens_after}, "
         f"context {info.context_length}, cache {info.cache_length}",
@@ -107,6 +123,40 @@ def describe_session(info: SessionInfo) -> str:
         f"turns     {info.turns}",
     ]
     return "\n".join(lines)
+
+
+def _seconds_list(timestamps: Sequence[float], most: int = 12) -> str:
+    """``[0, 1, 2]`` -> ``"0.00, 1.00, 2.00 s"``; a long list shows its ends only."""
+    if not timestamps:
+        return "no timestamps"
+    if len(timestamps) > most:
+        return f"{timestamps[0]:.2f} … {timestamps[-1]:.2f} s"
+    return ", ".join(f"{t:.2f}" for t in timestamps) + " s"
+
+
+def segment_line(before: SessionInfo | None, after: SessionInfo, path: str) -> str:
+    """What an upload or an append added: ``segment 2 (b.mp4): +4 frames at 8.00, ... s; ...``."""
+    known = len(before.frames.indices) if before is not None else 0
+    added = after.frames.timestamps[known:]
+    total = len(after.frames.indices)
+    return (
+        f"segment {after.segments} ({path}): +{len(after.frames.indices) - known} frames at {_seconds_list(added)}; "
+        f"session {total} frames, {after.visual_tokens_after} visual tokens kept"
+    )
+
+
+def segment_record(before: SessionInfo | None, after: SessionInfo, path: str) -> dict[str, Any]:
+    """The JSON record of :func:`segment_line`."""
+    known = len(before.frames.indices) if before is not None else 0
+    return {
+        "segment": after.segments,
+        "path": path,
+        "session_id": after.session_id,
+        "frames_added": len(after.frames.indices) - known,
+        "timestamps": list(after.frames.timestamps[known:]),
+        "frames": len(after.frames.indices),
+        "visual_tokens_after": after.visual_tokens_after,
+    }
 
 
 def _to_json(obj: Any) -> str:
@@ -200,6 +250,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
 def _connection_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("connection")
@@ -238,6 +302,13 @@ def _session_parser() -> argparse.ArgumentParser:
     pr.add_argument("--method", default="", metavar="NAME", help="pruning method (see `videoqa methods`)")
     pr.add_argument("--budget", type=float, default=0.0, metavar="F", help="fraction of visual tokens kept")
     pr.add_argument(
+        "--max-visual-tokens",
+        type=_non_negative_int,
+        default=0,
+        metavar="K",
+        help="most visual tokens each layer keeps however long the media (0: no cap; progressive methods only)",
+    )
+    pr.add_argument(
         "--param",
         type=_param,
         action="append",
@@ -258,6 +329,7 @@ def _session_parser() -> argparse.ArgumentParser:
 _CLIENT_COMMANDS: dict[str, tuple[str, bool]] = {
     "ask": ("answer one question about a video", True),
     "chat": ("ask questions read from stdin about one upload", True),
+    "watch": ("follow files as they come (a directory, or a list): one session, questions from stdin", True),
     "info": ("server version and limits", False),
     "models": ("models served", False),
     "methods": ("pruning methods and their parameters", False),
@@ -273,11 +345,27 @@ def command_parser(name: str) -> argparse.ArgumentParser:
     helptext, with_session = _CLIENT_COMMANDS[name]
     parents = [_connection_parser(), *([_session_parser()] if with_session else [])]
     parser = argparse.ArgumentParser(prog=f"videoqa {name}", description=helptext, parents=parents)
-    if with_session:
+    if name == "watch":
+        parser.description = _WATCH_DESCRIPTION
+        parser.add_argument(
+            "media", nargs="+", metavar="DIR|FILE", help="a directory to poll for new files, or files in order"
+        )
+        parser.add_argument(
+            "--interval", type=_positive_float, default=2.0, metavar="S", help="seconds between polls of DIR"
+        )
+        parser.add_argument("--question", default="", metavar="Q", help="ask Q after the upload and every append")
+    elif with_session:
         parser.add_argument("media", nargs="+", metavar="VIDEO", help="video file, image directory or images")
     if name == "ask":
         parser.add_argument("question", metavar="QUESTION")
-    handlers = {"ask": _cmd_ask, "chat": _cmd_chat, "info": _cmd_info, "models": _cmd_models, "methods": _cmd_methods}
+    handlers = {
+        "ask": _cmd_ask,
+        "chat": _cmd_chat,
+        "watch": _cmd_watch,
+        "info": _cmd_info,
+        "models": _cmd_models,
+        "methods": _cmd_methods,
+    }
     parser.set_defaults(command=name, handler=handlers[name])
     return parser
 
@@ -332,7 +420,12 @@ def _session_options(args: argparse.Namespace) -> dict[str, Any]:
             max_frames=args.max_frames,
             max_resolution=args.max_resolution,
         ),
-        "pruning": Pruning(method=args.method, params=dict(args.param), budget=args.budget),
+        "pruning": Pruning(
+            method=args.method,
+            params=dict(args.param),
+            budget=args.budget,
+            max_visual_tokens=args.max_visual_tokens,
+        ),
         "image_fps": args.image_fps,
     }
 
@@ -427,7 +520,73 @@ def _read_question() -> str | None:
     return line if line else None
 
 
-_CHAT_HELP = "commands: /info shows the session, /quit (or end of input) ends and deletes it"
+_CHAT_HELP = (
+    "commands: /add PATH appends a video (or an image, or a directory of images) to the session as a new "
+    "segment, /info shows the session, /quit (or end of input) ends and deletes it"
+)
+#: Status codes after which a session cannot go on (it is gone, or not the caller's).
+_SESSION_LOST = frozenset(
+    {grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
+)
+
+
+def _is_images(path: Path, images: bool) -> bool:
+    """Whether ``path`` is sent as images: ``--images``, a directory, or an image file's suffix."""
+    return images or path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def _append_file(session: Session, path: Path, args: argparse.Namespace) -> SessionInfo:
+    """Appends one file (or a directory of images) to ``session`` as a new segment, with the
+    command's sampling options; returns the info it had before."""
+    before = session.info
+    display = ProgressDisplay()
+    try:
+        options = _session_options(args)
+        as_images = _is_images(path, args.images)
+        session.append(
+            None if as_images else path,
+            images=path if as_images else None,
+            sampling=options["sampling"],
+            image_fps=options["image_fps"],
+            on_progress=display.progress,
+            on_upload=display.upload,
+        )
+    finally:
+        display.close()
+    return before
+
+
+def _print_segment(before: SessionInfo | None, after: SessionInfo, path: Path, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(segment_record(before, after, str(path)), ensure_ascii=False))
+    else:
+        print(segment_line(before, after, str(path)))
+    sys.stdout.flush()
+
+
+def _chat_add(session: Session, rest: str, args: argparse.Namespace) -> None:
+    """``/add PATH...``: appends each path as a new segment; errors are reported, the chat goes on."""
+    try:
+        paths = shlex.split(rest)
+    except ValueError:
+        paths = [rest.strip()]
+    if not paths:
+        print(f"usage: /add PATH; {_CHAT_HELP}", file=sys.stderr)
+        return
+    for name in paths:
+        path = Path(name).expanduser()
+        try:
+            before = _append_file(session, path, args)
+        except KeyboardInterrupt:
+            print("(cancelled)", file=sys.stderr)
+            return
+        except VideoQAError as e:
+            print(f"error: {e.code.name}: {e.details} ({path} not added)", file=sys.stderr)
+            return
+        except (OSError, ValueError) as e:
+            print(f"error: {e} ({path} not added)", file=sys.stderr)
+            return
+        _print_segment(before, session.info, path, args.json)
 
 
 def _cmd_chat(args: argparse.Namespace) -> int:
@@ -461,6 +620,10 @@ def _cmd_chat(args: argparse.Namespace) -> int:
                     info = session.refresh()
                     print(_to_json(info) if args.json else describe_session(info))
                     continue
+                command, *rest = question.split(maxsplit=1)
+                if command == "/add":
+                    _chat_add(session, rest[0] if rest else "", args)
+                    continue
                 if question.startswith("/"):
                     print(f"unknown command {question}; {_CHAT_HELP}", file=sys.stderr)
                     continue
@@ -482,6 +645,212 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+_WATCH_DESCRIPTION = (
+    "Follow media as it comes, as one session: the first file creates it, every further file is "
+    "appended to it as a new segment (its frames continue the session's clock). With a directory, "
+    "it is polled every --interval seconds and new files are appended in name order once their size "
+    "holds still between two polls (hidden files and *.part/*.tmp are skipped); with files, they are "
+    "taken in the order given. Meanwhile, every line typed on stdin is a question about the media so "
+    "far (its answer is streamed; /info shows the session). End of input (Ctrl-D) or /quit ends the watch "
+    "once the listed files are all sent, Ctrl-C at once; the session is then deleted unless --keep. "
+    "Sampling options apply to each file; --question is asked after the upload and after every append."
+)
+_WATCH_HELP = (
+    "type a question and Enter at any time; /info shows the session; end of input (Ctrl-D), /quit or Ctrl-C "
+    "ends the watch"
+)
+_PARTIAL_SUFFIXES = frozenset({".part", ".partial", ".tmp", ".crdownload"})
+
+
+class DirectoryFeed:
+    """New files of a directory, in name order, each once complete.
+
+    A file counts as complete when its size (not zero) and modification time are those it had
+    at the previous poll; a file that is not complete yet holds back those after it, so that
+    files are taken in name order. Hidden files, ``~`` files and partial downloads are skipped.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._taken: set[str] = set()
+        self._stamps: dict[str, tuple[int, int]] = {}
+
+    @staticmethod
+    def watched(path: Path) -> bool:
+        name = path.name
+        return (
+            not name.startswith((".", "~"))
+            and path.suffix.lower() not in _PARTIAL_SUFFIXES
+            and (path.is_file() or path.is_dir())
+        )
+
+    def poll(self) -> list[Path]:
+        """The files that became complete since the last poll, in name order."""
+        ready: list[Path] = []
+        stamps: dict[str, tuple[int, int]] = {}
+        held = False
+        candidates = [p for p in self.directory.iterdir() if p.name not in self._taken and self.watched(p)]
+        for path in sorted(candidates, key=natural_key):
+            if path.is_dir():
+                continue  # a directory of images would need its own rule for completeness
+            try:
+                st = path.stat()
+            except OSError:  # gone since it was listed
+                continue
+            stamp = (st.st_size, st.st_mtime_ns)
+            stamps[path.name] = stamp
+            if not held and st.st_size > 0 and self._stamps.get(path.name) == stamp:
+                ready.append(path)
+                self._taken.add(path.name)
+            else:
+                held = True
+        self._stamps = stamps
+        return ready
+
+
+class LineReader:
+    """Lines of a text stream read by a daemon thread, so that waiting for one can time out.
+
+    :meth:`get` returns a line, ``None`` at end of input, or raises :class:`queue.Empty`.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        thread = threading.Thread(target=self._read, args=(stream,), name="videoqa-stdin", daemon=True)
+        thread.start()
+
+    def _read(self, stream: TextIO) -> None:
+        try:
+            for line in iter(stream.readline, ""):
+                self._lines.put(line)
+        except (OSError, ValueError):  # closed under us
+            pass
+        finally:
+            self._lines.put(None)
+
+    def get(self, timeout: float | None) -> str | None:
+        """The next line, waiting at most ``timeout`` seconds (``None``: until there is one)."""
+        until = None if timeout is None else time.monotonic() + timeout
+        while True:
+            wait = 0.25 if until is None else until - time.monotonic()
+            if wait <= 0:
+                return self._lines.get_nowait()
+            with suppress(queue.Empty):
+                # In short slices, so that Ctrl-C is noticed between them.
+                return self._lines.get(timeout=min(wait, 0.25))
+
+
+def _watch_answer(session: Session, question: str, args: argparse.Namespace) -> None:
+    """Streams the answer to one question of a watch (Ctrl-C cancels it, the watch goes on)."""
+    try:
+        answer = _stream_answer(session.ask(question, _generation(args)), echo=not args.json)
+    except KeyboardInterrupt:
+        print("(cancelled)", file=sys.stderr)
+        return
+    if args.json:
+        stats = dataclasses.asdict(answer.stats) if answer.stats else None
+        record = {"question": question, "answer": answer.text, "session_id": session.id}
+        print(json.dumps({**record, "segments": session.info.segments, "stats": stats}, ensure_ascii=False))
+    elif answer.stats is not None:
+        print(stats_line(answer.stats), file=sys.stderr)
+    sys.stdout.flush()
+
+
+def _cmd_watch(args: argparse.Namespace) -> int:
+    paths = [Path(p).expanduser() for p in args.media]
+    directories = [p for p in paths if p.is_dir()]
+    if directories and len(paths) > 1:
+        raise ValueError("watch takes one directory, or files, not both")
+    feed = DirectoryFeed(directories[0]) if directories else None
+    pending: deque[Path] = deque(() if feed is not None else paths)
+    for path in pending:
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+    lines = LineReader(sys.stdin)
+    held: list[str] = []  # questions typed before the session exists
+    session: Session | None = None
+    ended = False  # end of input, or /quit
+    next_poll = time.monotonic()
+    with _client(args) as client:
+        try:
+            while True:
+                # Questions: those waiting are answered before any more media; with nothing to
+                # send, wait for one until the next poll (for listed files: until there is one).
+                if pending or ended:
+                    wait: float | None = 0.0
+                elif feed is not None:
+                    wait = max(0.0, next_poll - time.monotonic())
+                else:
+                    wait = None
+                while not ended:
+                    try:
+                        line = lines.get(wait)
+                    except queue.Empty:
+                        break
+                    wait = 0.0
+                    question = (line or "").strip()
+                    if line is None or question in ("/quit", "/exit"):
+                        ended = True
+                    elif question == "/info":
+                        if session is None:
+                            print("no session yet: waiting for the first file", file=sys.stderr)
+                        else:
+                            info = session.refresh()
+                            print(_to_json(info) if args.json else describe_session(info))
+                    elif question.startswith("/"):
+                        print(f"unknown command {question}; {_WATCH_HELP}", file=sys.stderr)
+                    elif question:
+                        if session is None:
+                            held.append(question)
+                        else:
+                            _watch_answer(session, question, args)
+                if ended and (feed is not None or not pending):
+                    break
+                if feed is not None and time.monotonic() >= next_poll:
+                    pending.extend(feed.poll())
+                    next_poll = time.monotonic() + args.interval
+                if pending:
+                    path = pending.popleft()
+                    if session is None:
+                        session = _watch_create(client, path, args)
+                        questions = held + ([args.question] if args.question else [])
+                        held = []
+                    else:
+                        try:
+                            before = _append_file(session, path, args)
+                        except VideoQAError as e:
+                            if e.code in _SESSION_LOST:
+                                raise
+                            print(f"error: {e.code.name}: {e.details} ({path} skipped)", file=sys.stderr)
+                            continue
+                        except (OSError, ValueError) as e:  # e.g. removed before it was read
+                            print(f"error: {e} ({path} skipped)", file=sys.stderr)
+                            continue
+                        _print_segment(before, session.info, path, args.json)
+                        questions = [args.question] if args.question else []
+                    for question in questions:
+                        _watch_answer(session, question, args)
+        except KeyboardInterrupt:
+            print(file=sys.stderr)
+        finally:
+            if session is not None:
+                _finish_session(client, session.id, args.keep)
+    return 0
+
+
+def _watch_create(client: VideoQAClient, path: Path, args: argparse.Namespace) -> Session:
+    display = ProgressDisplay()
+    try:
+        options = {**_session_options(args), "images": _is_images(path, args.images)}
+        session = client.create_session(path, on_progress=display.progress, on_upload=display.upload, **options)
+    finally:
+        display.close()
+    if not args.json:
+        print(f"session {session.id}; {_WATCH_HELP}", file=sys.stderr)
+    _print_segment(None, session.info, path, args.json)
+    return session
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     with _client(args) as client:
         info = client.server_info()
@@ -495,6 +864,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"workers         {info.workers}")
     print(f"max upload      {human_bytes(limits.max_upload_bytes)}")
     print(f"frames          default {limits.default_frames}, max {limits.max_frames}")
+    print(f"session frames  max {limits.max_session_frames or 'unlimited'} (upload and appended media)")
+    print(f"prefill chunk   {limits.prefill_chunk_frames or 'whole video'} frames")
     print(f"images          max {limits.max_images}")
     print(f"resolution      max {limits.max_resolution} px")
     print(f"question        max {limits.max_question_chars} chars")

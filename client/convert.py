@@ -120,13 +120,15 @@ def sampling_from_pb(msg: pb.FrameSampling) -> FrameSampling:
 
 
 def pruning_to_pb(pruning: Pruning) -> pb.PruningSpec:
-    msg = pb.PruningSpec(method=pruning.method, budget=pruning.budget)
+    msg = pb.PruningSpec(method=pruning.method, budget=pruning.budget, max_visual_tokens=pruning.max_visual_tokens)
     msg.params.update({name: float(value) for name, value in pruning.params.items()})
     return msg
 
 
 def pruning_from_pb(msg: pb.PruningSpec) -> Pruning:
-    return Pruning(method=msg.method, params=dict(msg.params), budget=msg.budget)
+    return Pruning(
+        method=msg.method, params=dict(msg.params), budget=msg.budget, max_visual_tokens=msg.max_visual_tokens
+    )
 
 
 def generation_to_pb(generation: Generation) -> pb.GenerationParams:
@@ -169,6 +171,7 @@ def session_info_from_pb(msg: pb.SessionInfo) -> SessionInfo:
         kv_bytes=msg.kv_bytes,
         created_at=msg.created_at,
         last_used_at=msg.last_used_at,
+        segments=msg.segments,
     )
 
 

@@ -34,6 +34,8 @@ from ._common import (
     Metadata,
     RetryPolicy,
     UploadRequests,
+    append_source,
+    build_append_spec,
     build_ask,
     build_spec,
     check_chunk_size,
@@ -72,7 +74,7 @@ class VideoQAClient:
         target: ``host:port`` of the server (or any gRPC target string).
         timeout: default deadlines; a number applies to every call, a :class:`Timeouts` sets
             each kind of call, ``None`` means 30 s for unary calls, 600 s for
-            :meth:`create_session` and 300 s for :meth:`ask`.
+            :meth:`create_session` and :meth:`append_media`, and 300 s for :meth:`ask`.
         retries: how many times a call failing with ``UNAVAILABLE`` is retried (streams only
             while no event has been received).
         backoff: first retry delay in seconds, doubled on each retry, with jitter.
@@ -230,6 +232,81 @@ class VideoQAClient:
         """A handle on an existing session (fetches its info; :class:`NotFound` if unknown)."""
         return Session(self, self.get_session(session_id))
 
+    def stream_append_media(
+        self,
+        session_id: str,
+        media: MediaSource,
+        *,
+        images: bool = False,
+        sampling: FrameSampling | None = None,
+        image_fps: float = 0.0,
+        timeout: float | None = None,
+        on_upload: UploadCallback | None = None,
+    ) -> Iterator[Event]:
+        """Appends ``media`` to a session (e.g. the next part of a live stream) and yields the
+        server's events as they come: :class:`Progress`, then one :class:`SessionCreated` holding
+        the session as it now is.
+
+        ``media`` is given as for :meth:`stream_create_session`; ``sampling`` applies to this
+        segment alone. The segment's frames continue the session's clock. Errors:
+        :class:`InvalidArgument` when the session's pruning method cannot compress
+        progressively, :class:`ResourceExhausted` when the session would exceed its frame
+        limit, :class:`NotFound` / :class:`PermissionDenied` for a session that is not there or
+        not the caller's. Retries as for :meth:`stream_create_session`: only ``UNAVAILABLE``
+        before any event, re-sending the whole media.
+
+        Files are checked here, before the call starts; the call itself starts on the first
+        ``next()``. Closing the iterator early cancels the call.
+        """
+        loaded = Media.load(media, images=images)
+        spec = build_append_spec(session_id, loaded, sampling=sampling, image_fps=image_fps)
+        deadline_s = timeout if timeout is not None else self.timeouts.append_media
+
+        def start(remaining: float) -> tuple[Any, UploadRequests]:
+            requests = UploadRequests(loaded.requests(spec, self.chunk_size, on_upload))
+            call = self._stub.AppendMedia(requests, timeout=remaining, metadata=self._metadata)
+            return call, requests
+
+        return self._stream(start, deadline_s)
+
+    def append_media(
+        self,
+        session_id: str,
+        media: MediaSource,
+        *,
+        images: bool = False,
+        sampling: FrameSampling | None = None,
+        image_fps: float = 0.0,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_upload: UploadCallback | None = None,
+    ) -> SessionInfo:
+        """Appends ``media`` to a session and returns the session's updated :class:`SessionInfo`.
+
+        Arguments are those of :meth:`stream_append_media`; ``on_progress`` receives each
+        :class:`Progress` event.
+        """
+        info: SessionInfo | None = None
+        stream = self.stream_append_media(
+            session_id,
+            media,
+            images=images,
+            sampling=sampling,
+            image_fps=image_fps,
+            timeout=timeout,
+            on_upload=on_upload,
+        )
+        with closing(stream):
+            for event in stream:
+                if isinstance(event, Progress):
+                    if on_progress is not None:
+                        on_progress(event)
+                elif isinstance(event, SessionCreated):
+                    info = event.session
+        if info is None:
+            raise Unknown("the server ended AppendMedia without describing the session")
+        return info
+
     def ask(
         self,
         session_id: str,
@@ -384,6 +461,35 @@ class Session:
             generation, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed
         )
         return self._client.ask_text(self.id, question, gen, timeout)
+
+    def append(
+        self,
+        video_path_or_bytes: MediaSource | None = None,
+        *,
+        images: MediaSource | None = None,
+        sampling: FrameSampling | None = None,
+        image_fps: float = 0.0,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+        on_upload: UploadCallback | None = None,
+    ) -> SessionInfo:
+        """Appends a video segment, or an image sequence (``images``: a list of image paths or
+        bytes, a directory, or one image), to this session; updates and returns :attr:`info`.
+
+        See :meth:`VideoQAClient.append_media`. A question asked next sees all the media so far.
+        """
+        media, as_images = append_source(video_path_or_bytes, images)
+        self.info = self._client.append_media(
+            self.id,
+            media,
+            images=as_images,
+            sampling=sampling,
+            image_fps=image_fps,
+            timeout=timeout,
+            on_progress=on_progress,
+            on_upload=on_upload,
+        )
+        return self.info
 
     def refresh(self) -> SessionInfo:
         """Fetches the session's current info (turns, cache sizes) into :attr:`info`."""

@@ -43,12 +43,19 @@ class Pruning:
 
     ``method`` empty means the server default; ``budget`` is the fraction of visual tokens
     kept, in (0, 1], where 0 means 1.0 (nothing pruned); ``params`` are method parameters by
-    name (see :meth:`VideoQAClient.list_methods`).
+    name (see :meth:`VideoQAClient.list_methods`). ``max_visual_tokens`` caps the visual entries
+    each layer keeps whatever the media's length (0: no cap), which bounds a session that media
+    is appended to; it needs a method that compresses progressively.
     """
 
     method: str = ""
     params: dict[str, float] = field(default_factory=dict)
     budget: float = 0.0
+    max_visual_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_visual_tokens < 0:
+            raise ValueError("max_visual_tokens must not be negative")
 
 
 @dataclass
@@ -75,6 +82,8 @@ class Timeouts:
     create_session: float = 600.0
     #: Ask: one streamed answer.
     ask: float = 300.0
+    #: AppendMedia: upload, decode, encode and prefill of an appended segment.
+    append_media: float = 600.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,7 +105,11 @@ class SampledFrames:
 
 @dataclass(frozen=True)
 class SessionInfo:
-    """A session: model, frames used, cache sizes and turns."""
+    """A session: model, frames used, cache sizes and turns.
+
+    ``frames`` lists every frame of every media piece the session holds (the upload, then each
+    appended segment), with timestamps on one session clock; ``segments`` counts those pieces.
+    """
 
     session_id: str
     model: str = ""
@@ -112,6 +125,8 @@ class SessionInfo:
     kv_bytes: int = 0
     created_at: float = 0.0
     last_used_at: float = 0.0
+    #: Media pieces the session holds: 1 for the upload, plus one per appended segment.
+    segments: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,7 +154,8 @@ class Progress:
 
 @dataclass(frozen=True)
 class SessionCreated:
-    """Sent once the session exists (after the media has been encoded and its cache built)."""
+    """Sent once the session exists (after the media has been encoded and its cache built), and
+    at the end of an append, with the session as it now is."""
 
     session: SessionInfo
 
@@ -191,6 +207,8 @@ class TurnStats:
     #: ``"stop"`` (the model ended its answer), ``"length"`` (max_new_tokens reached).
     finish_reason: str = "unspecified"
     timings: Timings = field(default_factory=Timings)
+    #: Peak CUDA memory allocated while the turn ran (0 off CUDA).
+    gpu_peak_bytes: int = 0
 
 
 #: Any event of a streamed reply.
@@ -269,6 +287,10 @@ class Limits:
     max_new_tokens: int = 0
     default_frames: int = 0
     default_max_new_tokens: int = 0
+    #: Frames a session may hold over all its media (upload and appended segments).
+    max_session_frames: int = 0
+    #: Frames per prefill chunk (0: a video is prefilled in one forward).
+    prefill_chunk_frames: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,10 @@
 """A real gRPC server with a scripted ``VideoQA`` servicer, for the client tests.
 
-The servicer records what it receives (uploads reassembled, requests, metadata, deadlines,
-attempts per method) and can be told to fail: ``fail[method]`` is a list of status codes used by
-successive attempts before any event is sent (``None`` meaning succeed); ``fail_mid[method]``
-aborts after the first event (``"CreateSession.answer"``: after the first token of the answer
-CreateSession streams). This module imports only grpc, protobuf and the client, so that
+The servicer records what it receives (uploads and appended media reassembled, requests,
+metadata, deadlines, attempts per method) and can be told to fail: ``fail[method]`` is a list of
+status codes used by successive attempts before any event is sent (``None`` meaning succeed);
+``fail_mid[method]`` aborts after the first event (``"CreateSession.answer"``: after the first
+token of the answer CreateSession streams). This module imports only grpc, protobuf and the client, so that
 ``test_no_torch`` can load it in a subprocess with the heavy modules blocked. Tests reach it
 through the ``scripted_server`` fixture (``conftest`` is imported by name for type hints only).
 """
@@ -62,10 +62,21 @@ METHODS = [
         True,
     ),
 ]
+#: The Progress events AppendMedia streams before its session event (prefill in chunks).
+APPEND_EVENTS = [
+    Progress("upload", 1.0, 0.01),
+    Progress("decode", 0.0),
+    Progress("decode", 1.0, 0.02, "4 frames"),
+    Progress("encode", 1.0, 0.03),
+    Progress("prefill", 0.5, 0.0, "chunk 1/2"),
+    Progress("prefill", 1.0, 0.04, "chunk 2/2"),
+    Progress("prune", 1.0, 0.005),
+    Progress("save", 1.0, 0.001),
+]
 SERVER_INFO = ServerInfo(
     version="0.1.0",
     api_version="v1",
-    limits=Limits(1 << 30, 256, 512, 1344, 4000, 2048, 16, 256),
+    limits=Limits(1 << 30, 256, 512, 1344, 4000, 2048, 16, 256, 1024, 4),
     default_model="qwen2.5-vl-3b",
     session_store="memory",
     runtime_versions={"torch": "2.9.0"},
@@ -75,9 +86,9 @@ SERVER_INFO = ServerInfo(
 
 @dataclass
 class Upload:
-    """One CreateSession attempt as the server received it."""
+    """One CreateSession or AppendMedia attempt as the server received it."""
 
-    spec: pb.SessionSpec
+    spec: pb.SessionSpec | pb.AppendSpec
     kinds: list[str] = field(default_factory=list)
     video: bytes = b""
     video_chunks: int = 0
@@ -90,6 +101,8 @@ class ScriptedServicer(pb_grpc.VideoQAServicer):
 
     #: The Progress events CreateSession streams before its session event.
     stage_events = STAGE_EVENTS
+    #: The Progress events AppendMedia streams before its session event.
+    append_events = APPEND_EVENTS
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -102,6 +115,7 @@ class ScriptedServicer(pb_grpc.VideoQAServicer):
             self.fail_mid: dict[str, grpc.StatusCode] = {}
             self.pushback_ms: str | None = None
             self.uploads: list[Upload] = []
+            self.appends: list[Upload] = []
             self.asks: list[pb.AskRequest] = []
             self.time_remaining: defaultdict[str, list[float | None]] = defaultdict(list)
             self.metadata: defaultdict[str, list[dict[str, str]]] = defaultdict(list)
@@ -180,7 +194,9 @@ class ScriptedServicer(pb_grpc.VideoQAServicer):
 
     # ----------------------------------------------------------------------------------------
 
-    def CreateSession(self, request_iterator, context):
+    @staticmethod
+    def _read_upload(request_iterator, context: grpc.ServicerContext) -> Upload:
+        """Reassembles the media of a CreateSession or an AppendMedia call."""
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "spec":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must carry spec")
@@ -203,6 +219,10 @@ class ScriptedServicer(pb_grpc.VideoQAServicer):
             else:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, "spec sent twice")
         upload.video = bytes(video)
+        return upload
+
+    def CreateSession(self, request_iterator, context):
+        upload = self._read_upload(request_iterator, context)
         with self.lock:
             self.uploads.append(upload)
         self._enter("CreateSession", context)
@@ -226,6 +246,7 @@ class ScriptedServicer(pb_grpc.VideoQAServicer):
             kv_bytes=16 << 20,
             created_at=time.time(),
             last_used_at=time.time(),
+            segments=1,
         )
         with self.lock:
             self.sessions[info.session_id] = info
@@ -233,6 +254,47 @@ class ScriptedServicer(pb_grpc.VideoQAServicer):
             yield convert.event_to_pb(SessionCreated(info))
         if spec.question:
             yield from self._answer("CreateSession", info, spec.question, context)
+
+    def AppendMedia(self, request_iterator, context):
+        upload = self._read_upload(request_iterator, context)
+        with self.lock:
+            self.appends.append(upload)
+        self._enter("AppendMedia", context)
+        spec = upload.spec
+        with self.lock:
+            info = self.sessions.get(spec.session_id)
+        if info is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no session {spec.session_id}")
+        for i, event in enumerate(APPEND_EVENTS):
+            yield convert.event_to_pb(event)
+            if i == 0:
+                self._mid("AppendMedia", context)
+        # The segment's frames continue the session's clock, one second apart.
+        n = len(upload.images) or spec.sampling.num_frames or 4
+        old = info.frames
+        start = old.timestamps[-1] + 1.0 if old.timestamps else 0.0
+        frames = SampledFrames(
+            [*old.indices, *range(n)],
+            [*old.timestamps, *(start + i for i in range(n))],
+            old.width,
+            old.height,
+            old.source_frames + n,  # the media of every segment, as the real server reports it
+            1.0,
+            old.source_duration_seconds + n,
+        )
+        with self.lock:
+            info = self.sessions[spec.session_id] = SessionInfo(
+                **{
+                    **info.__dict__,
+                    "frames": frames,
+                    "segments": info.segments + 1,
+                    "context_length": info.context_length + 128 * n,
+                    "visual_tokens_before": info.visual_tokens_before + 128 * n,
+                    "last_used_at": time.time(),
+                }
+            )
+        if not self.skip_session_event:
+            yield convert.event_to_pb(SessionCreated(info))
 
     def Ask(self, request, context):
         self._enter("Ask", context)

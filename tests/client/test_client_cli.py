@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import queue
 import sys
+import threading
+import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 import pytest
 
-from videoqa.client.cli import SERVER_EXTRA_HINT, human_bytes, main
+from videoqa.client.cli import SERVER_EXTRA_HINT, DirectoryFeed, human_bytes, main
 
 if TYPE_CHECKING:
     from tests.client.conftest import RunningServer
@@ -263,3 +268,242 @@ def test_human_bytes() -> None:
     assert human_bytes(1536) == "1.5 KiB"
     assert human_bytes(3 << 30) == "3.0 GiB"
     assert human_bytes(5 << 40) == "5.0 TiB"
+
+
+# --------------------------------------------------------------------------------------------
+# Appending media: chat's /add and watch
+
+
+def test_max_visual_tokens_option(scripted_server: RunningServer, video: Path) -> None:
+    args = ["--server", scripted_server.target, "--method", "snapkv", "--budget", "0.2", "--max-visual-tokens", "64"]
+    assert main(["ask", str(video), "Q", *args]) == 0
+    pruning = scripted_server.servicer.uploads[0].spec.pruning
+    assert pruning.method == "snapkv" and pruning.max_visual_tokens == 64
+    with pytest.raises(SystemExit):
+        main(["ask", str(video), "Q", "--max-visual-tokens", "-1"])
+
+
+def test_chat_add_appends_a_segment_mid_conversation(
+    scripted_server: RunningServer,
+    video: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    part = tmp_path / "part two.mp4"
+    part.write_bytes(b"second segment" * 100)
+    image = tmp_path / "still.png"
+    image.write_bytes(b"png bytes")
+    script = [
+        "before?",
+        f'/add "{part}"',  # a quoted path with a space
+        "after?",
+        f"/add {tmp_path / 'missing.mp4'}",  # reported, the chat goes on
+        f"/add {image}",  # an image file is appended as an image
+        "/add",
+        "/info",
+        "last?",
+    ]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(script) + "\n"))
+    argv = ["chat", str(video), "--server", scripted_server.target, "--frames", "4", "--method", "snapkv"]
+    assert main([*argv, "--max-visual-tokens", "32"]) == 0
+    out, err = capsys.readouterr()
+    servicer = scripted_server.servicer
+    session_id = servicer.deleted[0]
+    appended, still = servicer.appends
+    assert appended.video == part.read_bytes() and appended.spec.session_id == session_id
+    assert appended.spec.media_kind == 1 and appended.spec.sampling.num_frames == 4
+    assert still.images == [b"png bytes"] and still.spec.media_kind == 2
+    assert [a.question for a in servicer.asks] == ["before?", "after?", "last?"]
+    assert servicer.uploads[0].spec.pruning.max_visual_tokens == 32
+    lines = out.splitlines()
+    assert lines[0] == "Answer to: before?"
+    assert lines[1] == (
+        f"segment 2 ({part}): +4 frames at 8.00, 9.00, 10.00, 11.00 s; session 12 frames, 256 visual tokens kept"
+    )
+    assert lines[2] == "Answer to: after?"
+    assert lines[3].startswith(f"segment 3 ({image}): +1 frames at 12.00 s; session 13 frames")
+    assert "segments  3 (the upload and 2 appended)" in out
+    assert "media     video: 13 frames, 1 fps, 13.0 s" in out
+    assert "frames    13 sampled at 448x252 over 0.0–12.0 s" in out
+    assert "at most 32 visual tokens" in out
+    assert lines[-1] == "Answer to: last?"
+    assert "/add PATH appends a video" in err  # the help text shown at the start
+    assert f"error: no such file: {tmp_path / 'missing.mp4'} ({tmp_path / 'missing.mp4'} not added)" in err
+    assert "usage: /add PATH" in err
+
+
+def test_chat_add_server_error_keeps_the_chat_going(
+    scripted_server: RunningServer,
+    video: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    scripted_server.servicer.fail["AppendMedia"] = [grpc.StatusCode.INVALID_ARGUMENT]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"/add {video}\nstill there?\n/add {video}\n"))
+    assert main(["chat", str(video), "--json", "--server", scripted_server.target]) == 0
+    out, err = capsys.readouterr()
+    assert "error: INVALID_ARGUMENT: scripted INVALID_ARGUMENT" in err
+    answer, segment = (json.loads(line) for line in out.splitlines())
+    assert answer["answer"] == "Answer to: still there?"
+    assert segment["segment"] == 2 and segment["path"] == str(video)
+    assert segment["frames_added"] == 4 and segment["timestamps"] == [8.0, 9.0, 10.0, 11.0]
+    assert segment["frames"] == 12 and segment["session_id"] == scripted_server.servicer.deleted[0]
+    assert scripted_server.servicer.attempts["AppendMedia"] == 2
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        if condition():
+            return True
+        time.sleep(0.01)
+    return condition()
+
+
+def test_watch_directory_appends_files_as_they_appear(
+    scripted_server: RunningServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    folder = tmp_path / "live"
+    folder.mkdir()
+    (folder / "seg1.mp4").write_bytes(b"first segment")
+    read_fd, write_fd = os.pipe()
+    stdin, typed = os.fdopen(read_fd, "r"), os.fdopen(write_fd, "w")
+    monkeypatch.setattr(sys, "stdin", stdin)
+    servicer = scripted_server.servicer
+    argv = ["watch", str(folder), "--server", scripted_server.target, "--interval", "0.05", "--frames", "4"]
+    argv += ["--method", "snapkv", "--budget", "0.5", "--max-visual-tokens", "64", "--question", "now?"]
+    result: list[int] = []
+    runner = threading.Thread(target=lambda: result.append(main(argv)), daemon=True)
+    runner.start()
+    try:
+        # The first file creates the session, then the standing question is asked.
+        assert _wait_for(lambda: len(servicer.asks) == 1)
+        assert servicer.appends == []
+        # A file appears while the watch runs (written under a hidden name, then renamed), with a
+        # partial download and a hidden file beside it that must be left alone.
+        (folder / "seg10.mp4.part").write_bytes(b"partial")
+        (folder / ".hidden.mp4").write_bytes(b"hidden")
+        (folder / ".seg2.mp4").write_bytes(b"second segment")
+        os.replace(folder / ".seg2.mp4", folder / "seg2.mp4")
+        assert _wait_for(lambda: len(servicer.asks) == 2)
+        typed.write("what changed?\n")
+        typed.flush()
+        assert _wait_for(lambda: len(servicer.asks) == 3)
+    finally:
+        typed.close()  # end of input ends the watch
+        runner.join(10.0)
+        stdin.close()
+    assert not runner.is_alive() and result == [0]
+    (upload,) = servicer.uploads
+    assert upload.video == b"first segment" and upload.spec.sampling.num_frames == 4
+    assert upload.spec.pruning.max_visual_tokens == 64 and upload.spec.pruning.method == "snapkv"
+    (append,) = servicer.appends
+    assert append.video == b"second segment" and append.spec.sampling.num_frames == 4
+    assert append.spec.session_id == servicer.deleted[0]
+    assert [a.question for a in servicer.asks] == ["now?", "now?", "what changed?"]
+    assert servicer.sessions == {}  # deleted at the end
+    out, err = capsys.readouterr()
+    assert out.splitlines() == [
+        f"segment 1 ({folder / 'seg1.mp4'}): +8 frames at 0.00, 1.00, 2.00, 3.00, 4.00, 5.00, 6.00, 7.00 s; "
+        "session 8 frames, 256 visual tokens kept",
+        "Answer to: now?",
+        f"segment 2 ({folder / 'seg2.mp4'}): +4 frames at 8.00, 9.00, 10.00, 11.00 s; "
+        "session 12 frames, 256 visual tokens kept",
+        "Answer to: now?",
+        "Answer to: what changed?",
+    ]
+    assert "type a question" in err
+
+
+def test_watch_listed_files_skips_a_failed_append_and_keeps(
+    scripted_server: RunningServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    files = []
+    for name in ("c.mp4", "a.mp4", "b.mp4"):  # listed order, not name order
+        files.append(tmp_path / name)
+        files[-1].write_bytes(name.encode() * 10)
+    servicer = scripted_server.servicer
+    servicer.fail["AppendMedia"] = [grpc.StatusCode.RESOURCE_EXHAUSTED]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("typed?\n"))
+    argv = ["watch", *map(str, files), "--server", scripted_server.target, "--json", "--keep", "--question", "now?"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert servicer.uploads[0].video == b"c.mp4" * 10
+    assert [a.video for a in servicer.appends] == [b"a.mp4" * 10, b"b.mp4" * 10]
+    assert f"error: RESOURCE_EXHAUSTED: scripted RESOURCE_EXHAUSTED ({files[1]} skipped)" in err
+    (session_id,) = servicer.sessions  # kept
+    assert servicer.deleted == [] and servicer.sessions[session_id].segments == 2
+    records = [json.loads(line) for line in out.splitlines()]
+    segments = [r for r in records if "segment" in r and "answer" not in r]
+    assert [(r["segment"], r["path"]) for r in segments] == [(1, str(files[0])), (2, str(files[2]))]
+    answers = [r for r in records if "answer" in r]
+    # The standing question after each media piece that arrived; the typed one whenever it was read.
+    assert sorted(r["question"] for r in answers) == ["now?", "now?", "typed?"]
+    assert all(r["session_id"] == session_id for r in answers)
+
+
+def test_watch_usage_errors(
+    scripted_server: RunningServer,
+    video: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["watch", str(tmp_path), str(video), "--server", scripted_server.target]) == 1
+    assert "one directory, or files" in capsys.readouterr().err
+    assert main(["watch", str(tmp_path / "nope.mp4"), "--server", scripted_server.target]) == 1
+    assert "no such file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["watch", str(tmp_path), "--interval", "0"])
+    # An empty directory and end of input at once: no session is ever created.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["watch", str(empty), "--server", scripted_server.target, "--interval", "0.01"]) == 0
+    assert scripted_server.servicer.uploads == []
+
+
+def test_directory_feed_takes_complete_files_in_name_order(tmp_path: Path) -> None:
+    feed = DirectoryFeed(tmp_path)
+    assert feed.poll() == []
+    (tmp_path / "seg10.mp4").write_bytes(b"ten")
+    (tmp_path / "seg2.mp4").write_bytes(b"")  # still empty: not complete
+    (tmp_path / ".seg3.mp4").write_bytes(b"hidden")
+    (tmp_path / "seg4.mp4.part").write_bytes(b"partial")
+    assert feed.poll() == []  # first sight of each file
+    assert feed.poll() == []  # seg10 is stable, but seg2 (before it) is not complete yet
+    (tmp_path / "seg2.mp4").write_bytes(b"two")
+    assert feed.poll() == []  # seg2 changed since the last poll
+    assert feed.poll() == [tmp_path / "seg2.mp4", tmp_path / "seg10.mp4"]
+    assert feed.poll() == []  # each file once
+    (tmp_path / "seg1.mp4").write_bytes(b"late")
+    assert feed.poll() == []
+    assert feed.poll() == [tmp_path / "seg1.mp4"]
+
+
+def test_watch_ctrl_c_ends_and_deletes(
+    scripted_server: RunningServer, video: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from videoqa.client import cli
+
+    calls: list[float | None] = []
+
+    def get(self: cli.LineReader, timeout: float | None) -> str | None:
+        calls.append(timeout)
+        if len(calls) == 1:
+            raise queue.Empty  # nothing typed yet: the file is sent
+        raise KeyboardInterrupt  # then Ctrl-C while waiting for a question
+
+    monkeypatch.setattr(cli.LineReader, "get", get)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    assert main(["watch", str(video), "--server", scripted_server.target]) == 0
+    assert calls == [0.0, None]  # with every listed file sent, it waits for questions without a limit
+    assert len(scripted_server.servicer.uploads) == 1 and len(scripted_server.servicer.deleted) == 1
+    assert scripted_server.servicer.sessions == {}

@@ -34,7 +34,7 @@ INFO = SessionInfo(
     media_kind="images",
     sampling=FrameSampling(fps=0.5, max_frames=9, max_resolution=336),
     frames=SampledFrames([0, 4], [0.0, 2.0], 336, 188, 10, 2.0, 5.0),
-    pruning=Pruning("snapkv", {"window": 8.0}, 0.5),
+    pruning=Pruning("snapkv", {"window": 8.0}, 0.5, max_visual_tokens=96),
     turns=2,
     context_length=10,
     cache_length=5,
@@ -43,8 +43,9 @@ INFO = SessionInfo(
     kv_bytes=1234,
     created_at=1.5,
     last_used_at=2.5,
+    segments=3,
 )
-STATS = TurnStats("s1", 1, 2, 100, 50, 3, 1000, 500, 10, 5, 7, 8, "length", Timings(*range(10)))
+STATS = TurnStats("s1", 1, 2, 100, 50, 3, 1000, 500, 10, 5, 7, 8, "length", Timings(*range(10)), gpu_peak_bytes=5 << 30)
 
 
 @pytest.mark.parametrize(
@@ -68,8 +69,25 @@ def test_descriptions_round_trip() -> None:
     assert convert.model_from_pb(convert.model_to_pb(model)) == model
     method = MethodInfo("m", "d", [MethodParam("p", "pd", 1.0, 0.0, 2.0, True)], True)
     assert convert.method_from_pb(convert.method_to_pb(method)) == method
-    info = ServerInfo("1", "v1", Limits(*range(1, 9)), "m", "redis", {"torch": "2"}, 3)
+    info = ServerInfo("1", "v1", Limits(*range(1, 11)), "m", "redis", {"torch": "2"}, 3)
     assert convert.server_info_from_pb(convert.server_info_to_pb(info)) == info
+    limits = convert.server_info_to_pb(info).limits
+    assert (limits.max_session_frames, limits.prefill_chunk_frames) == (9, 10)
+
+
+def test_new_fields_reach_the_wire() -> None:
+    """The fields added with AppendMedia travel in both directions under their proto names."""
+    assert convert.session_info_to_pb(INFO).segments == 3
+    assert convert.session_info_from_pb(pb.SessionInfo(segments=4)).segments == 4
+    assert convert.pruning_to_pb(Pruning(max_visual_tokens=64)).max_visual_tokens == 64
+    assert convert.pruning_from_pb(pb.PruningSpec(max_visual_tokens=7)).max_visual_tokens == 7
+    assert convert.session_info_from_pb(convert.session_info_to_pb(INFO)).pruning.max_visual_tokens == 96
+    assert convert.turn_stats_to_pb(STATS).gpu_peak_bytes == 5 << 30
+    assert convert.turn_stats_from_pb(pb.TurnStats(gpu_peak_bytes=123)).gpu_peak_bytes == 123
+    limits = convert.server_info_from_pb(pb.ServerInfo(limits=pb.Limits(max_session_frames=512))).limits
+    assert limits.max_session_frames == 512 and limits.prefill_chunk_frames == 0
+    with pytest.raises(ValueError):
+        Pruning(max_visual_tokens=-1)
 
 
 def test_options_to_pb() -> None:
@@ -135,6 +153,8 @@ def test_retry_policy_backoff_and_limits() -> None:
 def test_timeouts_and_options() -> None:
     assert _common.resolve_timeouts(None).create_session == 600
     assert _common.resolve_timeouts(9).ask == 9
+    assert _common.resolve_timeouts(9).append_media == 9
+    assert _common.resolve_timeouts(None).append_media == 600
     options = dict(_common.channel_options([("grpc.max_receive_message_length", 1)]))
     assert options["grpc.max_receive_message_length"] == 1
     assert options["grpc.max_send_message_length"] == 64 << 20
@@ -152,7 +172,26 @@ def test_media_resolution(tmp_path: Path) -> None:
     empty = _media.Media.load([b""])
     spec = pb.SessionSpec()
     assert [r.WhichOneof("payload") for r in empty.requests(spec, 10)] == ["spec", "image"]
+    append = _media.Media.load([b"ab", b"c"]).requests(pb.AppendSpec(session_id="s"), 1)
+    messages = list(append)
+    assert all(isinstance(m, pb.AppendMediaRequest) for m in messages)
+    assert [m.WhichOneof("payload") for m in messages] == ["spec", "image", "image", "image"]
+    assert [m.image.index for m in messages[1:]] == [0, 0, 1]
+    assert all(isinstance(m, pb.CreateSessionRequest) for m in video.requests(pb.SessionSpec(), 4))
     with pytest.raises(TypeError):
         _media.Media.load(123)  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         _media.Media.load([])
+
+
+def test_append_spec_and_source() -> None:
+    media = _media.Media.load([b"abc", b"de"])
+    spec = _common.build_append_spec("s1", media, sampling=FrameSampling(num_frames=2), image_fps=3.0)
+    assert spec.session_id == "s1" and spec.media_kind == pb.MEDIA_KIND_IMAGES and spec.total_bytes == 5
+    assert spec.sampling.num_frames == 2 and spec.image_fps == 3.0
+    assert not _common.build_append_spec("s1", media, sampling=None, image_fps=0).HasField("sampling")
+    assert _common.append_source(b"v", None) == (b"v", False)
+    assert _common.append_source(None, [b"i"]) == ([b"i"], True)
+    for video, images in ((None, None), (b"v", [b"i"])):
+        with pytest.raises(ValueError):
+            _common.append_source(video, images)

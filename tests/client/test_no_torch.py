@@ -52,14 +52,17 @@ SCRIPT = textwrap.dedent(
         )
         assert session.first_answer.text == "Answer to: first?", session.first_answer
         assert session.ask_text("second?").stats.turn == 2
+        assert session.append(b"more video").segments == 2
         assert client.server_info().api_version == "v1"
         session.delete()
     assert running.servicer.uploads[0].video == b"some video bytes"
+    assert running.servicer.appends[0].video == b"more video"
 
     async def use_async():
         async with vqa.AsyncVideoQAClient(running.target) as client:
             session = await client.create_session([b"img0", b"img1"], question="q?")
             assert session.first_answer.text == "Answer to: q?"
+            assert (await session.append(images=[b"img2"])).segments == 2
             await session.delete()
 
     asyncio.run(use_async())
