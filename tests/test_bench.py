@@ -53,3 +53,17 @@ def test_decode_quick(tmp_path):
     assert all(row["decode"]["2"]["tokens_per_second"] > 0 for row in run["configs"].values())
     assert {"hae@0.2", "retentive_kv@0.2"} <= set(run["configs"])
     assert "| frames | config |" in out_md.read_text() and list(plots.glob("*.png"))
+
+
+def test_long_video_quick(tmp_path):
+    out_json, out_md, plots = tmp_path / "l.json", tmp_path / "l.md", tmp_path / "plots"
+    run_quick("long_video.py", "--json", str(out_json), "--markdown", str(out_md), "--plots", str(plots))
+    data = json.loads(out_json.read_text())
+    memory = {(r["config"], r["frames"]): r for r in data["memory"]}
+    assert memory[("chunked das cap", 16)]["kv_peak_bytes"] == memory[("chunked das cap", 8)]["kv_peak_bytes"]
+    assert memory[("one-shot full", 16)]["kv_peak_bytes"] > memory[("one-shot full", 8)]["kv_peak_bytes"]
+    assert memory[("chunked das 20%", 16)]["chunks"] > 1 == memory[("one-shot das 20%", 16)]["chunks"]
+    one_shot, chunked = data["stall"]
+    assert one_shot["chunk_frames"] == 0 and chunked["chunk_frames"] > 0 and chunked["gaps"] > 0
+    assert {r["config"] for r in data["cost"]} == {"full", "das 20%"} and all(r["ratio"] > 0 for r in data["cost"])
+    assert "**Stall**" in out_md.read_text() and list(plots.glob("long_video_memory_*.png"))
