@@ -75,6 +75,35 @@ class _Failure:
         self.error = error
 
 
+class _Outbox:
+    """Events from the compute thread to the RPCs' queues on the event loop, delivered in batches.
+
+    Waking the event loop from another thread costs a system call (a write to its self-pipe);
+    doing it per token event would cost the compute thread more than a small model's decode step.
+    Events are queued here during a pass of the compute loop, and :meth:`flush` (called after
+    every pass) delivers all of them with one wake-up."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self._items: list[tuple[asyncio.Queue, object]] = []
+        self._lock = threading.Lock()
+
+    def put(self, queue: asyncio.Queue, item: object) -> None:
+        with self._lock:
+            self._items.append((queue, item))
+
+    def flush(self) -> None:
+        with self._lock:
+            items, self._items = self._items, []
+        if items:
+            self.loop.call_soon_threadsafe(self._deliver, items)
+
+    @staticmethod
+    def _deliver(items: list[tuple[asyncio.Queue, object]]) -> None:
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 _DONE = object()
 
 
@@ -102,11 +131,14 @@ class Engine:
         self._decoder = decoder
         #: The I/O stages of turns (restore, save, preprocessing, estimates, lookups).
         self._io = ThreadPoolExecutor(self.settings.io_threads, thread_name_prefix="videoqa-io")
-        self._scheduler = TurnScheduler(self.settings.max_batch_size, self.settings.kv_budget_bytes)
+        self._scheduler = TurnScheduler(
+            self.settings.max_batch_size, self.settings.kv_budget_bytes, after_pass=self._flush_events
+        )
         chunking = Chunking(self.settings.prefill_chunk_frames, self.settings.prefill_chunk_tokens)
         self._turns = TurnRunner(self._runners, self.sessions, self.telemetry, self._io, chunking)
         self._admission = threading.Lock()
         self._queued = 0
+        self._outboxes: dict[asyncio.AbstractEventLoop, _Outbox] = {}
         self.ready = False
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -362,6 +394,14 @@ class Engine:
             with self._admission:
                 self._queued -= 1
 
+    def _flush_events(self) -> None:
+        """After every pass of the compute loop: deliver the events it produced (one wake-up per loop)."""
+        for outbox in list(self._outboxes.values()):
+            try:
+                outbox.flush()
+            except RuntimeError:  # that event loop closed
+                pass
+
     @property
     def queued_turns(self) -> int:
         """Turns admitted and not finished (waiting or running)."""
@@ -388,11 +428,12 @@ class Engine:
         reports the turn's outcome only once it has run."""
         with self._admit():
             loop = asyncio.get_running_loop()
+            outbox = self._outboxes.get(loop) or self._outboxes.setdefault(loop, _Outbox(loop))
             queue: asyncio.Queue = asyncio.Queue()
 
             def put(item) -> None:
                 try:
-                    loop.call_soon_threadsafe(queue.put_nowait, item)
+                    outbox.put(queue, item)
                 except RuntimeError:  # the event loop closed (server shutting down)
                     control.cancelled.set()
 

@@ -97,11 +97,14 @@ class TurnScheduler:
         kv_budget_bytes: int = 0,
         name: str = "videoqa-compute",
         devices: list[torch.device] | None = None,
+        after_pass: Callable[[], None] | None = None,
     ):
         self.max_batch = max_batch
         #: 0: no limit.
         self.kv_budget_bytes = kv_budget_bytes
         self._cuda = [d for d in (devices or []) if d.type == "cuda"]
+        #: Called after every pass (the engine delivers the events the pass produced).
+        self._after_pass = after_pass or (lambda: None)
         self._waiting: deque[_Entry] = deque()
         self._active: list[_Entry] = []
         self._batches: dict[tuple[int, int], DecodeBatch] = {}
@@ -197,6 +200,7 @@ class TurnScheduler:
             self._reset_peak()
             self._pass()
             self._record_peak(present + [e for e in self._active if e not in present])
+            self._after_pass()
             self.busy_s += time.perf_counter() - started
             self.model_s += model_seconds() - model_before
         for entry in [*self._active, *self._waiting]:
@@ -205,6 +209,7 @@ class TurnScheduler:
             entry.finished(RuntimeError("the worker is shutting down"), None)
         self._active.clear()
         self._waiting.clear()
+        self._after_pass()
 
     def _pass(self) -> None:
         """Continue turns that got logits, give one turn its unit of heavier work, decode."""
