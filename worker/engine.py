@@ -397,10 +397,8 @@ class Engine:
     def _flush_events(self) -> None:
         """After every pass of the compute loop: deliver the events it produced (one wake-up per loop)."""
         for outbox in list(self._outboxes.values()):
-            try:
+            with contextlib.suppress(RuntimeError):  # that event loop closed
                 outbox.flush()
-            except RuntimeError:  # that event loop closed
-                pass
 
     @property
     def queued_turns(self) -> int:
