@@ -897,7 +897,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
         return 0
     for m in methods:
         default = " (default)" if m.is_default else ""
-        print(f"{m.name}{default}: {m.description}")
+        mode = " [progressive: caps, appended media]" if m.progressive else " [one-shot]"
+        print(f"{m.name}{default}{mode}: {m.description}")
         for p in m.params:
             kind = "int" if p.integer else "float"
             bounds = f"default {p.default:g}, in [{p.min:g}, {p.max:g}]"

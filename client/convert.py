@@ -265,6 +265,7 @@ def method_from_pb(msg: pb.MethodInfo) -> MethodInfo:
         description=msg.description,
         params=[_flat_from_pb(MethodParam, p) for p in msg.params],
         is_default=msg.is_default,
+        progressive=msg.progressive,
     )
 
 
@@ -274,6 +275,7 @@ def method_to_pb(method: MethodInfo) -> pb.MethodInfo:
         description=method.description,
         params=[pb.MethodParam(**_flat_values(p)) for p in method.params],
         is_default=method.is_default,
+        progressive=method.progressive,
     )
 
 

@@ -273,6 +273,8 @@ class MethodInfo:
     description: str = ""
     params: list[MethodParam] = field(default_factory=list)
     is_default: bool = False
+    #: Compresses step by step: accepts a cap on visual entries, and its sessions accept appended media.
+    progressive: bool = False
 
 
 @dataclass(frozen=True)

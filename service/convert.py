@@ -153,6 +153,7 @@ def method_to_pb(m: t.MethodDescription) -> pb.MethodInfo:
         name=m.name,
         description=m.description,
         is_default=m.is_default,
+        progressive=m.progressive,
         params=[
             pb.MethodParam(
                 name=p.name, description=p.description, default=p.default, min=p.min, max=p.max, integer=p.integer

@@ -222,6 +222,8 @@ class MethodDescription:
     description: str
     params: tuple[MethodParam, ...]
     is_default: bool = False
+    #: Compresses step by step (chunked prefill, appended media); accepts ``max_visual_tokens``.
+    progressive: bool = False
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,8 @@ def test_methods_are_listed_with_parameters(stub):
         "retentive_kv",
     }
     assert expected <= set(methods)
+    one_shot = {"h2o", "look_m", "hae", "retentive_kv"}
+    assert {name for name in expected if not methods[name].progressive} == one_shot
     das = {p.name: p for p in methods["das"].params}
     assert das["alpha"].default == 0.5 and das["gamma"].min == 1 and das["bins_per_frame"].default == 0
     assert das["bins_per_frame"].integer

@@ -73,7 +73,7 @@ def build_method(spec: PruningSpec) -> PruningMethod:
 def describe_methods() -> list[MethodDescription]:
     _load_builtin_methods()
     return [
-        MethodDescription(cls.name, cls.description, tuple(cls.params), cls.name == DEFAULT_METHOD)
+        MethodDescription(cls.name, cls.description, tuple(cls.params), cls.name == DEFAULT_METHOD, cls.progressive)
         for cls in sorted(METHODS.values(), key=lambda c: c.name)
     ]
 

@@ -369,16 +369,18 @@ class MethodParam(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., default: _Optional[float] = ..., min: _Optional[float] = ..., max: _Optional[float] = ..., integer: _Optional[bool] = ...) -> None: ...
 
 class MethodInfo(_message.Message):
-    __slots__ = ("name", "description", "params", "is_default")
+    __slots__ = ("name", "description", "params", "is_default", "progressive")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    PROGRESSIVE_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     params: _containers.RepeatedCompositeFieldContainer[MethodParam]
     is_default: bool
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., params: _Optional[_Iterable[_Union[MethodParam, _Mapping]]] = ..., is_default: _Optional[bool] = ...) -> None: ...
+    progressive: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., params: _Optional[_Iterable[_Union[MethodParam, _Mapping]]] = ..., is_default: _Optional[bool] = ..., progressive: _Optional[bool] = ...) -> None: ...
 
 class ListMethodsResponse(_message.Message):
     __slots__ = ("methods",)
