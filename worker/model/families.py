@@ -219,11 +219,6 @@ class FamilyAdapter:
         embeds[0, where] = features
         return embeds
 
-    def visual_tokens_per_frame(self, height: int, width: int) -> float:
-        """Visual tokens the processor makes per sampled frame of ``height`` x ``width`` pixels
-        (the frames' size after sampling; the processor may resize them further)."""
-        raise NotImplementedError
-
     # --- positions ---------------------------------------------------------------------------
 
     def prefill_positions(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -289,18 +284,6 @@ class QwenVLAdapter(FamilyAdapter):
         out = self.model.model.get_video_features(pixels, grid, return_dict=True)
         return torch.cat(out.pooler_output, dim=0)
 
-    def visual_tokens_per_frame(self, height, width):
-        processor = self.processor.video_processor
-        patch = int(getattr(processor, "patch_size", 14)) * int(getattr(processor, "merge_size", 2))
-        temporal = int(getattr(processor, "temporal_patch_size", 2))
-        from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
-
-        size = getattr(processor, "size", None) or {}
-        low = int(size.get("shortest_edge", getattr(processor, "min_pixels", 56 * 56)))
-        high = int(size.get("longest_edge", getattr(processor, "max_pixels", 28 * 28 * 1280)))
-        h, w = smart_resize(height, width, factor=patch, min_pixels=low, max_pixels=high)
-        return (h // patch) * (w // patch) / temporal
-
     def prefill_positions(self, inputs):
         position_ids, _ = self._library_positions(inputs)
         if getattr(self.model.config, "videoqa_positions", "qwen") != "transformers":
@@ -360,13 +343,6 @@ class LlavaOnevisionAdapter(FamilyAdapter):
         pixels = inputs["pixel_values_videos"][:, first:end].to(self.model.device)
         out = self.model.model.get_video_features(pixels, return_dict=True).pooler_output[0]
         return out if end == frames else out[:-1]  # the video's one newline token follows its last frame
-
-    def visual_tokens_per_frame(self, height, width):
-        config = self.model.config
-        size = int(config.vision_config.image_size)
-        patches = size // int(config.vision_config.patch_size)
-        pooled = -(-patches // 2)  # the projector's 2x2 bilinear pooling, rounded up
-        return float(pooled * pooled)
 
     def _frame_spans(self, inputs, start, end):
         frames = int(inputs["pixel_values_videos"].shape[1])
