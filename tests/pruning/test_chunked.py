@@ -156,3 +156,23 @@ def test_progressive_steps_keep_a_consistent_slot_map(tiny_model):
         counted = (layer.count * visual).sum(dim=1)
         assert torch.all(counted == prompt.layout.num_visual_tokens), counted
         assert bool((layer.kind == RECYCLED).any())
+
+
+@pytest.mark.parametrize("aware", [True, False], ids=["aware", "agnostic"])
+@pytest.mark.parametrize("method", ["h2o", "look_m", "hae", "retentive_kv"])
+def test_one_shot_methods_run_in_chunks_and_prune_once(tiny_model, method, aware):
+    """A method that compresses once still prefills in chunks (so that an upload does not stall
+    other sessions): its statistics are summed over the chunks' forwards, equal to one forward's,
+    and it prunes once at the end, keeping what the one-shot path keeps."""
+    lm = tiny_model("tiny-qwen2-vl")
+    state, logits, result = one_shot(lm, method, 0.3, aware)
+    _, prompt, out = chunked(lm, method, 0.3, aware, Chunking(frames=2))
+    assert out.chunks == len(prompt.layout.frame_spans)
+    assert out.peak_kv_bytes == prompt.layout.prompt_length * lm.kv_bytes_per_token  # the whole video
+    assert (out.result.visual_kept, out.result.recycled) == (result.visual_kept, result.recycled)
+    assert out.result.kept_per_frame == result.kept_per_frame
+    assert out.state.cache_lengths == state.cache_lengths
+    for mine, theirs in zip(out.state.cache.layers, state.cache.layers, strict=True):
+        torch.testing.assert_close(mine.keys, theirs.keys, rtol=0, atol=1e-5)
+    assert type(out.state.extension) is type(state.extension)
+    torch.testing.assert_close(out.logits, logits, rtol=0, atol=1e-5)
