@@ -247,6 +247,10 @@ class TurnScheduler:
         except BaseException as error:  # the turn's own failure: handed back, the loop goes on
             self._finish(entry, error, None)
             return
+        if not isinstance(step, DecodeRequest | Wait | _Yield):  # a bug in a turn: never leave it stuck
+            entry.turn.close()
+            self._finish(entry, TypeError(f"a turn yielded {step!r}, not a scheduler step"), None)
+            return
         entry.pending = step
         if isinstance(step, Wait):
             step.future.add_done_callback(self._wake)
