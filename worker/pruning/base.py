@@ -53,6 +53,10 @@ SHARED_PARAMS: tuple[MethodParam, ...] = (
 )
 
 
+#: Fewest strided visual rows a prefill chunk records (see ``RowSets.share``).
+CHUNK_ROWS = 32
+
+
 @dataclass
 class RowSets:
     """Query rows a method can ask statistics for.
@@ -66,14 +70,20 @@ class RowSets:
     window: torch.Tensor
     question_aware: bool
     num_layers: int
+    #: The share of the video's visual tokens these rows' forward holds (a prefill chunk: less
+    #: than 1). A strided row limit is a limit for the whole video: a chunk gets its share of it,
+    #: but at least :data:`CHUNK_ROWS` rows (or all of its rows).
+    share: float = 1.0
 
     @property
     def prefill_length(self) -> int:
         return self.layout.prompt_length
 
     def visual(self, limit: int | None = None) -> torch.Tensor:
-        """Visual rows of the prefill, strided down to at most ``limit`` rows."""
+        """Visual rows of the prefill, strided down to at most ``limit`` rows (this forward's part of it)."""
         rows = torch.arange(self.layout.visual_start, self.layout.visual_end)
+        if limit is not None and self.share < 1:
+            limit = max(min(CHUNK_ROWS, rows.numel()), round(limit * self.share))
         if limit is not None and rows.numel() > limit:
             rows = rows[torch.linspace(0, rows.numel() - 1, limit).round().long()]
         return rows

@@ -94,9 +94,9 @@ class PrunedPrefill:
         self.record = Recording([])
         self._context: PruneContext | None = None
 
-    def _rows(self, layout, window: torch.Tensor) -> RowSets:
+    def _rows(self, layout, window: torch.Tensor, share: float = 1.0) -> RowSets:
         size = int(self.method.values.get("window", 64))
-        return RowSets(layout, window[-size:], self.question_aware, self.generator.lm.num_layers)
+        return RowSets(layout, window[-size:], self.question_aware, self.generator.lm.num_layers, share)
 
     def prefill(self, prompt: PreparedPrompt) -> tuple[ConversationState, torch.Tensor]:
         self.prompt, self._context = prompt, None
@@ -214,7 +214,7 @@ class PrunedPrefill:
             last = index == len(plan) - 1
             view = _chunk_layout(layout, chunk)
             window_rows = torch.arange(layout.visual_end, layout.prompt_length)
-            rows = self._rows(view, window_rows)
+            rows = self._rows(view, window_rows, view.num_visual_tokens / max(1, layout.num_visual_tokens))
             groups = self.method.prefill_groups(rows)
             if last and self.question_aware:
                 groups += self.method.window_groups(rows)
