@@ -138,6 +138,13 @@ def memory_phase(args) -> list[dict]:
     rows = []
     for count in args.frame_counts:
         for name, (method, budget, cap, chunk) in MEMORY_CONFIGS.items():
+            if args.quick:  # in this process: fast, and its peaks still start from each prefill's start
+                child = argparse.Namespace(**vars(args))
+                child.count, child.method, child.budget = count, method, budget
+                child.cap = args.cap if cap is None else cap
+                child.chunk_frames = args.chunk_frames if chunk is None else chunk
+                rows.append({**memory_child(child), "config": name})
+                continue
             command = [
                 sys.executable,
                 __file__,
