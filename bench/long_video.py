@@ -193,6 +193,8 @@ def _engine(args, chunk_frames: int):
     from videoqa.worker.engine import Engine
     from videoqa.worker.settings import WorkerSettings
 
+    if args.stall_spec:
+        _register(args.stall_spec)  # (each process registers the shapes it builds)
     settings = WorkerSettings(
         models=[args.stall_model],
         device=args.device,
@@ -472,9 +474,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk-frames", type=int, default=16)
     parser.add_argument("--cap", type=int, default=128, help="absolute cap on visual entries (chunked das cap)")
     parser.add_argument("--stall-model", default="tiny-qwen2-vl")
+    parser.add_argument(
+        "--stall-spec", default="", help="stall and cost phases on this shape (layers,hidden,heads,kv_heads,mlp)"
+    )
     parser.add_argument("--running", type=int, default=4)
-    parser.add_argument("--answer-tokens", type=int, default=600)
-    parser.add_argument("--uploads", type=int, default=3)
+    parser.add_argument("--answer-tokens", type=int, default=1000)
+    parser.add_argument("--uploads", type=int, default=2)
     parser.add_argument("--upload-frames", type=int, default=64)
     parser.add_argument("--width", type=int, default=448)
     parser.add_argument("--height", type=int, default=252)
@@ -501,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
         args.running, args.answer_tokens, args.uploads, args.upload_frames = 2, 24, 1, 8
         args.width, args.height, args.reps, args.chunk_frames, args.lead_s = 112, 84, 1, 4, 0.05
     args.frame_counts = [int(x) for x in args.frames.split(",")]
+    if args.stall_spec:
+        args.stall_model = _register(args.stall_spec)
     import torch
 
     suffix = "gpu" if args.device.startswith("cuda") else "cpu"
