@@ -134,7 +134,8 @@ class Engine:
         self._scheduler = TurnScheduler(
             self.settings.max_batch_size, self.settings.kv_budget_bytes, after_pass=self._flush_events
         )
-        chunking = Chunking(self.settings.prefill_chunk_frames, self.settings.prefill_chunk_tokens)
+        s = self.settings
+        chunking = Chunking(s.prefill_chunk_frames, s.prefill_chunk_tokens, s.prefill_slack)
         self._turns = TurnRunner(self._runners, self.sessions, self.telemetry, self._io, chunking)
         self._admission = threading.Lock()
         self._queued = 0
@@ -271,11 +272,12 @@ class Engine:
 
     def _reserve_for_prompt(self, lm, visual_tokens: int, prompt_tokens: int, method) -> int:
         """KV bytes a prefill may hold at its peak: the text, plus the visual entries the method
-        keeps and one chunk when it compresses progressively, else every visual token."""
+        keeps between chunks (slack x its budget) and one chunk when it compresses progressively,
+        else every visual token."""
         text = prompt_tokens - visual_tokens
         chunk = self.settings.prefill_chunk_tokens or visual_tokens
         if method.progressive and method.compresses and self.settings.prefill_chunk_frames:
-            held = min(visual_tokens, method.slots_for(visual_tokens) + chunk)
+            held = min(visual_tokens, method.slots_for(visual_tokens, self.settings.prefill_slack) + chunk)
         else:
             held = visual_tokens
         return (text + held) * lm.kv_bytes_per_token

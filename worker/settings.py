@@ -38,6 +38,12 @@ class WorkerSettings(BaseSettings):
     prefill_chunk_tokens: int = Field(default=4096, ge=0, le=1 << 24)
     """Most visual tokens in one prefill chunk (0: no bound beyond the frames); a chunk always
     holds at least one temporal patch."""
+    prefill_slack: float = Field(default=2.0, ge=1.0, le=16.0)
+    """Between the chunks of a prefill, a progressive method keeps this many times the visual
+    entries its budget or cap allows (the last chunk compresses to exactly the budget): the KV a
+    prefill holds is at most slack x the kept entries plus one chunk. 1 holds the least; 2 (the
+    default) lets the last step choose among more of the video, which is what keeps progressive
+    accuracy at one-shot's (docs/quality.md)."""
     max_images: int = Field(default=512, ge=1, le=100_000)
     """Most images an image-sequence upload may contain."""
     default_frames: int = Field(default=8, ge=1, le=4096)

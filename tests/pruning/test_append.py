@@ -39,13 +39,19 @@ def test_appending_media_then_asking_equals_one_prompt(tiny_model, model_id, aft
     assert talk.state.rope_delta == ref_state.rope_delta
 
 
-@pytest.mark.parametrize("model_id", FAMILIES)
-def test_appended_media_with_compression_reloads_as_live(tiny_model, model_id):
+@pytest.mark.parametrize(
+    ("model_id", "per_head"), [(m, 0) for m in FAMILIES] + [("tiny-qwen2.5-vl", 1)], ids=lambda x: str(x)
+)
+def test_appended_media_with_compression_reloads_as_live(tiny_model, model_id, per_head):
     """A session whose appended clip was compressed together with what it held (stored entries
     dropped, recycled entries folded again) is stored as prefix + deltas that restore it bit for
-    bit: cache, slot map, biases, positions; its next answer equals the live one."""
+    bit: cache, slot map, biases, positions; its next answer equals the live one. One kept set for
+    all heads drops stored entries by keep masks; a kept set per head may keep unequal numbers of
+    stored entries per head, and then stores the whole cache."""
+    from videoqa.worker.kvcache import serde
+
     lm = tiny_model(model_id)
-    spec = PruningSpec("das", {"bins_per_frame": 1, "mass_bias": 1, "per_head": 1}, 0.3)
+    spec = PruningSpec("das", {"bins_per_frame": 1, "mass_bias": 1, "per_head": per_head}, 0.3)
     talk = Conversation(lm, spec, "what is in the video?")
     session = talk.session
     prefix = encode_prefix(session, lm.revision, "float32")
@@ -62,6 +68,9 @@ def test_appended_media_with_compression_reloads_as_live(tiny_model, model_id):
         segment, out = talk.append(seed=seed)
         save(segment)
         assert out.result.visual_kept == round(0.3 * session.visual_tokens_before)
+    if not per_head:
+        dropping = [any(name.startswith("keep.") for name in serde.decode(r)[1]) for r in records]
+        assert dropping == [False, True, True], "the appends drop stored entries by keep masks"
     back = restore(prefix, records, model_id=lm.model_id, revision=lm.revision, device=lm.device, dtype=lm.dtype)
     assert back.segments == session.segments and back.records == 3 and back.turns == 1
     assert back.awaiting_question and back.visual_tokens_after == session.visual_tokens_after

@@ -231,7 +231,7 @@ def encode_delta(session: Session, quantize: str = "none", segment: MediaSegment
     dropped = False
     for i, layer in enumerate(state.cache.layers):
         begin = 0 if whole else since.lengths[i]
-        if plans[i] is not None and not bool(plans[i][0].all()):
+        if not whole and plans[i] is not None and not bool(plans[i][0].all()):
             keep, begin = plans[i]
             tensors[f"keep.{i}"] = keep.to(torch.uint8)
             dropped = True

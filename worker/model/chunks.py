@@ -17,10 +17,14 @@ from videoqa.worker.model.families import TokenLayout
 @dataclass(frozen=True)
 class Chunking:
     """Prefill chunk size: ``frames`` per chunk (0: the whole video in one chunk) and an optional
-    bound on the visual ``tokens`` of a chunk (0: none)."""
+    bound on the visual ``tokens`` of a chunk (0: none); and ``slack``: between chunks, a
+    progressive compression keeps ``slack`` times the entries the budget allows (at least the
+    budget; the last step keeps exactly the budget). 1 holds the least memory (the budget plus one
+    chunk); more lets the last step choose among more of the video (see docs/pruning.md)."""
 
     frames: int = 0
     tokens: int = 0
+    slack: float = 2.0
 
     @property
     def whole(self) -> bool:

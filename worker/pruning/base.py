@@ -174,6 +174,8 @@ class PruneContext:
     frames_seen: int = 0
     #: Visual tokens seen so far (the budget's base: ``slots = budget · visual_seen``).
     visual_seen: int = 0
+    #: Keep this many times the budget's entries (an intermediate step of a progressive prune).
+    slack: float = 1.0
     #: Token index of every visual token of ``layout`` [n_visual], and its frame span [n_visual].
     visual: torch.Tensor = field(init=False)
     frame_of: torch.Tensor = field(init=False)
@@ -253,10 +255,12 @@ class PruningMethod(ABC):
         """Whether the method removes anything (a budget below 1 or a cap)."""
         return self.budget < 1.0 or self.max_visual > 0
 
-    def slots_for(self, visual_seen: int) -> int:
-        """Visual entries a layer keeps once ``visual_seen`` visual tokens have been seen."""
+    def slots_for(self, visual_seen: int, slack: float = 1.0) -> int:
+        """Visual entries a layer keeps once ``visual_seen`` visual tokens have been seen (times
+        ``slack`` between the chunks of a progressive prune, never more than were seen)."""
         slots = max(1, round(self.budget * visual_seen))
-        return min(slots, self.max_visual) if self.max_visual else slots
+        slots = min(slots, self.max_visual) if self.max_visual else slots
+        return slots if slack == 1.0 else min(visual_seen, math.ceil(slots * slack))
 
     def prefill_groups(self, rows: RowSets) -> list[RowGroup]:
         """Statistics to record during the prefill."""
@@ -329,7 +333,7 @@ class ScoredMethod(PruningMethod):
 
     def apply(self, state: ConversationState, ctx: PruneContext) -> PruneResult:
         heads = ctx.num_kv_heads
-        slots = self.slots_for(ctx.visual_seen)
+        slots = self.slots_for(ctx.visual_seen, ctx.slack)
         num_layers = len(state.cache.layers)
         maps = state.slots.layers if state.slots is not None else [None] * num_layers
         lengths, kept_per_frame, recycled_total, visual_total = [], torch.zeros(ctx.num_frames), 0, 0

@@ -234,13 +234,15 @@ class PrunedPrefill:
                     result = self.method.apply(state, self._step_context(*ctx_args, window))
                 elif self._over_budget(state, seen_visual):
                     window = self._intermediate_window(state, prompt, chunk)
-                    result = self.method.apply(state, self._step_context(*ctx_args, window))
+                    context = self._step_context(*ctx_args, window)
+                    context.slack = self.chunking.slack
+                    result = self.method.apply(state, context)
             yield ChunkDone(index, len(plan), prefill_s, time.perf_counter() - started, peak)
         self.record = record
         return Prefilled(state, logits, result, peak, len(plan))
 
     def _over_budget(self, state: ConversationState, seen_visual: int) -> bool:
-        slots = self.method.slots_for(seen_visual)
+        slots = self.method.slots_for(seen_visual, self.chunking.slack)
         return any(LayerView.of_map(m).entries > slots for m in _maps(state))
 
     def _step_context(self, state, prefill: Recording, frames_seen: int, visual_seen: int, window: Recording):

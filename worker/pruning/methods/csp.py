@@ -56,6 +56,9 @@ class CrossSelfPruning(ScoredMethod):
 
     def select(self, scores: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         cross, self_ = self._current  # set by score() for this layer, just before
+        if not bool(torch.isfinite(scores).all()):  # entries the caller rules out stay out
+            shut = ~torch.isfinite(scores)
+            cross, self_ = cross.masked_fill(shut, float("-inf")), self_.masked_fill(shut, float("-inf"))
         mask = torch.zeros_like(scores, dtype=torch.bool)
         for row in range(scores.shape[0]):
             k = int(keep[row])
