@@ -502,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(memory_child(args)))
         return 0
     if args.quick:
-        args.frames, args.spec, args.size, args.cap = "8,16", "1,64,4,2,128", 56, 8
+        args.frames, args.spec, args.size, args.cap = "16,32", "1,64,4,2,128", 56, 8
         args.running, args.answer_tokens, args.uploads, args.upload_frames = 2, 24, 1, 8
         args.width, args.height, args.reps, args.chunk_frames, args.lead_s = 112, 84, 1, 4, 0.05
     args.frame_counts = [int(x) for x in args.frames.split(",")]

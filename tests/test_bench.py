@@ -60,9 +60,9 @@ def test_long_video_quick(tmp_path):
     run_quick("long_video.py", "--json", str(out_json), "--markdown", str(out_md), "--plots", str(plots))
     data = json.loads(out_json.read_text())
     memory = {(r["config"], r["frames"]): r for r in data["memory"]}
-    assert memory[("chunked das cap", 16)]["kv_peak_bytes"] == memory[("chunked das cap", 8)]["kv_peak_bytes"]
-    assert memory[("one-shot full", 16)]["kv_peak_bytes"] > memory[("one-shot full", 8)]["kv_peak_bytes"]
-    assert memory[("chunked das 20%", 16)]["chunks"] > 1 == memory[("one-shot das 20%", 16)]["chunks"]
+    assert memory[("chunked das cap", 32)]["kv_peak_bytes"] == memory[("chunked das cap", 16)]["kv_peak_bytes"]
+    assert memory[("one-shot full", 32)]["kv_peak_bytes"] > memory[("one-shot full", 16)]["kv_peak_bytes"]
+    assert memory[("chunked das 20%", 32)]["chunks"] > 1 == memory[("one-shot das 20%", 32)]["chunks"]
     one_shot, chunked = data["stall"]
     assert one_shot["chunk_frames"] == 0 and chunked["chunk_frames"] > 0 and chunked["gaps"] > 0
     assert {r["config"] for r in data["cost"]} == {"full", "das 20%"} and all(r["ratio"] > 0 for r in data["cost"])
