@@ -170,16 +170,22 @@ def test_chunk_frames_zero_answers_as_the_one_shot_path_and_chunked_rows_carry_t
     chunked = evaluate(
         lm, samples, [Config(c.method, c.budget, c.mode, chunk_frames=4) for c in configs], max_new_tokens=4
     )
+    tight = evaluate(
+        lm, samples[:1], [Config("das", 0.2, "agnostic", chunk_frames=4, prefill_slack=1)], max_new_tokens=4
+    )
     assert len(chunked) == len(rows)
-    assert all(r.chunk_frames == 4 and r.label.endswith("/chunk4") for r in chunked)
+    assert all(r.chunk_frames == 4 and r.prefill_slack == 2 and r.label.endswith("/chunk4/slack2") for r in chunked)
     assert all(r.chunks == 4 for r in chunked)  # 16 frames, 4 a chunk (two temporal patches)
     one_shot = {(r.sample_id, r.label): r for r in rows}
     for r in chunked:
-        before = one_shot[(r.sample_id, r.label.removesuffix("/chunk4"))]
+        before = one_shot[(r.sample_id, r.label.removesuffix("/chunk4/slack2"))]
         if r.method == "das":  # compressed after every chunk: never the whole video's cache at once
             assert r.peak_kv_bytes < before.peak_kv_bytes and r.kv_bytes == before.kv_bytes
         else:  # full keeps everything, h2o prunes once at the end: the whole video is cached first
             assert r.peak_kv_bytes == before.peak_kv_bytes
+    # slack 1 keeps the budget between chunks, 2 (the worker's default) twice that: a lower peak
+    (loose,) = [r for r in chunked if r.sample_id == tight[0].sample_id and r.label == "das@0.2/agnostic/chunk4/slack2"]
+    assert tight[0].label == "das@0.2/agnostic/chunk4/slack1" and tight[0].peak_kv_bytes < loose.peak_kv_bytes
     summary = summarize(rows + chunked)
     configs_out = {(c["method"], c["mode"], c["chunk_frames"]) for c in summary["configs"]}
     assert ("das", "agnostic", 4) in configs_out and ("das", "agnostic", 0) in configs_out
@@ -192,11 +198,19 @@ def test_chunk_frames_zero_answers_as_the_one_shot_path_and_chunked_rows_carry_t
 def test_chunks_and_caps_multiply_the_grid_and_old_rows_still_load(tmp_path):
     configs = configurations("full,das,h2o", [], "0.2", "agnostic,followup", "0,16", "0,26")
     labels = {c.label for c in configs}
-    assert "full@1/agnostic/chunk16" in labels and "das@0.2/followup/chunk16/cap26" in labels
-    assert "das@0.2/agnostic" in labels and "h2o@0.2/agnostic/chunk16" in labels
+    assert "full@1/agnostic/chunk16/slack2" in labels and "das@0.2/followup/chunk16/slack2/cap26" in labels
+    assert "das@0.2/agnostic" in labels and "h2o@0.2/agnostic/chunk16/slack2" in labels
     assert not [c for c in configs if c.max_visual_tokens and c.method in ("full", "h2o")]  # they cannot hold a cap
     assert len(configs) == 2 * 2 + 2 * 2 * 2 + 2 * 2  # full, das (chunk × cap), h2o (chunk) per mode
     assert configurations("das", [], "0.2", "agnostic") == configurations("das", [], "0.2", "agnostic", "0", "0")
+    slacks = configurations("full,das", [], "0.2", "agnostic", "0,16", "0", "1,2")
+    assert sorted(c.label for c in slacks) == [
+        "das@0.2/agnostic",
+        "das@0.2/agnostic/chunk16/slack1",
+        "das@0.2/agnostic/chunk16/slack2",
+        "full@1/agnostic",
+        "full@1/agnostic/chunk16/slack1",  # keeps everything: one slack is enough
+    ]
     try:
         configurations("das", [], "0.2", "agnostic", "-8")
     except ValueError:

@@ -17,7 +17,9 @@ Every sample is prefilled as the worker does it (``PrunedPrefill.steps``): ``--c
 ``--chunk-frames 16`` runs it 16 frames at a time, and a progressive method compresses the cache
 after every chunk (a one-shot method prunes once at the end). ``--max-visual-tokens N`` caps the
 visual entries a layer keeps, whatever the video's length (progressive methods only; the others
-are left out of capped configurations). Both take comma lists and multiply the grid.
+are left out of capped configurations). ``--prefill-slack S``: between chunks a progressive
+method keeps S times its budget (the worker's ``VIDEOQA_PREFILL_SLACK``; default: the worker's
+default). All three take comma lists and multiply the grid.
 
     videoqa eval --model videoqa-demo --split test --count 60 --frames 8,16 \\
         --methods full,das,snapkv --budgets 1,0.5,0.2,0.1 --modes aware,agnostic --out eval/
@@ -48,7 +50,9 @@ FIRST_QUESTION = "What shape is in the last frame?"
 class Config:
     """One pruning configuration: ``name`` labels it in the results (the method's name unless it
     is a variant with its own ``params``); ``chunk_frames`` frames per prefill chunk (0: one
-    forward, the one-shot path); ``max_visual_tokens`` the absolute cap (0: none)."""
+    forward, the one-shot path); ``max_visual_tokens`` the absolute cap (0: none);
+    ``prefill_slack`` how many times its budget a progressive method keeps between chunks (0 when
+    there are no chunks)."""
 
     method: str
     budget: float
@@ -57,6 +61,7 @@ class Config:
     name: str = ""
     chunk_frames: int = 0
     max_visual_tokens: int = 0
+    prefill_slack: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -64,14 +69,26 @@ class Config:
 
     @property
     def label(self) -> str:
-        return label(self.name or self.method, self.budget, self.mode, self.chunk_frames, self.max_visual_tokens)
+        return label(
+            self.name or self.method,
+            self.budget,
+            self.mode,
+            self.chunk_frames,
+            self.max_visual_tokens,
+            self.prefill_slack,
+        )
 
 
-def label(method: str, budget: float, mode: str, chunk_frames: int = 0, max_visual_tokens: int = 0) -> str:
-    """``das@0.2/agnostic``, with ``/chunk16`` and ``/cap26`` when the prefill is chunked or capped."""
+def label(
+    method: str, budget: float, mode: str, chunk_frames: int = 0, max_visual_tokens: int = 0, slack: float = 0.0
+) -> str:
+    """``das@0.2/agnostic``, with ``/chunk16/slack2`` and ``/cap26`` when the prefill is chunked or
+    capped (no slack part for rows of runs that did not record it)."""
     text = f"{method}@{budget:g}/{mode}"
     if chunk_frames:
         text += f"/chunk{chunk_frames}"
+        if slack:
+            text += f"/slack{slack:g}"
     if max_visual_tokens:
         text += f"/cap{max_visual_tokens}"
     return text
@@ -113,10 +130,16 @@ class Row:
     #: compressions), and how many chunks ran.
     peak_kv_bytes: int = 0
     chunks: int = 1
+    #: The prefill slack of a chunked row (0: no chunks, or a run before the harness recorded it).
+    prefill_slack: float = 0.0
 
     @property
     def label(self) -> str:
-        return label(self.method, self.budget, self.mode, self.chunk_frames, self.max_visual_tokens)
+        return label(self.method, self.budget, self.mode, self.chunk_frames, self.max_visual_tokens, self.prefill_slack)
+
+    @property
+    def config_key(self) -> tuple:
+        return (self.method, self.budget, self.mode, self.chunk_frames, self.max_visual_tokens, self.prefill_slack)
 
 
 def bucket(needle: float | None) -> str | None:
@@ -153,11 +176,9 @@ def evaluate(
             media = decoder.decode(item.kind, item.media, spec, 1.0)
             for config in configs:
                 spec = PruningSpec(config.method, dict(config.params), config.budget, config.max_visual_tokens)
+                chunking = Chunking(frames=config.chunk_frames, slack=config.prefill_slack or Chunking().slack)
                 pipeline = PrunedPrefill(
-                    gen,
-                    build_method(spec),
-                    question_aware=config.mode != "agnostic",
-                    chunking=Chunking(frames=config.chunk_frames),
+                    gen, build_method(spec), question_aware=config.mode != "agnostic", chunking=chunking
                 )
                 asked = {"aware": item.question, "agnostic": None, "followup": first_question}[config.mode]
                 done = run_to_end(pipeline.steps(lm.adapter.prepare(media, asked)))
@@ -187,6 +208,7 @@ def evaluate(
                         config.max_visual_tokens,
                         done.peak_kv_bytes,
                         done.chunks,
+                        chunking.slack if config.chunk_frames else 0.0,
                     )
                 )
             if progress:
@@ -203,7 +225,7 @@ def merge(paths: list[Path]) -> list[Row]:
         data = json.loads((path / "results.json" if path.is_dir() else path).read_text())
         for fields in data["rows"]:
             row = Row(**fields)
-            key = (row.sample_id, row.method, row.budget, row.mode, row.chunk_frames, row.max_visual_tokens)
+            key = (row.sample_id, *row.config_key)
             if key in rows and rows[key].prediction != row.prediction:
                 raise ValueError(f"{path}: {row.label} answered {row.sample_id} differently")
             rows.setdefault(key, row)
@@ -211,19 +233,19 @@ def merge(paths: list[Path]) -> list[Row]:
 
 
 def summarize(rows: list[Row]) -> dict:
-    """Accuracy per configuration (method × budget × mode × chunk frames × cap): overall, per
+    """Accuracy per configuration (method × budget × mode × chunk frames × cap × slack): overall, per
     family, per needle bucket; mean KV bytes (after the prefill, and at its peak); and whether
     every uncapped method at budget 1 answered exactly as ``full`` with the same chunking (same
     predictions)."""
-    groups: dict[tuple[str, float, str, int, int], list[Row]] = defaultdict(list)
+    groups: dict[tuple, list[Row]] = defaultdict(list)
     for row in rows:
-        groups[(row.method, row.budget, row.mode, row.chunk_frames, row.max_visual_tokens)].append(row)
+        groups[row.config_key].append(row)
 
     def accuracy(items: list[Row]) -> float:
         return sum(r.correct for r in items) / len(items) if items else float("nan")
 
     configs = []
-    for (method, budget, mode, chunk_frames, cap), items in sorted(groups.items()):
+    for (method, budget, mode, chunk_frames, cap, slack), items in sorted(groups.items()):
         families: dict[str, list[Row]] = defaultdict(list)
         buckets: dict[str, list[Row]] = defaultdict(list)
         for r in items:
@@ -237,6 +259,7 @@ def summarize(rows: list[Row]) -> dict:
                 "mode": mode,
                 "chunk_frames": chunk_frames,
                 "max_visual_tokens": cap,
+                "prefill_slack": slack,
                 "samples": len(items),
                 "accuracy": accuracy(items),
                 "families": {f: accuracy(v) for f, v in sorted(families.items())},
@@ -258,11 +281,13 @@ def summarize(rows: list[Row]) -> dict:
     return {"configs": configs, "keep_all_equals_full": equal if at_full_budget else None}
 
 
-def varied(configs: list[dict]) -> tuple[bool, bool]:
-    """Whether the configurations use more than one chunk size, more than one cap."""
+def varied(configs: list[dict]) -> tuple[bool, bool, bool]:
+    """Whether the configurations use more than one chunk size, more than one cap, more than one
+    prefill slack (among chunked configurations)."""
     return (
         len({c.get("chunk_frames", 0) for c in configs}) > 1,
         len({c.get("max_visual_tokens", 0) for c in configs}) > 1,
+        len({c.get("prefill_slack", 0) for c in configs if c.get("chunk_frames", 0)}) > 1,
     )
 
 
@@ -271,16 +296,18 @@ def markdown(summary: dict) -> str:
     more than one value of them is in the table."""
     configs = summary["configs"]
     families = sorted({f for c in configs for f in c["families"]})
-    chunked, capped = varied(configs)
-    extra = (["chunk frames"] if chunked else []) + (["cap"] if capped else [])
+    chunked, capped, slacked = varied(configs)
+    extra = (["chunk frames"] if chunked else []) + (["cap"] if capped else []) + (["slack"] if slacked else [])
     peak = ["peak KV bytes"] if chunked or capped else []
     header = ["method", "budget", "mode", *extra, "n", "accuracy", *families, *BUCKETS, "KV bytes", *peak]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for c in configs:
         fam = " | ".join(f"{c['families'].get(f, float('nan')):.2f}" for f in families)
         buc = " | ".join(f"{c['needle_buckets'].get(b, float('nan')):.2f}" for b in BUCKETS)
-        columns = ([str(c.get("chunk_frames", 0))] if chunked else []) + (
-            [str(c.get("max_visual_tokens", 0) or "—")] if capped else []
+        columns = (
+            ([str(c.get("chunk_frames", 0))] if chunked else [])
+            + ([str(c.get("max_visual_tokens", 0) or "—")] if capped else [])
+            + ([f"{c['prefill_slack']:g}" if c.get("prefill_slack") else "—"] if slacked else [])
         )
         lead = "".join(f"{value} | " for value in columns)
         tail = f" {c.get('peak_kv_bytes', 0) / 1024:.0f} KiB |" if peak else ""
@@ -304,13 +331,15 @@ def plot(summary: dict, out: Path, myopia_budget: float = 0.2) -> list[Path]:
         fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
         for axes in (left, right):  # more methods than the default 10-colour cycle
             axes.set_prop_cycle(color=plt.cm.tab20.colors)
-        chunked, capped = varied(summary["configs"])
+        chunked, capped, slacked = varied(summary["configs"])
         by_method: dict[str, list[dict]] = defaultdict(list)
         for c in summary["configs"]:
             if c["mode"] == mode:
                 name = c["method"]
                 if chunked:
                     name += f" chunk {c.get('chunk_frames', 0)}" if c.get("chunk_frames", 0) else " one-shot"
+                if slacked and c.get("prefill_slack", 0):
+                    name += f" slack {c['prefill_slack']:g}"
                 if capped and c.get("max_visual_tokens", 0):
                     name += f" cap {c['max_visual_tokens']}"
                 by_method[name].append(c)
@@ -346,11 +375,20 @@ def plot(summary: dict, out: Path, myopia_budget: float = 0.2) -> list[Path]:
 
 
 def configurations(
-    methods: str, variants: list[str], budgets: str, modes: str, chunk_frames: str = "0", max_visual_tokens: str = "0"
+    methods: str,
+    variants: list[str],
+    budgets: str,
+    modes: str,
+    chunk_frames: str = "0",
+    max_visual_tokens: str = "0",
+    prefill_slack: str = "",
 ) -> list[Config]:
-    """Every (method or variant) × budget × mode × chunk frames × cap; ``full`` at budget 1
-    whatever the budgets (the reference), and never capped; a cap only for methods that compress
-    progressively (the others cannot hold one); ``all`` = every registered method."""
+    """Every (method or variant) × budget × mode × chunk frames × cap × slack; ``full`` at budget 1
+    whatever the budgets (the reference), never capped, and with the first slack only (it keeps
+    everything); a cap only for methods that compress progressively (the others cannot hold one);
+    a slack only for chunked configurations (default: the worker's); ``all`` = every registered
+    method."""
+    from videoqa.worker.model.chunks import Chunking
     from videoqa.worker.pruning.registry import METHODS, describe_methods
 
     names = [m for m in methods.split(",") if m]
@@ -361,6 +399,9 @@ def configurations(
     entries = [(name, name, ()) for name in names] + [parse_variant(v) for v in variants]
     chunks = [_count(c, "--chunk-frames") for c in chunk_frames.split(",")]
     caps = [_count(c, "--max-visual-tokens") for c in max_visual_tokens.split(",")]
+    slacks = [float(v) for v in prefill_slack.split(",") if v] or [Chunking().slack]
+    if any(not v >= 1 for v in slacks):
+        raise ValueError(f"--prefill-slack: {prefill_slack!r}: every slack must be at least 1")
     configs = []
     fractions = [float(b) for b in budgets.split(",")]
     for name, method, params in entries:
@@ -371,7 +412,12 @@ def configurations(
                     for cap in caps:
                         if cap and not progressive:
                             continue
-                        configs.append(Config(method, budget, mode, params, name, chunk, cap))
+                        for slack in slacks[:1] if method == "full" else slacks:
+                            configs.append(
+                                Config(method, budget, mode, params, name, chunk, cap, slack if chunk else 0.0)
+                            )
+                            if not chunk:
+                                break
     return configs
 
 
@@ -414,6 +460,12 @@ def main(argv: list[str] | None = None) -> int:
         default="0",
         help="caps on the visual entries a layer keeps, comma separated (0: none; progressive methods only)",
     )
+    parser.add_argument(
+        "--prefill-slack",
+        default="",
+        help="between chunks a progressive method keeps this many times its budget, comma separated "
+        "(default: the worker's default)",
+    )
     parser.add_argument("--first-question", default=FIRST_QUESTION, help="the first turn of followup mode")
     parser.add_argument("--max-new-tokens", type=int, default=6)
     parser.add_argument("--out", type=Path, default=Path("eval"))
@@ -452,7 +504,13 @@ def run(opts: argparse.Namespace) -> list[Row]:
 
         samples = generate(opts.split, opts.count, tuple(int(f) for f in opts.frames.split(",")))
     configs = configurations(
-        opts.methods, opts.variant, opts.budgets, opts.modes, opts.chunk_frames, opts.max_visual_tokens
+        opts.methods,
+        opts.variant,
+        opts.budgets,
+        opts.modes,
+        opts.chunk_frames,
+        opts.max_visual_tokens,
+        opts.prefill_slack,
     )
     lm = load_model(opts.model, device=opts.device)
     rows = evaluate(
