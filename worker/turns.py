@@ -19,6 +19,7 @@ it was before it: cache, positions, slot map, recurrent or extension state.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Generator
 from concurrent.futures import Executor
@@ -59,8 +60,6 @@ class TurnControl:
     """Lets the RPC side stop a turn that runs on the compute thread."""
 
     def __init__(self, deadline: float | None = None):
-        import threading
-
         #: ``time.monotonic()`` value after which the turn is abandoned.
         self.deadline = deadline
         self.cancelled = threading.Event()
