@@ -18,8 +18,8 @@ from videoqa.worker.model.families import TokenLayout
 class Chunking:
     """Prefill chunk size: ``frames`` per chunk (0: the whole video in one chunk) and an optional
     bound on the visual ``tokens`` of a chunk (0: none); and ``slack``: between chunks, a
-    progressive compression keeps ``slack`` times the entries the budget allows (at least the
-    budget; the last step keeps exactly the budget). 1 holds the least memory (the budget plus one
+    progressive compression keeps up to ``slack`` times the entries the prefill's final budget
+    allows (the last step keeps exactly the budget). 1 holds the least memory (the budget plus one
     chunk); more lets the last step choose among more of the video (see docs/pruning.md)."""
 
     frames: int = 0

@@ -176,6 +176,10 @@ class PruneContext:
     visual_seen: int = 0
     #: Keep this many times the budget's entries (an intermediate step of a progressive prune).
     slack: float = 1.0
+    #: The visual tokens the budget is a fraction of (0: ``visual_seen``). An intermediate step of
+    #: a progressive prune uses the whole prefill's: its final budget applies from the first chunk,
+    #: so nothing is evicted before the cache holds that many entries.
+    budget_tokens: int = 0
     #: Token index of every visual token of ``layout`` [n_visual], and its frame span [n_visual].
     visual: torch.Tensor = field(init=False)
     frame_of: torch.Tensor = field(init=False)
@@ -333,7 +337,7 @@ class ScoredMethod(PruningMethod):
 
     def apply(self, state: ConversationState, ctx: PruneContext) -> PruneResult:
         heads = ctx.num_kv_heads
-        slots = self.slots_for(ctx.visual_seen, ctx.slack)
+        slots = self.slots_for(ctx.budget_tokens or ctx.visual_seen, ctx.slack)
         num_layers = len(state.cache.layers)
         maps = state.slots.layers if state.slots is not None else [None] * num_layers
         lengths, kept_per_frame, recycled_total, visual_total = [], torch.zeros(ctx.num_frames), 0, 0

@@ -209,6 +209,7 @@ class PrunedPrefill:
     def _progressive(self, prompt, state, plan, media) -> Generator[ChunkDone, None, Prefilled]:
         """After every chunk, compress the visual entries so far (see the module docstring)."""
         layout = prompt.layout
+        total_visual = media.visual_before + layout.num_visual_tokens  # when this prefill ends
         peak, logits = 0, None
         for index, chunk in enumerate(plan):
             last = index == len(plan) - 1
@@ -232,17 +233,17 @@ class PrunedPrefill:
                 if last:
                     window = record if self.question_aware else self._probe_window(state)
                     result = self.method.apply(state, self._step_context(*ctx_args, window))
-                elif self._over_budget(state, seen_visual):
+                elif self._over_budget(state, total_visual):
                     window = self._intermediate_window(state, prompt, chunk)
                     context = self._step_context(*ctx_args, window)
-                    context.slack = self.chunking.slack
+                    context.slack, context.budget_tokens = self.chunking.slack, total_visual
                     result = self.method.apply(state, context)
             yield ChunkDone(index, len(plan), prefill_s, time.perf_counter() - started, peak)
         self.record = record
         return Prefilled(state, logits, result, peak, len(plan))
 
-    def _over_budget(self, state: ConversationState, seen_visual: int) -> bool:
-        slots = self.method.slots_for(seen_visual, self.chunking.slack)
+    def _over_budget(self, state: ConversationState, budget_tokens: int) -> bool:
+        slots = self.method.slots_for(budget_tokens, self.chunking.slack)
         return any(LayerView.of_map(m).entries > slots for m in _maps(state))
 
     def _step_context(self, state, prefill: Recording, frames_seen: int, visual_seen: int, window: Recording):
