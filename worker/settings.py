@@ -39,11 +39,11 @@ class WorkerSettings(BaseSettings):
     """Most visual tokens in one prefill chunk (0: no bound beyond the frames); a chunk always
     holds at least one temporal patch."""
     prefill_slack: float = Field(default=2.0, ge=1.0, le=16.0)
-    """Between the chunks of a prefill, a progressive method keeps this many times the visual
-    entries its budget or cap allows (the last chunk compresses to exactly the budget): the KV a
-    prefill holds is at most slack x the kept entries plus one chunk. 1 holds the least; 2 (the
-    default) lets the last step choose among more of the video, which is what keeps progressive
-    accuracy at one-shot's (docs/quality.md)."""
+    """Between the chunks of a prefill, a progressive method may keep this many times the visual
+    entries the prefill's final budget (or cap) allows; the last chunk compresses to exactly the
+    budget: the KV a prefill holds is at most slack x the kept entries plus one chunk. 1 holds the
+    least; 2 (the default) lets later steps choose among more of the video, which keeps progressive
+    accuracy at one-shot's (docs/pruning.md, docs/quality.md)."""
     max_images: int = Field(default=512, ge=1, le=100_000)
     """Most images an image-sequence upload may contain."""
     default_frames: int = Field(default=8, ge=1, le=4096)
