@@ -208,7 +208,21 @@ def _engine(args, chunk_frames: int):
     )
     engine = Engine(settings)
     engine.load()
+    no_end = _no_end_of_turn()
+    for lm in engine.models.values():  # answers run to their length: random weights end them at a random EOS
+        lm.__class__ = no_end
     return engine
+
+
+def _no_end_of_turn():
+    from videoqa.worker.model.loader import LoadedModel
+
+    class NoEndOfTurn(LoadedModel):
+        @property
+        def eos_token_ids(self) -> set[int]:
+            return set()
+
+    return NoEndOfTurn
 
 
 def _video(frames: int, width: int, height: int) -> bytes:
@@ -234,7 +248,7 @@ async def _create(engine, video: bytes, frames: int, question: str | None, pruni
         model="",
         media_kind=MediaKind.VIDEO,
         payload=video,
-        sampling=SamplingSpec(num_frames=frames),
+        sampling=SamplingSpec(num_frames=frames, max_frames=frames),
         pruning=pruning,
         question=question,
         generation=GenerationParams(max_new_tokens=max_new),

@@ -23,11 +23,12 @@ from typing import Any, TypeVar
 
 from videoqa.worker.errors import InvalidInput, NotReady, Overloaded, TurnCancelled, TurnDeadlineExceeded, VideoQAError
 from videoqa.worker.model.chunks import Chunking
+from videoqa.worker.model.generate import TextStreamer
 from videoqa.worker.requests import AppendRequest, CreateRequest, RequestLimits
 from videoqa.worker.scheduler import TurnMeter, TurnScheduler
 from videoqa.worker.settings import WorkerSettings
 from videoqa.worker.telemetry import Telemetry
-from videoqa.worker.turns import NewSegment, NewSession, TurnControl, TurnRunner
+from videoqa.worker.turns import AnswerText, NewSegment, NewSession, TurnControl, TurnRunner
 from videoqa.worker.types import (
     Event,
     GenerationParams,
@@ -38,6 +39,7 @@ from videoqa.worker.types import (
     SessionSnapshot,
     Stage,
     Timings,
+    TokenEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -450,9 +452,15 @@ class Engine:
                 put(_Failure(error))
 
             self._scheduler.submit(lambda meter: job(put, meter), reserve_bytes, finished)
+            streamer: TextStreamer | None = None
             try:
                 while True:
                     item = await queue.get()
+                    if isinstance(item, AnswerText):  # token ids become text here, off the compute thread
+                        streamer = TextStreamer(item.tokenizer)
+                        continue
+                    if isinstance(item, TokenEvent) and streamer is not None:
+                        item.text = streamer.push(item.token_id)
                     if isinstance(item, Future):  # the lock's release, before the outcome is told
                         with contextlib.suppress(Exception):
                             await asyncio.wrap_future(item)

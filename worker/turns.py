@@ -29,7 +29,7 @@ from typing import Any
 from videoqa.worker.errors import NotReady, TurnCancelled, TurnDeadlineExceeded
 from videoqa.worker.model.chunks import Chunking
 from videoqa.worker.model.families import PreparedPrompt
-from videoqa.worker.model.generate import Chosen, ModelRunner, TextStreamer, answer
+from videoqa.worker.model.generate import Chosen, ModelRunner, answer
 from videoqa.worker.pruning.base import PruningMethod
 from videoqa.worker.pruning.pipeline import ChunkDone, Prefilled, PrunedPrefill, SessionMedia
 from videoqa.worker.scheduler import YIELD, TurnMeter, Wait
@@ -52,7 +52,17 @@ from videoqa.worker.types import (
     TurnStats,
 )
 
-Emit = Callable[[Event], None]
+
+@dataclass(frozen=True)
+class AnswerText:
+    """Sent before an answer's tokens: the tokenizer that turns them into text. The RPC side does
+    that (a :class:`~videoqa.worker.model.generate.TextStreamer` per answer), not the compute
+    thread; the turn's ``TokenEvent``s carry ids and an empty text."""
+
+    tokenizer: Any
+
+
+Emit = Callable[[Event | AnswerText], None]
 Turn = Generator[Any, Any, Any]
 
 
@@ -260,7 +270,7 @@ class TurnRunner:
         state = session.state
         first = checkpoint is None
         checkpoint = checkpoint or state.checkpoint()
-        streamer = TextStreamer(runner.lm.tokenizer)
+        emit(AnswerText(runner.lm.tokenizer))
         t0 = previous = time.perf_counter()
         count, last, gaps = 0, None, []
         steps = answer(runner.lm, state, logits, params, control.check)
@@ -279,7 +289,7 @@ class TurnRunner:
                         gaps.append(now - previous)
                     previous, count, last, reply = now, step.index + 1, step.token, None
                     self.counters["generated_tokens"] += 1
-                    emit(TokenEvent(streamer.push(step.token), step.token, step.index))
+                    emit(TokenEvent("", step.token, step.index))
                 else:
                     reply = yield step
             timings.generate_s = time.perf_counter() - t0

@@ -80,6 +80,7 @@ class _StackLayer(DynamicLayer):
 class DecodeBatch:
     """The lent caches of ``states`` (one model), stacked, and the key masks that go with them."""
 
+    @model_work()  # (moving the sessions' K/V into the stack is part of the batched step)
     def __init__(self, lm: LoadedModel, states: list[ConversationState]):
         if not states:
             raise ValueError("a batch needs at least one session")
@@ -189,6 +190,7 @@ class DecodeBatch:
                 return b
         raise KeyError("this session is not in the batch")
 
+    @model_work()
     def give_back(self, state: ConversationState) -> None:
         """Return ``state``'s K/V to its own cache: its entries, then the steps it took here."""
         b = self._row(state)

@@ -218,6 +218,8 @@ def sample(logits: torch.Tensor, params: GenerationParams, generator: torch.Gene
 
     ``logits`` has shape [vocab]."""
     if params.temperature <= 0 or generator is None:
+        if logits.device.type == "cpu" and logits.dtype == torch.float32:
+            return int(logits.numpy().argmax())  # (numpy's argmax: no dispatch or thread-pool cost per token)
         return int(torch.argmax(logits))
     probs = torch.softmax(logits.cpu().double() / params.temperature, dim=-1)
     if 0 < params.top_p < 1:
