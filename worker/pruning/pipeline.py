@@ -133,16 +133,26 @@ class PrunedPrefill:
         return self._context
 
     def _probe(self, state: ConversationState) -> Recording:
-        """Record the method's window statistics over the probe prompt, then roll it back."""
+        """Record the method's window statistics over the probe prompt, fed after everything the
+        state holds, then roll it back (the probe's own keys are left out of the statistics)."""
         probe_ids = self.generator.turn_input(state, PROBE_QUESTION, first=True)
-        groups = self.method.window_groups(self._rows(self.prompt.layout, torch.arange(len(probe_ids))))
-        record = Recording(groups, key_limit=self.prompt.layout.prompt_length)
+        return self._recorded_window(state, probe_ids, torch.arange(len(probe_ids)), state.cache_length)
+
+    def _recorded_window(
+        self, state: ConversationState, ids: list[int], rows: torch.Tensor, key_limit: int | None, rope_delta=None
+    ) -> Recording:
+        """Feed ``ids`` (at ``rope_delta``, if given), recording the method's window statistics over
+        ``rows`` of them (keys up to ``key_limit``), and roll the feed back."""
+        groups = self.method.window_groups(self._rows(self.prompt.layout, rows))
+        record = Recording(groups, key_limit=key_limit)
         if not groups:
             return record
         checkpoint = state.checkpoint()
         try:
+            if rope_delta is not None:
+                state.rope_delta = rope_delta
             with recording(record):
-                self.generator.feed(state, probe_ids)
+                self.generator.feed(state, ids)
         finally:
             state.rollback(checkpoint)
         return record
@@ -231,7 +241,7 @@ class PrunedPrefill:
             ctx_args = (state, record, media.frames_before + chunk.end_span, seen_visual)
             with model_work():
                 if last:
-                    window = record if self.question_aware else self._probe_window(state)
+                    window = record if self.question_aware else self._probe(state)
                     result = self.method.apply(state, self._step_context(*ctx_args, window))
                 elif self._over_budget(state, total_visual):
                     window = self._intermediate_window(state, prompt, chunk)
@@ -261,48 +271,23 @@ class PrunedPrefill:
             visual_seen=visual_seen,
         )
 
-    def _probe_window(self, state: ConversationState) -> Recording:
-        """The probe fed after everything the state holds, recorded, rolled back."""
-        probe_ids = self.generator.turn_input(state, PROBE_QUESTION, first=True)
-        groups = self.method.window_groups(self._rows(self.prompt.layout, torch.arange(len(probe_ids))))
-        record = Recording(groups)
-        if not groups:
-            return record
-        checkpoint = state.checkpoint()
-        try:
-            with recording(record):
-                self.generator.feed(state, probe_ids)
-        finally:
-            state.rollback(checkpoint)
-        return record
-
     def _intermediate_window(self, state: ConversationState, prompt: PreparedPrompt, chunk: Chunk) -> Recording:
         """The observation window as if the video ended after ``chunk``: the text that follows the
         video in the prompt (with the question when it came with the upload), then the probe
         unless the question is there; positions continue past the video so far. Rolled back."""
         layout = prompt.layout
-        tail = prompt.input_ids[layout.visual_end :]
-        ids = list(tail)
+        ids = list(prompt.input_ids[layout.visual_end :])
+        key_limit = None  # the question's own keys count, as in a question-aware prefill
         if self.question_aware:
             rows = torch.arange(len(ids))
         else:
             probe = self.generator.lm.adapter.encode_text(PROBE_QUESTION + self.generator.lm.adapter.question_suffix)
             rows = torch.arange(len(ids), len(ids) + len(probe))
+            key_limit = state.cache_length + len(ids)  # the probe's own keys do not, as in one-shot
             ids += probe
-        groups = self.method.window_groups(self._rows(layout, rows))
-        record = Recording(groups)
-        if not groups:
-            return record
-        checkpoint = state.checkpoint()
-        try:
-            # the next text position after the video so far, by the family's rule (one past the
-            # largest position yet)
-            state.rope_delta = int(prompt.position_ids[..., : chunk.end].max()) + 1 - (prompt.first_index + chunk.end)
-            with recording(record):
-                self.generator.feed(state, ids)
-        finally:
-            state.rollback(checkpoint)
-        return record
+        # the next text position after the video so far, by the family's rule (one past the largest)
+        delta = int(prompt.position_ids[..., : chunk.end].max()) + 1 - (prompt.first_index + chunk.end)
+        return self._recorded_window(state, ids, rows, key_limit, delta)
 
 
 def _spans(chunk: Chunk) -> tuple[int, int] | None:
