@@ -187,8 +187,6 @@ class AsyncVideoQAClient:
 
         See :meth:`VideoQAClient.create_session`; ``on_progress`` may be a coroutine function.
         """
-        info: SessionInfo | None = None
-        answer_events: list[Event] = []
         stream = self.stream_create_session(
             media,
             images=images,
@@ -201,17 +199,7 @@ class AsyncVideoQAClient:
             timeout=timeout,
             on_upload=on_upload,
         )
-        async with aclosing(stream):  # type: ignore[type-var]
-            async for event in stream:
-                if isinstance(event, Progress):
-                    if on_progress is not None:
-                        result = on_progress(event)
-                        if inspect.isawaitable(result):
-                            await result
-                elif isinstance(event, SessionCreated):
-                    info = event.session
-                else:
-                    answer_events.append(event)
+        info, answer_events = await _session_events(stream, on_progress)
         if info is None:
             raise Unknown("the server ended CreateSession without creating a session")
         first_answer = Answer.from_events(answer_events) if question else None
@@ -264,7 +252,6 @@ class AsyncVideoQAClient:
 
         See :meth:`VideoQAClient.append_media`; ``on_progress`` may be a coroutine function.
         """
-        info: SessionInfo | None = None
         stream = self.stream_append_media(
             session_id,
             media,
@@ -274,15 +261,7 @@ class AsyncVideoQAClient:
             timeout=timeout,
             on_upload=on_upload,
         )
-        async with aclosing(stream):  # type: ignore[type-var]
-            async for event in stream:
-                if isinstance(event, Progress):
-                    if on_progress is not None:
-                        result = on_progress(event)
-                        if inspect.isawaitable(result):
-                            await result
-                elif isinstance(event, SessionCreated):
-                    info = event.session
+        info, _ = await _session_events(stream, on_progress)
         if info is None:
             raise Unknown("the server ended AppendMedia without describing the session")
         return info
@@ -491,3 +470,22 @@ class AsyncSession:
 
     def __repr__(self) -> str:
         return f"AsyncSession({self.id!r}, model={self.info.model!r}, turns={self.info.turns})"
+
+
+async def _session_events(stream, on_progress: AsyncProgressCallback | None) -> tuple[SessionInfo | None, list[Event]]:
+    """Drain an upload's event stream: progress to ``on_progress`` (awaited if it is a coroutine),
+    the session event's info, and every other event (a first answer's) in order."""
+    info: SessionInfo | None = None
+    rest: list[Event] = []
+    async with aclosing(stream):  # type: ignore[type-var]
+        async for event in stream:
+            if isinstance(event, Progress):
+                if on_progress is not None:
+                    result = on_progress(event)
+                    if inspect.isawaitable(result):
+                        await result
+            elif isinstance(event, SessionCreated):
+                info = event.session
+            else:
+                rest.append(event)
+    return info, rest

@@ -200,8 +200,6 @@ class VideoQAClient:
         :class:`Progress` event. When ``question`` is given, the first answer is collected into
         ``session.first_answer``.
         """
-        info: SessionInfo | None = None
-        answer_events: list[Event] = []
         stream = self.stream_create_session(
             media,
             images=images,
@@ -214,15 +212,7 @@ class VideoQAClient:
             timeout=timeout,
             on_upload=on_upload,
         )
-        with closing(stream):
-            for event in stream:
-                if isinstance(event, Progress):
-                    if on_progress is not None:
-                        on_progress(event)
-                elif isinstance(event, SessionCreated):
-                    info = event.session
-                else:
-                    answer_events.append(event)
+        info, answer_events = _session_events(stream, on_progress)
         if info is None:
             raise Unknown("the server ended CreateSession without creating a session")
         first_answer = Answer.from_events(answer_events) if question else None
@@ -286,7 +276,6 @@ class VideoQAClient:
         Arguments are those of :meth:`stream_append_media`; ``on_progress`` receives each
         :class:`Progress` event.
         """
-        info: SessionInfo | None = None
         stream = self.stream_append_media(
             session_id,
             media,
@@ -296,13 +285,7 @@ class VideoQAClient:
             timeout=timeout,
             on_upload=on_upload,
         )
-        with closing(stream):
-            for event in stream:
-                if isinstance(event, Progress):
-                    if on_progress is not None:
-                        on_progress(event)
-                elif isinstance(event, SessionCreated):
-                    info = event.session
+        info, _ = _session_events(stream, on_progress)
         if info is None:
             raise Unknown("the server ended AppendMedia without describing the session")
         return info
@@ -511,3 +494,20 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session({self.id!r}, model={self.info.model!r}, turns={self.info.turns})"
+
+
+def _session_events(stream, on_progress: ProgressCallback | None) -> tuple[SessionInfo | None, list[Event]]:
+    """Drain an upload's event stream: progress to ``on_progress``, the session event's info, and
+    every other event (a first answer's) in order."""
+    info: SessionInfo | None = None
+    rest: list[Event] = []
+    with closing(stream):
+        for event in stream:
+            if isinstance(event, Progress):
+                if on_progress is not None:
+                    on_progress(event)
+            elif isinstance(event, SessionCreated):
+                info = event.session
+            else:
+                rest.append(event)
+    return info, rest
