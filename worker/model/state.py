@@ -138,11 +138,6 @@ class LayerSlots:
             grow(self.origin, -1),
         )
 
-    def truncated(self, length: int) -> LayerSlots:
-        if length >= self.length:
-            return self
-        return LayerSlots(*(t[:, :length] for t in self.tensors()))
-
     def tail(self, start: int) -> LayerSlots:
         """The entries from ``start`` on."""
         return LayerSlots(*(t[:, start:] for t in self.tensors()))
@@ -185,9 +180,6 @@ class VisualSlots:
     def layer(self, index: int, length: int) -> LayerSlots:
         """Layer ``index``'s map, covering ``length`` entries."""
         return self.layers[index].extended(length)
-
-    def truncated(self, lengths: list[int] | tuple[int, ...]) -> VisualSlots:
-        return VisualSlots([m.truncated(n) for m, n in zip(self.layers, lengths, strict=True)])
 
 
 @dataclass(frozen=True)
