@@ -175,3 +175,18 @@ def redis_server(tmp_path_factory):
     server.start()
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """A private Redis Cluster (3 masters, 1 replica each; ``tests/redis_cluster.py``), started once
+    per run. Tests that kill nodes start their own ``LocalRedisCluster`` instead of this one."""
+    from tests.redis_cluster import LocalRedisCluster
+
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+    except FileNotFoundError as error:  # redis-server or redis-cli missing: say which
+        pytest.fail(str(error), pytrace=False)
+    yield cluster
+    cluster.stop()
