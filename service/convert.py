@@ -133,6 +133,7 @@ def event_to_pb(event: t.Event) -> pb.AskResponse:
             finish_reason=_FINISH[s.finish_reason],
             timings=timings_to_pb(s.timings),
             gpu_peak_bytes=s.gpu_peak_bytes,
+            replayed=s.replayed,
         )
     )
 

@@ -16,10 +16,27 @@ log = logging.getLogger(__name__)
 DOMAIN = "videoqa.dev"
 
 
+#: ErrorInfo reasons of failures every worker shares (a retry on another worker cannot help).
+SHARED_DEPENDENCY_REASONS = frozenset({"STORE_UNAVAILABLE"})
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The ``ErrorInfo.reason`` of a status from one of our servers ("" when it carries none)."""
+    for key, value in error.trailing_metadata() or ():
+        if key != "grpc-status-details-bin":
+            continue
+        status = status_pb2.Status.FromString(value)
+        for detail in status.details:
+            info = error_details_pb2.ErrorInfo()
+            if detail.Unpack(info) and info.domain == DOMAIN:
+                return info.reason
+    return ""
+
+
 def to_status(error: VideoQAError) -> grpc.Status:
     """A ``grpc.Status`` carrying ErrorInfo, plus BadRequest / RetryInfo where they apply."""
     code = getattr(code_pb2, error.status)
-    details = [error_details_pb2.ErrorInfo(reason=type(error).__name__, domain=DOMAIN)]
+    details = [error_details_pb2.ErrorInfo(reason=error.reason or type(error).__name__, domain=DOMAIN)]
     if error.field:
         violation = error_details_pb2.BadRequest.FieldViolation(field=error.field, description=error.message)
         details.append(error_details_pb2.BadRequest(field_violations=[violation]))

@@ -16,7 +16,7 @@ import grpc
 
 from videoqa.internal.v1 import worker_pb2 as wpb
 from videoqa.service.auth import Authenticator, allow_all
-from videoqa.service.errors import abort
+from videoqa.service.errors import SHARED_DEPENDENCY_REASONS, abort, error_reason
 from videoqa.service.routing import WorkerHandle, WorkerPool
 from videoqa.service.upload import Upload, UploadBudget, read_upload, upload_messages
 from videoqa.v1 import videoqa_pb2 as pb
@@ -26,6 +26,8 @@ from videoqa.worker.errors import InvalidInput, NotReady, SessionNotFound
 log = logging.getLogger(__name__)
 
 SESSION_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+#: Metadata a raw gRPC client may carry its idempotency key in (AskRequest.idempotency_key wins).
+IDEMPOTENCY_METADATA = "x-idempotency-key"
 
 
 class _Forwarded(Exception):
@@ -37,6 +39,20 @@ class _Forwarded(Exception):
 
 def new_session_id() -> str:
     return uuid.uuid4().hex
+
+
+def _metadata_key(context: grpc.aio.ServicerContext) -> str:
+    """The idempotency key a raw gRPC client may send as metadata instead of the request field."""
+    return str(dict(context.invocation_metadata() or ()).get(IDEMPOTENCY_METADATA, ""))
+
+
+def _worker_is_down(error: grpc.aio.AioRpcError) -> bool:
+    """UNAVAILABLE from the transport or a worker that cannot serve (loading, draining): try the
+    next worker. Not when the worker answered that a dependency they all share is down (the
+    session store): that goes to the client as it is, and the worker stays up."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    return error_reason(error) not in SHARED_DEPENDENCY_REASONS
 
 
 class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
@@ -88,7 +104,7 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
                     yield response
                 return
             except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.UNAVAILABLE and not received:
+                if _worker_is_down(error) and not received:
                     log.warning("worker %s unavailable (%s); trying the next", worker.address, error.details())
                     worker.mark(False)
                     continue
@@ -102,7 +118,7 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
             try:
                 return await invoke(worker, context.time_remaining())
             except grpc.aio.AioRpcError as error:
-                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                if _worker_is_down(error):
                     worker.mark(False)
                     continue
                 raise _Forwarded(error) from error
@@ -156,6 +172,8 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
                 session_id = upload.spec.session_id
                 self._check_session_id(session_id)
                 call_context = self._context(context, session_id)
+                if not upload.spec.idempotency_key:
+                    upload.spec.idempotency_key = _metadata_key(context)
 
                 def start(worker: WorkerHandle, timeout: float | None):
                     def messages():
@@ -176,6 +194,8 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
         try:
             self._check_session_id(request.session_id)
             call_context = self._context(context, request.session_id)
+            if not request.idempotency_key:
+                request.idempotency_key = _metadata_key(context)
             forwarded = wpb.WorkerAskRequest(context=call_context, request=request)
             async for response in self._stream(
                 request.session_id, context, lambda w, t: w.stub.Ask(forwarded, timeout=t)

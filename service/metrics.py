@@ -41,7 +41,7 @@ COUNT_BUCKETS = tuple(float(2**i) for i in range(0, 17))  # 1 … 65536
 BYTES_BUCKETS = tuple(float(4**i) for i in range(5, 19))  # 1 KiB … 64 GiB
 RATIO_BUCKETS = (0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0)
 
-STORE_OPS = ("create", "append", "manifest", "load", "delete", "acquire")
+STORE_OPS = ("create", "append", "manifest", "verify", "load", "delete", "acquire")
 LOOKUP_RESULTS = {
     "lookup_hot": "hit-hot",
     "lookup_missing": "miss",
@@ -55,6 +55,7 @@ TURN_OUTCOMES = {
     "turns_cancelled": "cancelled",
     "turns_deadline_exceeded": "deadline_exceeded",
     "turns_failed": "failed",
+    "turns_replayed": "replayed",
 }
 STORED_COUNT_INTERVAL_S = 30.0
 

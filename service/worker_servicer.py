@@ -86,6 +86,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 sampling=convert.sampling_from_pb(spec.sampling),
                 image_fps=spec.image_fps if upload.kind == MediaKind.IMAGES else 0.0,
                 upload_s=upload.seconds,
+                idempotency_key=spec.idempotency_key,
             )
             try:
                 async for event in self.engine.append(request, control_for(context)):
@@ -103,6 +104,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
                 request.request.question,
                 convert.generation_from_pb(request.request.generation),
                 control_for(context),
+                request.request.idempotency_key,
             )
             async for event in events:
                 yield convert.event_to_pb(event)

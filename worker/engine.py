@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from videoqa.worker.errors import InvalidInput, NotReady, Overloaded, TurnCancelled, TurnDeadlineExceeded, VideoQAError
+from videoqa.worker.kvcache.outcome import StoredOutcome, request_digest
 from videoqa.worker.model.chunks import Chunking
 from videoqa.worker.model.generate import TextStreamer
 from videoqa.worker.requests import AppendRequest, CreateRequest, RequestLimits
@@ -36,8 +37,10 @@ from videoqa.worker.types import (
     MethodDescription,
     ModelDescription,
     ProgressEvent,
+    SessionEvent,
     SessionSnapshot,
     Stage,
+    StatsEvent,
     Timings,
     TokenEvent,
 )
@@ -52,7 +55,8 @@ __all__ = ["AppendRequest", "CreateRequest", "Engine", "TurnControl", "make_stor
 
 def make_store(settings: WorkerSettings):
     """Redis when a URL is configured, else the in-process store (single-process default)."""
-    from videoqa.worker.kvcache.store import InProcessStore, RedisStore
+    from videoqa.worker.kvcache.memory_store import InProcessStore
+    from videoqa.worker.kvcache.store import RedisStore
 
     if settings.redis_url:
         return RedisStore(
@@ -63,6 +67,8 @@ def make_store(settings: WorkerSettings):
             username=settings.redis_username,
             password=settings.redis_password.get_secret_value() if settings.redis_password else None,
             ca_certs=settings.redis_ca_certs,
+            timeout_s=settings.redis_timeout_s,
+            replica_acks=settings.redis_replica_acks,
         )
     return InProcessStore(
         ttl_s=settings.session_ttl_s,
@@ -70,6 +76,10 @@ def make_store(settings: WorkerSettings):
         max_sessions=settings.max_sessions,
         chunk_bytes=settings.store_chunk_bytes,
     )
+
+
+def _payload_size(payload: bytes | list[bytes]) -> int:
+    return len(payload) if isinstance(payload, bytes | bytearray) else sum(len(part) for part in payload)
 
 
 class _Failure:
@@ -285,24 +295,42 @@ class Engine:
         return (text + held) * lm.kv_bytes_per_token
 
     async def ask(
-        self, tenant: str, session_id: str, question: str, params: GenerationParams, control: TurnControl
+        self,
+        tenant: str,
+        session_id: str,
+        question: str,
+        params: GenerationParams,
+        control: TurnControl,
+        idempotency_key: str = "",
     ) -> AsyncIterator[Event]:
-        """Answer a (follow-up) question on an existing session."""
+        """Answer a (follow-up) question on an existing session. With an ``idempotency_key``
+        whose turn is stored already (a retry), that turn's answer and stats come back instead."""
         self._require_ready()
         self.requests.question(question)
+        key = self.requests.idempotency_key(idempotency_key)
         generation = self.requests.generation(params)
+        request = request_digest("ask", question, repr(generation))
         started = time.perf_counter()
-        # Turns on one session run one at a time across workers; waiting respects the deadline.
+        # Turns on one session run one at a time across workers, in arrival order in this worker;
+        # waiting respects the deadline.
         lease = await self.sessions.lease(session_id, control.deadline)
         try:
-            size = await self._off_loop(self.sessions.estimate_bytes, session_id)
-            restoring = self._io.submit(self.sessions.get, tenant, session_id)  # prefetched while queued
+            stored = await self._off_loop(self.sessions.stored_outcome, tenant, session_id, key, request)
+            if stored is None:
+                size = await self._off_loop(self.sessions.estimate_bytes, session_id)
+                restoring = self._io.submit(self.sessions.get, tenant, session_id)  # prefetched while queued
         except BaseException:
             await self._off_loop(lease.release)
             raise
+        if stored is not None:
+            await self._off_loop(lease.release)
+            for event in self._replayed_answer(stored):
+                yield event
+            return
+        stored_as = StoredOutcome("answer", request) if key else None
 
         def job(emit: Emit, meter: TurnMeter):
-            return self._turns.follow_up(restoring, question, generation, control, emit, meter, started)
+            return self._turns.follow_up(restoring, question, generation, control, emit, meter, started, stored_as, key)
 
         reserve = size + generation.max_new_tokens * self._bytes_per_token()
         try:
@@ -314,17 +342,24 @@ class Engine:
 
     async def append(self, req: AppendRequest, control: TurnControl) -> AsyncIterator[Event]:
         """Append media to a session: decoded, prefilled in chunks after the conversation so far,
-        compressed with what the session holds, stored as a delta record."""
+        compressed with what the session holds, stored as a delta record. With an idempotency
+        key whose segment is stored already (a retry), the session is described as it is."""
         from videoqa.worker.pruning.registry import build_method
 
         self._require_ready()
         sampling = self.requests.sampling(req.sampling)
         self.requests.payload(req.media_kind, req.payload)
+        key = self.requests.idempotency_key(req.idempotency_key)
+        request = request_digest("append", req.media_kind.value, repr(sampling), str(_payload_size(req.payload)))
         started = time.perf_counter()
         lease = await self.sessions.lease(req.session_id, control.deadline)
         released = False
         try:
+            stored = await self._off_loop(self.sessions.stored_outcome, req.tenant, req.session_id, key, request)
             session = await self._off_loop(self.sessions.get, req.tenant, req.session_id)
+            if stored is not None:
+                yield SessionEvent(session.snapshot())
+                return
             method = build_method(session.pruning)
             if not method.progressive:
                 raise InvalidInput(
@@ -355,9 +390,10 @@ class Engine:
             visual = prompt.layout.num_visual_tokens
             yield ProgressEvent(Stage.ENCODE, 1.0, timings.encode_s, f"{visual} visual tokens")
             plan = NewSegment(req.media_kind, sampling, media, prompt, timings)
+            stored_as = StoredOutcome("segment", request) if key else None
 
             def job(emit: Emit, meter: TurnMeter):
-                return self._turns.append(session, method, plan, control, emit, meter)
+                return self._turns.append(session, method, plan, control, emit, meter, stored_as, key)
 
             reserve = state.cache_bytes() + self._reserve_for_prompt(lm, visual, prompt.layout.prompt_length, method)
             released = True  # from here the lease is released when the job ends
@@ -370,6 +406,20 @@ class Engine:
         finally:
             if not released:
                 await self._off_loop(lease.release)
+
+    def _replayed_answer(self, stored: StoredOutcome) -> list[Event]:
+        """The events of a stored answer, as its first delivery had them (text from the same ids)."""
+        stats = stored.stats
+        if stats is None:
+            raise InvalidInput("this idempotency key stored media, not an answer", field="idempotency_key")
+        lm = self.models.get(stats.model)
+        if lm is None:
+            raise InvalidInput(f"the stored answer was made by {stats.model!r}, which this worker does not serve")
+        streamer = TextStreamer(lm.tokenizer)
+        events: list[Event] = [TokenEvent(streamer.push(token), token, i) for i, token in enumerate(stored.tokens)]
+        stats.replayed = True
+        events.append(StatsEvent(stats))
+        return events
 
     def _bytes_per_token(self) -> int:
         return max(lm.kv_bytes_per_token for lm in self.models.values())

@@ -11,6 +11,8 @@ class VideoQAError(Exception):
     """Base class; ``status`` is the gRPC status code name this error maps to."""
 
     status: str = "INTERNAL"
+    #: ``ErrorInfo.reason`` of the status (the class name when empty).
+    reason: str = ""
 
     def __init__(self, message: str, *, field: str | None = None, retry_after_s: float | None = None):
         super().__init__(message)
@@ -35,6 +37,13 @@ class LimitExceeded(VideoQAError):
     """The request exceeds a configured cap (upload size, frames, tokens)."""
 
     status = "RESOURCE_EXHAUSTED"
+
+
+class StoreFull(LimitExceeded):
+    """The session store refused a write because it is full (Redis ``maxmemory`` with a policy
+    that does not evict); the turn was rolled back."""
+
+    reason = "STORE_FULL"
 
 
 class Overloaded(VideoQAError):
@@ -71,6 +80,12 @@ class NotReady(VideoQAError):
     """The worker is starting, draining, or a dependency is down; retry later."""
 
     status = "UNAVAILABLE"
+
+
+class StoreUnavailable(NotReady):
+    """The session store did not answer (down, unreachable, timed out, failing over)."""
+
+    reason = "STORE_UNAVAILABLE"
 
 
 class TurnCancelled(VideoQAError):

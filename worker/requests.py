@@ -44,6 +44,8 @@ class AppendRequest:
     sampling: SamplingSpec
     image_fps: float = 0.0
     upload_s: float = 0.0
+    #: Idempotency key: a retry with the same key returns the stored outcome ("": none).
+    idempotency_key: str = ""
 
 
 class RequestLimits:
@@ -114,6 +116,18 @@ class RequestLimits:
             top_p=params.top_p or 1.0,
             seed=params.seed,
         )
+
+    @staticmethod
+    def idempotency_key(key: str) -> str:
+        """``key`` if well formed (1-128 of ``A-Za-z0-9._:-``) or empty."""
+        from videoqa.worker.kvcache.manifest import IDEMPOTENCY_KEY
+
+        if key and not IDEMPOTENCY_KEY.match(key):
+            raise InvalidInput(
+                "idempotency_key must be 1 to 128 characters of A-Z, a-z, 0-9, '.', '_', ':' and '-'",
+                field="idempotency_key",
+            )
+        return key
 
     def question(self, question: str) -> str:
         if not question or not question.strip():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -16,6 +17,8 @@ from videoqa.worker.errors import (
     SessionNotFound,
     TurnDeadlineExceeded,
 )
+from videoqa.worker.kvcache.manifest import Manifest, Owner
+from videoqa.worker.kvcache.outcome import StoredOutcome
 from videoqa.worker.model.families import TokenLayout
 from videoqa.worker.model.state import ConversationState, VisualSlots
 from videoqa.worker.telemetry import StoreFailure, Telemetry
@@ -233,6 +236,8 @@ class SessionManager:
         self._hot_sizes: dict[str, int] = {}  # KV bytes of each hot session when last remembered
         self._hot_total = 0
         self._lock = threading.Lock()
+        #: Turns waiting for each session in this worker (on the event loop).
+        self._queues: dict[str, _TurnQueue] = {}
 
     # --- hot tier --------------------------------------------------------------------------------
 
@@ -269,7 +274,7 @@ class SessionManager:
             manifest = self.store.manifest(session_id)
         except Exception:  # unreachable or damaged: the lookup of the turn itself will say so
             return 0
-        return int(manifest.get("size", 0)) if manifest else 0
+        return manifest.size if manifest else 0
 
     # --- operations ------------------------------------------------------------------------------
 
@@ -291,27 +296,31 @@ class SessionManager:
         with self.telemetry.timed("serialize", op="encode"):
             blob = encode_prefix(session, lm.revision, str(lm.dtype).removeprefix("torch."), self.quantize)
         self.telemetry.size("record_bytes", len(blob), kind="prefix")
-        owner = {
-            "tenant": session.tenant,
-            "model_id": session.model_id,
-            "revision": lm.revision,
-            "created_at": session.created_at,
-        }
+        owner = Owner(session.tenant, session.model_id, lm.revision, session.created_at)
         self._counted("create", self.store.create, session.session_id, owner, blob)
         self.counters["sessions_created"] += 1
         session.mark_saved()
         self._remember(session)
 
-    def save_turn(self, session: Session, segment: MediaSegment | None = None) -> None:
+    def save_turn(
+        self,
+        session: Session,
+        segment: MediaSegment | None = None,
+        key: str = "",
+        outcome: StoredOutcome | None = None,
+    ) -> None:
         """Store what changed since the last save (the turn just completed, or ``segment`` just
-        appended) as one more delta record; compare-and-set on the record count."""
+        appended) as one more delta record, with the call's idempotency ``key`` and ``outcome``;
+        compare-and-set on the record count. A session found damaged is discarded (DATA_LOSS)."""
         from videoqa.worker.kvcache.records import encode_delta
 
         with self.telemetry.timed("serialize", op="encode"):
             blob = encode_delta(session, self.quantize, segment)
         kind = "turn" if segment is None else "segment"
         self.telemetry.size("record_bytes", len(blob), kind=kind)
-        self._counted("append", self.store.append, session.session_id, session.records, blob)
+        stored = outcome.to_json() if outcome is not None else ""
+        with self._classified(session.session_id):
+            self._counted("append", self.store.append, session.session_id, session.records, blob, key, stored)
         session.records += 1
         session.mark_saved()
         session.last_used_at = time.time()
@@ -322,16 +331,17 @@ class SessionManager:
         from videoqa.worker.kvcache.records import restore
 
         manifest = self._owned_manifest(tenant, session_id)
-        model_id = manifest.get("model_id")
-        if model_id not in self.models or self.models[model_id].revision != manifest.get("revision"):
+        model_id, revision = manifest.owner.model_id, manifest.owner.revision
+        if model_id not in self.models or self.models[model_id].revision != revision:
             self.counters["lookup_incompatible"] += 1
             raise IncompatibleSession(
-                f"session was built by {model_id} (revision {manifest.get('revision')}), which this worker does "
-                f"not serve"
+                f"session was built by {model_id} (revision {revision}), which this worker does not serve"
             )
         with self._lock:
             hot = self._hot.get(session_id)
-        if hot is not None and hot.records == manifest["version"]:
+        if hot is not None and hot.records == manifest.version:
+            with self._classified(session_id):  # what the next turn builds on is still stored
+                self._counted("verify", self.store.verify, manifest)
             self.counters["lookup_hot"] += 1
             hot.last_used_at = time.time()
             self._remember(hot)
@@ -354,7 +364,25 @@ class SessionManager:
         self._remember(session)
         return session
 
-    def _owned_manifest(self, tenant: str, session_id: str) -> dict:
+    def stored_outcome(self, tenant: str, session_id: str, key: str, request: str) -> StoredOutcome | None:
+        """What the call with idempotency ``key`` stored on this session, if it stored a turn
+        (``request``: the digest of the retried call, which must be the same request)."""
+        from videoqa.worker.errors import InvalidInput
+
+        meta = self._owned_manifest(tenant, session_id).stored_by(key)
+        if meta is None:
+            return None
+        with self._classified(session_id):
+            outcome = StoredOutcome.from_json(meta.outcome)
+        if outcome.request != request:
+            raise InvalidInput(
+                "this idempotency key was used for a different request on this session; use a new key per call",
+                field="idempotency_key",
+            )
+        self.counters["turns_replayed"] += 1
+        return outcome
+
+    def _owned_manifest(self, tenant: str, session_id: str) -> Manifest:
         """The session's manifest, if it exists and ``tenant`` owns it (else NOT_FOUND or
         PERMISSION_DENIED, counted as a lookup)."""
         manifest = self._manifest(session_id)
@@ -362,12 +390,12 @@ class SessionManager:
             expired = getattr(self.store, "was_expired", lambda _: False)(session_id)
             self.counters["lookup_expired" if expired else "lookup_missing"] += 1
             raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
-        if manifest.get("tenant") != tenant:
+        if manifest.owner.tenant != tenant:
             self.counters["lookup_forbidden"] += 1
             raise SessionForbidden(f"session {session_id!r} belongs to another tenant")
         return manifest
 
-    def _manifest(self, session_id: str) -> dict | None:
+    def _manifest(self, session_id: str) -> Manifest | None:
         with self._classified(session_id):
             return self._counted("manifest", self.store.manifest, session_id)
 
@@ -387,10 +415,19 @@ class SessionManager:
         """A damaged session is removed so it can never answer (DATA_LOSS is reported once)."""
         self.counters["lookup_corrupt"] += 1
         self._forget(session_id)
-        self.store.delete(session_id)
+        with contextlib.suppress(NotReady):  # unreachable now: the next lookup finds the damage again
+            self.store.delete(session_id)
 
     def delete(self, tenant: str, session_id: str) -> None:
-        self._owned_manifest(tenant, session_id)
+        """Delete the session: its owner may, whatever its format version or damage (a manifest
+        too damaged to name its owner can be deleted by anyone: it can answer no one)."""
+        exists, owner = self._counted("manifest", self.store.owner, session_id)
+        if not exists:
+            self.counters["lookup_missing"] += 1
+            raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
+        if owner is not None and owner != tenant:
+            self.counters["lookup_forbidden"] += 1
+            raise SessionForbidden(f"session {session_id!r} belongs to another tenant")
         self._forget(session_id)
         self._counted("delete", self.store.delete, session_id)
         self.counters["sessions_deleted"] += 1
@@ -402,17 +439,35 @@ class SessionManager:
             check()
 
     async def lease(self, session_id: str, deadline: float | None) -> Lease:
-        """Acquire the session's turn lock, waiting (until ``deadline``, monotonic) while another
-        turn holds it. The lease is renewed in the background until released."""
-        import asyncio
-
-        while True:
-            token = await asyncio.to_thread(self._counted, "acquire", self.store.acquire, session_id, self.lease_s)
-            if token is not None:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                raise TurnDeadlineExceeded("the deadline passed while another turn of this session was running")
-            await asyncio.sleep(0.02)
+        """Acquire the session's turn lock: first in this worker's queue for the session (turns
+        run in arrival order), then the store's lease that serializes turns across workers
+        (polled, with backoff: contended only when two workers serve one session). Waiting
+        respects ``deadline`` (monotonic). The lease is renewed in the background until released."""
+        queue = self._queues.get(session_id) or self._queues.setdefault(session_id, _TurnQueue())
+        queue.users += 1
+        loop = asyncio.get_running_loop()
+        token = None
+        try:
+            async with asyncio.timeout_at(None if deadline is None else loop.time() + deadline - time.monotonic()):
+                await queue.lock.acquire()
+                try:
+                    pause = 0.01
+                    while token is None:
+                        token = await asyncio.to_thread(
+                            self._counted, "acquire", self.store.acquire, session_id, self.lease_s
+                        )
+                        if token is None:
+                            await asyncio.sleep(pause)
+                            pause = min(0.25, pause * 2)
+                except BaseException:
+                    queue.lock.release()
+                    raise
+        except TimeoutError:
+            self._leave(session_id, queue)
+            raise TurnDeadlineExceeded("the deadline passed while other turns of this session were running") from None
+        except BaseException:
+            self._leave(session_id, queue)
+            raise
 
         async def renew() -> None:
             while True:
@@ -420,16 +475,34 @@ class SessionManager:
                 with contextlib.suppress(NotReady):
                     await asyncio.to_thread(self.store.renew, session_id, token, self.lease_s)
 
-        return Lease(self.store, session_id, token, asyncio.get_running_loop(), asyncio.create_task(renew()))
+        def done() -> None:  # on the event loop, after the store's lease is released
+            queue.lock.release()
+            self._leave(session_id, queue)
+
+        return Lease(self.store, session_id, token, loop, asyncio.create_task(renew()), done)
+
+    def _leave(self, session_id: str, queue: _TurnQueue) -> None:
+        queue.users -= 1
+        if queue.users == 0 and self._queues.get(session_id) is queue:
+            del self._queues[session_id]
+
+
+@dataclass
+class _TurnQueue:
+    """The turns of one session waiting in this worker, in arrival order (``asyncio.Lock`` wakes
+    its waiters first come, first served), and how many hold or wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 class Lease:
     """A held turn lock. ``release()`` is idempotent and may be called from any thread: the compute
     thread releases it as soon as its turn ends (even if the RPC's generator is finalized later)."""
 
-    def __init__(self, store, session_id: str, token: str, loop, renewer):
+    def __init__(self, store, session_id: str, token: str, loop, renewer, done):
         self._store, self._session_id, self._token = store, session_id, token
-        self._loop, self._renewer = loop, renewer
+        self._loop, self._renewer, self._done = loop, renewer, done
         self._released = False
         self._guard = threading.Lock()
 
@@ -440,5 +513,9 @@ class Lease:
             self._released = True
         with contextlib.suppress(RuntimeError):  # the loop may be closed at shutdown
             self._loop.call_soon_threadsafe(self._renewer.cancel)
-        with contextlib.suppress(NotReady):  # if Redis is down, the lease expires by itself
-            self._store.release(self._session_id, self._token)
+        try:
+            with contextlib.suppress(NotReady):  # if Redis is down, the lease expires by itself
+                self._store.release(self._session_id, self._token)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the next turn in this worker's queue may go
+                self._loop.call_soon_threadsafe(self._done)

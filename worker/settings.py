@@ -76,7 +76,13 @@ class WorkerSettings(BaseSettings):
 
     # --- session storage -------------------------------------------------------------------------
     redis_url: str | None = None
-    """Redis URL (``redis://host:6379/0``, ``rediss://`` for TLS); unset keeps sessions in this process."""
+    """Redis URL (``redis://host:6379/0``, ``rediss://`` for TLS); ``redis+cluster://host:port`` (or
+    ``rediss+cluster://``) for a Redis Cluster, any node as the seed; unset keeps sessions in this process."""
+    redis_timeout_s: float = Field(default=5.0, gt=0, le=120)
+    """How long one Redis call may take before it counts as failed (then a write is read back)."""
+    redis_replica_acks: int = Field(default=0, ge=0, le=8)
+    """Replicas that must acknowledge a session write (Redis ``WAIT``) before the turn counts as
+    stored; with 1 or more a master's failure loses no acknowledged turn. 0: the master's reply."""
     redis_username: str | None = None
     """Redis ACL user name."""
     redis_password: SecretStr | None = None

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from videoqa.worker.errors import NotReady, TurnCancelled, TurnDeadlineExceeded
+from videoqa.worker.kvcache.outcome import StoredOutcome
 from videoqa.worker.model.chunks import Chunking
 from videoqa.worker.model.families import PreparedPrompt
 from videoqa.worker.model.generate import Chosen, ModelRunner, answer
@@ -233,8 +234,12 @@ class TurnRunner:
         emit: Emit,
         meter: TurnMeter,
         started: float,
+        stored_as: StoredOutcome | None = None,
+        key: str = "",
     ) -> Turn:
-        """``restoring``: the future of the session's restore (started before admission)."""
+        """``restoring``: the future of the session's restore (started before admission).
+        ``stored_as``: the outcome to store with the turn under idempotency ``key`` (its tokens
+        and stats are filled in here)."""
         session: Session = yield Wait(restoring)
         runner = self.runners[session.model_id]
         control.check()
@@ -248,7 +253,7 @@ class TurnRunner:
             raise
         timings = Timings(queue_s=meter.queue_s)
         yield from self._answer(
-            session, logits, len(ids), generation, control, emit, meter, timings, started, checkpoint
+            session, logits, len(ids), generation, control, emit, meter, timings, started, checkpoint, stored_as, key
         )
 
     def _answer(
@@ -263,16 +268,19 @@ class TurnRunner:
         timings: Timings,
         started: float,
         checkpoint=None,
+        stored_as: StoredOutcome | None = None,
+        key: str = "",
     ) -> Turn:
-        """Stream an answer; commit the turn only once it is stored, else roll the session back.
-        Each token but the last is fed through the scheduler (batched with other turns' tokens)."""
+        """Stream an answer; commit the turn only once it is stored (with ``stored_as`` filled in,
+        under idempotency ``key``), else roll the session back. Each token but the last is fed
+        through the scheduler (batched with other turns' tokens)."""
         runner = self.runners[session.model_id]
         state = session.state
         first = checkpoint is None
         checkpoint = checkpoint or state.checkpoint()
         emit(AnswerText(runner.lm.tokenizer))
         t0 = previous = time.perf_counter()
-        count, last, gaps = 0, None, []
+        count, last, gaps, tokens = 0, None, [], []
         steps = answer(runner.lm, state, logits, params, control.check)
         reply = None
         try:
@@ -288,6 +296,7 @@ class TurnRunner:
                     else:
                         gaps.append(now - previous)
                     previous, count, last, reply = now, step.index + 1, step.token, None
+                    tokens.append(step.token)
                     self.counters["generated_tokens"] += 1
                     emit(TokenEvent("", step.token, step.index))
                 else:
@@ -297,10 +306,15 @@ class TurnRunner:
             awaiting = session.awaiting_question
             session.turns += 1
             session.awaiting_question = False
+            finish = FinishReason.STOP if last in runner.eos else FinishReason.LENGTH
+            stats = self._stats(session, prompt_tokens, count, finish, timings)
+            outcome = None
+            if stored_as is not None:
+                outcome = StoredOutcome(stored_as.kind, stored_as.request, tuple(tokens), stats)
             saving = time.perf_counter()
             try:
                 if session.stored:
-                    yield Wait(self.io.submit(self.sessions.save_turn, session))
+                    yield Wait(self.io.submit(self.sessions.save_turn, session, None, key, outcome))
             except BaseException:  # not stored: the session stays at its last saved turn
                 session.turns -= 1
                 session.awaiting_question = awaiting
@@ -317,8 +331,6 @@ class TurnRunner:
             raise
         timings.total_s = time.perf_counter() - started
         self.counters["turns_completed"] += 1
-        finish = FinishReason.STOP if last in runner.eos else FinishReason.LENGTH
-        stats = self._stats(session, prompt_tokens, count, finish, timings)
         stats.first, stats.token_gaps_s, stats.gpu_peak_bytes = first, gaps, meter.gpu_peak_bytes
         self.telemetry.record(stats)
         emit(StatsEvent(stats))
@@ -358,8 +370,11 @@ class TurnRunner:
         control: TurnControl,
         emit: Emit,
         meter: TurnMeter,
+        stored_as: StoredOutcome | None = None,
+        key: str = "",
     ) -> Turn:
-        """Prefill ``plan``'s media after the conversation so far, compress, store a delta record."""
+        """Prefill ``plan``'s media after the conversation so far, compress, store a delta record
+        (with ``stored_as`` under idempotency ``key``)."""
         runner = self.runners[session.model_id]
         timings = plan.timings
         timings.queue_s = meter.queue_s
@@ -379,7 +394,7 @@ class TurnRunner:
             emit(ProgressEvent(Stage.SAVE, 0.0))
             saving = time.perf_counter()
             if session.stored:
-                yield Wait(self.io.submit(self.sessions.save_turn, session, segment))
+                yield Wait(self.io.submit(self.sessions.save_turn, session, segment, key, stored_as))
             session.segments.append(segment)
             timings.save_s = time.perf_counter() - saving
         except BaseException:

@@ -186,6 +186,8 @@ class TurnStats:
     token_gaps_s: list[float] = field(default_factory=list)
     #: Peak CUDA memory allocated during the turn (0 off CUDA).
     gpu_peak_bytes: int = 0
+    #: Nothing ran: a call with the same idempotency key stored this turn, and this is its result.
+    replayed: bool = False
 
 
 @dataclass

@@ -10,9 +10,10 @@ import uuid
 import pytest
 
 from videoqa.worker.errors import CorruptSession, IncompatibleSession, LimitExceeded, NotReady, SessionNotFound
+from videoqa.worker.kvcache.manifest import Owner
 from videoqa.worker.kvcache.store import RedisStore, VersionConflict
 
-OWNER = {"tenant": "a", "model_id": "m", "revision": "r", "created_at": 0.0}
+OWNER = Owner("a", "m", "r", 0.0)
 
 
 @pytest.fixture()
@@ -37,7 +38,7 @@ def test_chunked_round_trip_and_appends(store, redis_server):
         store.append(s, 1, b"a stale writer")
     loaded = store.load(s)
     assert loaded.prefix == prefix and loaded.turns == [b"turn one" * 300, b"turn two"]
-    assert loaded.manifest["version"] == 2 and loaded.manifest["tenant"] == "a"
+    assert loaded.manifest.version == 2 and loaded.manifest.owner.tenant == "a"
     assert len([k for k in keys_of(redis_server, s) if b":r:" in k]) == 5 + 3 + 1  # chunks of 1000 bytes
     assert not [k for k in keys_of(redis_server, s) if b":r:" in k and redis_server.client().ttl(k) < 0]
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 
 from videoqa.worker.errors import LimitExceeded, SessionNotFound
-from videoqa.worker.kvcache.store import InProcessStore, VersionConflict
+from videoqa.worker.kvcache.manifest import Owner
+from videoqa.worker.kvcache.memory_store import InProcessStore
+from videoqa.worker.kvcache.store import VersionConflict
 
-OWNER = {"tenant": "a", "model_id": "m", "revision": "r", "created_at": 0.0}
+OWNER = Owner("a", "m", "r", 0.0)
 
 
 class Clock:
@@ -61,7 +63,7 @@ def test_versioned_appends_and_locks():
         s.append("s1", 0, b"stale writer")
     s.append("s1", 1, b"t2")
     loaded = s.load("s1")
-    assert loaded.manifest["version"] == 2 and loaded.turns == [b"t1", b"t2"]
+    assert loaded.manifest.version == 2 and loaded.turns == [b"t1", b"t2"]
     token = s.acquire("s1", 5)
     assert token and s.acquire("s1", 5) is None
     clock.now += 6  # the lease ran out

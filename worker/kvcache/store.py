@@ -1,108 +1,80 @@
 """Bytes ↔ storage for sessions. No tensors: records are opaque, checksummed blobs.
 
-A session is a *manifest* (JSON: owner, model and revision, version = completed turns, and the
-records) plus its records (the prefix, then one per turn), each split into chunks. Writers put the
+A session is a *manifest* (``manifest.Manifest``: owner, model and revision, version = stored
+delta records, the records with their checksums, idempotency keys and outcomes) plus its records
+(the prefix, then one per turn or appended segment), each split into chunks. Writers put the
 chunks first and the manifest last, atomically, so a reader never sees a half-written session;
-a turn is appended by compare-and-set on the manifest's version. Every use slides the TTL of all
-keys; a size cap bounds a session; delete removes every key (and SCANs for strays). Turns on one
-session are serialized across workers by a lease lock.
+a record is appended by compare-and-set on the manifest's version, in one script that also
+checks that every chunk the session builds on is still there with its size (damage is found
+before a turn is stored on top of it) and slides every key's TTL. A size cap bounds a session;
+delete removes every key. Turns on one session are serialized across workers by a lease lock.
 
-``RedisStore`` keys are namespaced by format version: ``videoqa:v1:s:{session_id}:…``.
-``InProcessStore`` is the single-process default behind the same interface.
+Outcomes, not calls: when a write's reply is lost (timeout, connection reset, a client-side
+retry of it), the store reads the manifest back and decides by its own record id whether the
+write happened; only when it cannot tell does it raise :class:`StoreUnavailable` saying so (the
+caller's idempotency key then settles it on retry). A full Redis is :class:`StoreFull`.
+
+Keys (layout v2) share one Redis Cluster hash slot per session: ``videoqa:v2:s:{<id>}:manifest``,
+``…:r:<record id>:<chunk>``, ``…:lock``; every script touches that one slot. Sessions of the
+previous layout (``videoqa:v1:s:<id>:…``) are refused with FAILED_PRECONDITION, and deleted.
+``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) selects redis-py's cluster client.
+``InProcessStore`` (``memory_store``) is the single-process default behind the same interface.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import threading
+import logging
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from videoqa.worker.errors import CorruptSession, IncompatibleSession, LimitExceeded, NotReady, SessionNotFound
-from videoqa.worker.kvcache.serde import FORMAT_VERSION
+from videoqa.worker.errors import (
+    CorruptSession,
+    IncompatibleSession,
+    LimitExceeded,
+    NotReady,
+    SessionNotFound,
+    StoreFull,
+    StoreUnavailable,
+)
+from videoqa.worker.kvcache.manifest import Manifest, Owner, RecordMeta, assemble, owner_tenant, split_record
+
+log = logging.getLogger(__name__)
+
+#: Version of the key layout (not of the record format, which the manifest carries).
+KEY_LAYOUT = 2
+#: Read-backs after an ambiguous write: tries, and the pause between them.
+READ_BACK_TRIES, READ_BACK_PAUSE_S = 3, 0.2
 
 
 @dataclass
 class StoredSession:
-    manifest: dict[str, Any]
+    manifest: Manifest
     prefix: bytes
     turns: list[bytes]
 
 
 class VersionConflict(NotReady):
-    """Another writer appended a turn first; the caller retries from the stored state."""
+    """Another writer appended a record first; the caller retries from the stored state."""
 
 
 class SessionStore(Protocol):
-    def create(self, session_id: str, owner: dict[str, Any], prefix: bytes) -> None: ...
-    def append(self, session_id: str, expected_version: int, turn: bytes) -> None: ...
-    def manifest(self, session_id: str) -> dict[str, Any] | None: ...
+    def create(self, session_id: str, owner: Owner, prefix: bytes) -> None: ...
+    def append(self, session_id: str, expected_version: int, turn: bytes, key: str = "", outcome: str = "") -> None: ...
+    def manifest(self, session_id: str) -> Manifest | None: ...
+    def verify(self, manifest: Manifest) -> None: ...
     def load(self, session_id: str) -> StoredSession: ...
+    def owner(self, session_id: str) -> tuple[bool, str | None]: ...
     def delete(self, session_id: str) -> bool: ...
     def acquire(self, session_id: str, lease_s: float) -> str | None: ...
     def renew(self, session_id: str, token: str, lease_s: float) -> bool: ...
     def release(self, session_id: str, token: str) -> None: ...
 
 
-def _record(blob: bytes, chunk_bytes: int) -> tuple[dict[str, Any], list[bytes]]:
-    chunks = [blob[i : i + chunk_bytes] for i in range(0, len(blob), chunk_bytes)] or [b""]
-    digest = hashlib.sha256(blob).hexdigest()
-    meta = {"id": uuid.uuid4().hex, "chunks": len(chunks), "size": len(blob), "sha256": digest}
-    return meta, chunks
+class StoreLimits:
+    """What both stores bound: the TTL, a session's size, the chunk size."""
 
-
-def _new_manifest(session_id: str, owner: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """The manifest of a session whose only record is its prefix (version 0)."""
-    return {
-        **owner,
-        "format_version": FORMAT_VERSION,
-        "session_id": session_id,
-        "version": 0,
-        "size": meta["size"],
-        "records": [meta],
-    }
-
-
-def _appended(manifest: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
-    """The manifest after one more turn record."""
-    return {
-        **manifest,
-        "version": manifest["version"] + 1,
-        "size": manifest["size"] + meta["size"],
-        "records": [*manifest["records"], meta],
-    }
-
-
-def _assemble(meta: dict[str, Any], chunks: list[bytes | None]) -> bytes:
-    if any(chunk is None for chunk in chunks):
-        raise CorruptSession("a chunk of the stored session is missing")
-    blob = b"".join(chunks)  # type: ignore[arg-type]
-    if len(blob) != meta["size"] or hashlib.sha256(blob).hexdigest() != meta["sha256"]:
-        raise CorruptSession("a chunk of the stored session is damaged or truncated")
-    return blob
-
-
-def _check_manifest(raw: bytes | str | None) -> dict[str, Any] | None:
-    if raw is None:
-        return None
-    try:
-        manifest = json.loads(raw)
-    except ValueError as error:
-        raise CorruptSession("the stored session's manifest is unreadable") from error
-    if not isinstance(manifest, dict) or "records" not in manifest or "version" not in manifest:
-        raise CorruptSession("the stored session's manifest is malformed")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise IncompatibleSession(
-            f"stored session has format version {manifest.get('format_version')}; this server reads {FORMAT_VERSION}"
-        )
-    return manifest
-
-
-class _Limits:
     def __init__(self, ttl_s: float, max_session_bytes: int, chunk_bytes: int):
         self.ttl_s, self.max_session_bytes, self.chunk_bytes = ttl_s, max_session_bytes, chunk_bytes
 
@@ -113,18 +85,54 @@ class _Limits:
             )
 
 
-class RedisStore(_Limits):
-    """Sessions in Redis (redis-py), chunked, with manifests written last."""
+def not_found(session_id: str, detail: str = "unknown, expired or deleted") -> SessionNotFound:
+    return SessionNotFound(f"session {session_id!r} not found ({detail})")
+
+
+def version_conflict() -> VersionConflict:
+    return VersionConflict("another turn of this session was saved first; retry", retry_after_s=0.1)
+
+
+# Checks that the chunks of the records a session builds on exist with their sizes.
+# KEYS[first..]: the chunk keys, record after record; ARGV[from..]: (chunk count, size) per record.
+_CHECK_CHUNKS = """
+local function chunks_intact(first, from)
+  local k = first
+  for i = from, #ARGV, 2 do
+    local total = 0
+    for _ = 1, tonumber(ARGV[i]) do
+      if redis.call('EXISTS', KEYS[k]) == 0 then return false end
+      total = total + redis.call('STRLEN', KEYS[k])
+      k = k + 1
+    end
+    if total ~= tonumber(ARGV[i + 1]) then return false end
+  end
+  return true
+end
+"""
+
+
+class RedisStore(StoreLimits):
+    """Sessions in Redis or a Redis Cluster (redis-py), chunked, with manifests written last."""
 
     backend = "redis"
 
-    _APPEND = """
+    # KEYS[1]: manifest; KEYS[2..]: chunks of its records. ARGV: expected version, new manifest,
+    # manifest TTL (ms), chunk TTL (ms), then (chunk count, size) per record.
+    _APPEND = (
+        _CHECK_CHUNKS
+        + """
     local raw = redis.call('GET', KEYS[1])
     if not raw then return -1 end
     if cjson.decode(raw)['version'] ~= tonumber(ARGV[1]) then return -2 end
+    if not chunks_intact(2, 5) then return -3 end
     redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+    for i = 2, #KEYS do redis.call('PEXPIRE', KEYS[i], ARGV[4]) end
     return 1
     """
+    )
+    # KEYS as _APPEND; ARGV: (chunk count, size) per record.
+    _VERIFY = _CHECK_CHUNKS + "if chunks_intact(2, 1) then return 1 end return 0"
     _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
     _RENEW = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 0"
 
@@ -139,10 +147,14 @@ class RedisStore(_Limits):
         password: str | None = None,
         ca_certs: str | None = None,
         timeout_s: float = 5.0,
+        replica_acks: int = 0,
     ):
         import redis
 
         super().__init__(ttl_s, max_session_bytes, chunk_bytes)
+        #: Replicas that must acknowledge a manifest write (``WAIT``) before it counts as stored.
+        self.replica_acks = replica_acks
+        self.timeout_s = timeout_s
         kwargs: dict[str, Any] = {"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s}
         if username:
             kwargs["username"] = username
@@ -150,36 +162,90 @@ class RedisStore(_Limits):
             kwargs["password"] = password
         if ca_certs:
             kwargs["ssl_ca_certs"] = ca_certs
-        self.client = redis.Redis.from_url(url, **kwargs)
-        self._errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
-        self._append = self.client.register_script(self._APPEND)
+        scheme, _, rest = url.partition("://")
+        self.cluster = scheme in ("redis+cluster", "rediss+cluster")
+        if self.cluster:
+            from redis.cluster import RedisCluster
+
+            self.client = RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **kwargs)
+        else:
+            self.client = redis.Redis.from_url(url, **kwargs)
+        self.backend = "redis-cluster" if self.cluster else "redis"
+        exc = redis.exceptions
+        self._unreachable = (exc.ConnectionError, exc.TimeoutError, exc.ClusterDownError, exc.TryAgainError)
+        self._full = exc.OutOfMemoryError
+        self._response_error = exc.ResponseError
         self._release = self.client.register_script(self._RELEASE)
         self._renew = self.client.register_script(self._RENEW)
+        self._verify = self.client.register_script(self._VERIFY)
 
     # --- keys ------------------------------------------------------------------------------------
 
     @staticmethod
     def base(session_id: str) -> str:
-        return f"videoqa:v{FORMAT_VERSION}:s:{session_id}"
+        """The prefix of every key of a session: one hash slot (``{id}``)."""
+        return f"videoqa:v{KEY_LAYOUT}:s:{{{session_id}}}"
+
+    @staticmethod
+    def legacy_base(session_id: str) -> str:
+        """The prefix of the keys of a session stored by key layout v1 (before hash tags)."""
+        return f"videoqa:v1:s:{session_id}"
 
     def _manifest_key(self, session_id: str) -> str:
         return f"{self.base(session_id)}:manifest"
 
-    def _chunk_keys(self, session_id: str, meta: dict[str, Any]) -> list[str]:
-        return [f"{self.base(session_id)}:r:{meta['id']}:{i}" for i in range(meta["chunks"])]
+    def _lock_key(self, session_id: str) -> str:
+        return f"{self.base(session_id)}:lock"
+
+    def _chunk_keys(self, session_id: str, meta: RecordMeta) -> list[str]:
+        return [f"{self.base(session_id)}:r:{meta.id}:{i}" for i in range(meta.chunks)]
+
+    def _records_args(self, manifest: Manifest) -> tuple[list[str], list[int]]:
+        """KEYS and ARGV of the chunk check: every record's chunk keys, and (count, size) per record."""
+        keys: list[str] = []
+        args: list[int] = []
+        for meta in manifest.records:
+            keys += self._chunk_keys(manifest.session_id, meta)
+            args += [meta.chunks, meta.size]
+        return keys, args
 
     def _ms(self, extra_s: float = 0.0) -> int:
         return int((self.ttl_s + extra_s) * 1000)
 
+    # --- error mapping ---------------------------------------------------------------------------
+
     def _call(self, fn, *args):
+        """Run one store operation, mapping Redis' failures to the service's errors."""
         try:
             return fn(*args)
-        except self._errors as error:
-            raise NotReady("the session store (Redis) is unreachable; retry shortly", retry_after_s=2.0) from error
+        except self._full as error:
+            raise self._store_full() from error
+        except self._unreachable as error:
+            self._refresh_topology()
+            raise StoreUnavailable(
+                "the session store (Redis) is unreachable; retry shortly", retry_after_s=2.0
+            ) from error
+
+    @staticmethod
+    def _store_full() -> StoreFull:
+        return StoreFull(
+            "the session store (Redis) is full: it refuses writes (maxmemory reached with an eviction policy "
+            "that keeps every key); nothing was saved and the turn was rolled back. Operators: raise Redis' "
+            "maxmemory, add shards, or shorten VIDEOQA_SESSION_TTL_S",
+            retry_after_s=30.0,
+        )
+
+    def _refresh_topology(self) -> None:
+        """After a node failed, a cluster client learns the new slot owners (best effort)."""
+        if self.cluster:
+            try:
+                self.client.nodes_manager.initialize()
+            except Exception:
+                log.debug("cluster topology refresh failed", exc_info=True)
 
     def session_count(self) -> int:
-        """Stored sessions (a SCAN over the manifests: call it rarely)."""
-        pattern = f"{self.base('*')}:manifest"
+        """Stored sessions, over every master (a SCAN of the manifests: call it rarely)."""
+        pattern = f"videoqa:v{KEY_LAYOUT}:s:*:manifest"
         return self._call(lambda: sum(1 for _ in self.client.scan_iter(match=pattern, count=1000)))
 
     def was_expired(self, session_id: str) -> bool:
@@ -188,247 +254,240 @@ class RedisStore(_Limits):
 
     # --- writes ----------------------------------------------------------------------------------
 
-    def _write_chunks(self, session_id: str, meta: dict[str, Any], chunks: list[bytes]) -> None:
-        pipe = self.client.pipeline(transaction=False)
+    def _write_chunks(self, session_id: str, meta: RecordMeta, chunks: list[bytes]) -> None:
+        pipe = self.client.pipeline() if self.cluster else self.client.pipeline(transaction=False)
         for key, chunk in zip(self._chunk_keys(session_id, meta), chunks, strict=True):
             pipe.set(key, chunk, px=self._ms(60))  # chunks outlive their manifest, never the reverse
         pipe.execute()
 
-    def create(self, session_id: str, owner: dict[str, Any], prefix: bytes) -> None:
+    def _drop_chunks(self, session_id: str, meta: RecordMeta) -> None:
+        """Remove a record that did not become part of the session (best effort: they expire)."""
+        try:
+            self.client.delete(*self._chunk_keys(session_id, meta))
+        except Exception:
+            log.debug("could not remove the chunks of an unstored record", exc_info=True)
+
+    def _on_node(self, key: str, commands) -> list:
+        """Run ``commands(pipe)`` in one pipeline on one connection to the node serving ``key``,
+        followed by ``WAIT`` for the replicas when ``replica_acks`` is set (WAIT counts the writes
+        of its own connection). Returns the results (errors as values), WAIT's last."""
+        node_client = self.client.get_node_from_key(key).redis_connection if self.cluster else self.client
+        pipe = node_client.pipeline(transaction=False)
+        commands(pipe)
+        if self.replica_acks:
+            pipe.execute_command("WAIT", self.replica_acks, int(self.timeout_s * 1000))
+        return pipe.execute(raise_on_error=False)
+
+    def _replicated(self, results: list) -> bool:
+        return not self.replica_acks or (isinstance(results[-1], int) and results[-1] >= self.replica_acks)
+
+    def _raise_result_error(self, value) -> None:
+        """Raise a pipeline's error value (as ``_call`` maps it)."""
+        if isinstance(value, BaseException):
+            if isinstance(value, self._response_error) and "MOVED" in str(value):
+                self._refresh_topology()  # the command did not run: the caller's retry finds the new owner
+            raise value
+
+    def _outcome_unknown(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            "the session store (Redis) did not confirm the write and could not be read back: the turn may or may "
+            "not have been stored; retry with the same idempotency key",
+            retry_after_s=2.0,
+        )
+
+    def _read_back(self, session_id: str, record_id: str) -> bool:
+        """Whether the manifest now holds ``record_id`` (after an ambiguous write). Raises
+        :meth:`_outcome_unknown` when the store cannot say."""
+        for attempt in range(READ_BACK_TRIES):
+            try:
+                manifest = self._manifest_now(session_id)
+            except self._unreachable:
+                self._refresh_topology()
+                time.sleep(READ_BACK_PAUSE_S * (attempt + 1))
+                continue
+            return manifest is not None and manifest.holds(record_id)
+        raise self._outcome_unknown()
+
+    def _manifest_now(self, session_id: str) -> Manifest | None:
+        raw = self.client.get(self._manifest_key(session_id))
+        return None if raw is None else Manifest.from_json(raw)
+
+    def create(self, session_id: str, owner: Owner, prefix: bytes) -> None:
         self.check_size(len(prefix))
-        meta, chunks = _record(prefix, self.chunk_bytes)
-        manifest = _new_manifest(session_id, owner, meta)
+        meta, chunks = split_record(prefix, self.chunk_bytes)
+        manifest = Manifest.new(session_id, owner, meta)
+        self._call(self._write_chunks, session_id, meta, chunks)
+        key = self._manifest_key(session_id)
+        try:
+            results = self._on_node(key, lambda p: p.set(key, manifest.to_json(), px=self._ms(), nx=True))
+            self._raise_result_error(results[0])
+            if results[0] and self._replicated(results):
+                return
+        except self._full as error:
+            self._drop_chunks(session_id, meta)
+            raise self._store_full() from error
+        except self._unreachable:
+            pass  # the reply was lost: the read-back decides
+        if not self._read_back(session_id, meta.id):
+            self._drop_chunks(session_id, meta)
+            raise StoreUnavailable("the session store (Redis) did not store the session; retry", retry_after_s=1.0)
+        if not self._replicated_now(key):
+            raise self._outcome_unknown()
 
-        def run() -> None:
-            self._write_chunks(session_id, meta, chunks)
-            if not self.client.set(self._manifest_key(session_id), json.dumps(manifest), px=self._ms(), nx=True):
-                self.client.delete(*self._chunk_keys(session_id, meta))
-                raise CorruptSession(f"session id {session_id} already exists")
+    def _replicated_now(self, key: str) -> bool:
+        """After a read-back found the write: wait for the replicas again (a new connection's WAIT
+        covers nothing it did not write, so this asks the node with a no-op write first)."""
+        if not self.replica_acks:
+            return True
+        try:
+            results = self._on_node(key, lambda p: p.pexpire(key, self._ms()))
+        except self._unreachable:
+            return False
+        return self._replicated(results)
 
-        self._call(run)
-
-    def append(self, session_id: str, expected_version: int, turn: bytes) -> None:
-        def run() -> None:
-            manifest = _check_manifest(self.client.get(self._manifest_key(session_id)))
-            if manifest is None:
-                raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
-            if manifest["version"] != expected_version:  # the new manifest is built from this one
-                raise VersionConflict("another turn of this session was saved first; retry", retry_after_s=0.1)
-            self.check_size(manifest["size"] + len(turn))
-            meta, chunks = _record(turn, self.chunk_bytes)
-            self._write_chunks(session_id, meta, chunks)
-            updated = _appended(manifest, meta)
-            result = self._append(
-                keys=[self._manifest_key(session_id)], args=[expected_version, json.dumps(updated), self._ms()]
+    def append(self, session_id: str, expected_version: int, turn: bytes, key: str = "", outcome: str = "") -> None:
+        """Store ``turn`` as the record after ``expected_version`` ones, with the idempotency
+        ``key`` of the call and its ``outcome``. DATA_LOSS when a chunk the session builds on is
+        gone or truncated; the caller's session stays as it was on any failure."""
+        manifest = self._call(self._manifest_now, session_id)
+        if manifest is None:
+            raise not_found(session_id)
+        if manifest.version != expected_version:  # the new manifest is built from this one
+            raise version_conflict()
+        self.check_size(manifest.size + len(turn))
+        meta, chunks = split_record(turn, self.chunk_bytes, key, outcome)
+        self._call(self._write_chunks, session_id, meta, chunks)
+        updated = manifest.appended(meta)
+        manifest_key = self._manifest_key(session_id)
+        chunk_keys, sizes = self._records_args(manifest)
+        args = [expected_version, updated.to_json(), self._ms(), self._ms(60), *sizes]
+        try:
+            results = self._on_node(
+                manifest_key, lambda p: p.eval(self._APPEND, 1 + len(chunk_keys), manifest_key, *chunk_keys, *args)
             )
-            if result != 1:
-                self.client.delete(*self._chunk_keys(session_id, meta))
-                if result == -1:
-                    raise SessionNotFound(f"session {session_id!r} expired while its turn ran")
-                raise VersionConflict("another turn of this session was saved first; retry", retry_after_s=0.1)
-            self._touch(session_id, updated)
-
-        self._call(run)
-
-    def _touch(self, session_id: str, manifest: dict[str, Any]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        pipe.pexpire(self._manifest_key(session_id), self._ms())
-        for meta in manifest["records"]:
-            for key in self._chunk_keys(session_id, meta):
-                pipe.pexpire(key, self._ms(60))
-        pipe.execute()
+            self._raise_result_error(results[0])
+            result = results[0]
+        except self._full as error:
+            self._drop_chunks(session_id, meta)
+            raise self._store_full() from error
+        except self._unreachable:
+            result = None  # the reply was lost: the read-back decides
+        if result == 1 and self._replicated(results):
+            return
+        if result == 1 or self._read_back(session_id, meta.id):
+            if self._replicated_now(manifest_key):
+                return
+            raise self._outcome_unknown()
+        self._drop_chunks(session_id, meta)
+        if result == -1:
+            raise not_found(session_id, "it expired or was deleted while its turn ran")
+        if result == -3:
+            raise CorruptSession("a stored record of this session is missing or truncated; the session is discarded")
+        if result == -2:
+            raise version_conflict()
+        raise StoreUnavailable("the session store (Redis) did not store the turn; retry", retry_after_s=1.0)
 
     # --- reads -----------------------------------------------------------------------------------
 
-    def manifest(self, session_id: str) -> dict[str, Any] | None:
-        return self._call(lambda: _check_manifest(self.client.get(self._manifest_key(session_id))))
+    def manifest(self, session_id: str) -> Manifest | None:
+        """The session's manifest; None when unknown (FAILED_PRECONDITION for a layout-v1 session)."""
+
+        def run() -> Manifest | None:
+            manifest = self._manifest_now(session_id)
+            if manifest is None and self.client.exists(f"{self.legacy_base(session_id)}:manifest"):
+                raise IncompatibleSession(
+                    f"session {session_id!r} was stored by an earlier version of videoqa (key layout v1) and cannot "
+                    f"be continued; create it again (deleting it works)"
+                )
+            return manifest
+
+        return self._call(run)
+
+    def verify(self, manifest: Manifest) -> None:
+        """DATA_LOSS unless every chunk of ``manifest``'s records exists with its size (one round
+        trip; the checksums are checked whenever the records are read)."""
+        keys, sizes = self._records_args(manifest)
+        manifest_key = self._manifest_key(manifest.session_id)
+        if not self._call(lambda: self._verify(keys=[manifest_key, *keys], args=sizes)):
+            raise CorruptSession("a stored record of this session is missing or truncated; the session is discarded")
 
     def load(self, session_id: str) -> StoredSession:
         def run() -> StoredSession:
-            manifest = _check_manifest(self.client.get(self._manifest_key(session_id)))
+            manifest = self._manifest_now(session_id)
             if manifest is None:
-                raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
-            pipe = self.client.pipeline(transaction=False)
-            for meta in manifest["records"]:
+                raise not_found(session_id)
+            pipe = self.client.pipeline() if self.cluster else self.client.pipeline(transaction=False)
+            for meta in manifest.records:
                 pipe.mget(self._chunk_keys(session_id, meta))
-            blobs = [_assemble(meta, chunks) for meta, chunks in zip(manifest["records"], pipe.execute(), strict=True)]
-            self._touch(session_id, manifest)
+            blobs = [assemble(meta, chunks) for meta, chunks in zip(manifest.records, pipe.execute(), strict=True)]
+            self._touch(manifest)
             return StoredSession(manifest, blobs[0], blobs[1:])
 
         return self._call(run)
 
+    def _touch(self, manifest: Manifest) -> None:
+        """Slide the TTL of every key of the session (best effort: a failure loses nothing)."""
+        try:
+            pipe = self.client.pipeline() if self.cluster else self.client.pipeline(transaction=False)
+            pipe.pexpire(self._manifest_key(manifest.session_id), self._ms())
+            for key in self._records_args(manifest)[0]:
+                pipe.pexpire(key, self._ms(60))
+            pipe.execute()
+        except Exception:
+            log.debug("could not slide the TTL of session %s", manifest.session_id, exc_info=True)
+
     # --- delete and locks -------------------------------------------------------------------------
 
-    def delete(self, session_id: str) -> bool:
-        def run() -> bool:
-            raw = self.client.get(self._manifest_key(session_id))
-            keys = [self._manifest_key(session_id), f"{self.base(session_id)}:lock"]
-            try:
-                manifest = _check_manifest(raw)
-            except (CorruptSession, IncompatibleSession):
-                manifest = None
-            for meta in (manifest or {}).get("records", []):
-                keys += self._chunk_keys(session_id, meta)
-            self.client.delete(*keys)
-            strays = list(self.client.scan_iter(match=f"{self.base(session_id)}:*", count=1000))
-            if strays:
-                self.client.delete(*strays)
-            return raw is not None
+    def owner(self, session_id: str) -> tuple[bool, str | None]:
+        """(whether the session exists in any layout or format, the tenant its manifest names, or
+        None when the manifest is too damaged to say)."""
+
+        def run() -> tuple[bool, str | None]:
+            for key in (self._manifest_key(session_id), f"{self.legacy_base(session_id)}:manifest"):
+                raw = self.client.get(key)
+                if raw is not None:
+                    return True, owner_tenant(raw)
+            return False, None
 
         return self._call(run)
 
+    def delete(self, session_id: str) -> bool:
+        """Remove every key of the session, whatever its format or damage (either key layout)."""
+
+        def run() -> bool:
+            existed = False
+            for base, hashed in ((self.base(session_id), True), (self.legacy_base(session_id), False)):
+                present = bool(self.client.exists(f"{base}:manifest"))
+                existed |= present
+                if not (present or hashed):
+                    continue  # no layout-v1 session: no need to look for its keys
+                keys = list(self._scan(f"{base}:*", hashed))
+                if hashed or not self.cluster:
+                    if keys:
+                        self.client.delete(*keys)
+                else:
+                    for key in keys:  # layout-v1 keys lie in different slots
+                        self.client.delete(key)
+            return existed
+
+        return self._call(run)
+
+    def _scan(self, pattern: str, hashed: bool):
+        """Keys matching ``pattern``: on the node serving the session's slot when hash-tagged."""
+        if self.cluster and hashed:
+            node = self.client.get_node_from_key(pattern.replace("*", "manifest")).redis_connection
+            return node.scan_iter(match=pattern, count=1000)
+        return self.client.scan_iter(match=pattern, count=1000)
+
     def acquire(self, session_id: str, lease_s: float) -> str | None:
         token = uuid.uuid4().hex
-        ok = self._call(
-            lambda: self.client.set(f"{self.base(session_id)}:lock", token, nx=True, px=int(lease_s * 1000))
-        )
+        ok = self._call(lambda: self.client.set(self._lock_key(session_id), token, nx=True, px=int(lease_s * 1000)))
         return token if ok else None
 
     def renew(self, session_id: str, token: str, lease_s: float) -> bool:
         return bool(
-            self._call(lambda: self._renew(keys=[f"{self.base(session_id)}:lock"], args=[token, int(lease_s * 1000)]))
+            self._call(lambda: self._renew(keys=[self._lock_key(session_id)], args=[token, int(lease_s * 1000)]))
         )
 
     def release(self, session_id: str, token: str) -> None:
-        self._call(lambda: self._release(keys=[f"{self.base(session_id)}:lock"], args=[token]))
-
-
-class InProcessStore(_Limits):
-    """The same interface in this process's memory (single-process default): sessions do not
-    survive a restart and are not shared between workers."""
-
-    backend = "memory"
-    #: How many expired session ids are remembered, so that a lookup can say "expired".
-    REMEMBERED_EXPIRIES = 10_000
-
-    def __init__(
-        self,
-        *,
-        ttl_s: float,
-        max_session_bytes: int,
-        max_sessions: int,
-        chunk_bytes: int = 8 << 20,
-        clock=time.monotonic,
-    ):
-        super().__init__(ttl_s, max_session_bytes, chunk_bytes)
-        self.max_sessions = max_sessions
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._manifests: dict[str, tuple[float, str]] = {}
-        self._blobs: dict[tuple[str, str], bytes] = {}
-        self._locks: dict[str, tuple[str, float]] = {}
-        self._expired: OrderedDict[str, None] = OrderedDict()
-        #: Sessions dropped because their time to live ran out.
-        self.expired_total = 0
-
-    def _live(self, session_id: str) -> dict[str, Any] | None:
-        entry = self._manifests.get(session_id)
-        if entry is None:
-            return None
-        if entry[0] < self._clock():
-            self._expire(session_id)
-            return None
-        return _check_manifest(entry[1])
-
-    def _expire(self, session_id: str) -> None:
-        self._drop(session_id)
-        self.expired_total += 1
-        self._expired[session_id] = None
-        while len(self._expired) > self.REMEMBERED_EXPIRIES:
-            self._expired.popitem(last=False)
-
-    def session_count(self) -> int:
-        with self._lock:
-            self._expire_all()
-            return len(self._manifests)
-
-    def was_expired(self, session_id: str) -> bool:
-        """Whether ``session_id`` existed and ran out of time (remembered for the last expiries)."""
-        with self._lock:
-            return session_id in self._expired
-
-    def _drop(self, session_id: str) -> None:
-        self._manifests.pop(session_id, None)
-        for key in [k for k in self._blobs if k[0] == session_id]:
-            del self._blobs[key]
-
-    def _expire_all(self) -> None:
-        now = self._clock()
-        for session_id in [s for s, (expiry, _) in self._manifests.items() if expiry < now]:
-            self._expire(session_id)
-
-    def reserve_check(self) -> None:
-        """Refuse early (before decoding) when the process holds its maximum of sessions."""
-        with self._lock:
-            self._check_capacity_locked()
-
-    def _check_capacity_locked(self) -> None:
-        self._expire_all()
-        if len(self._manifests) >= self.max_sessions:
-            raise LimitExceeded(
-                f"this worker holds its maximum of {self.max_sessions} sessions; retry later", retry_after_s=30.0
-            )
-
-    def create(self, session_id: str, owner: dict[str, Any], prefix: bytes) -> None:
-        self.check_size(len(prefix))
-        with self._lock:
-            self._check_capacity_locked()
-            meta, _ = _record(prefix, self.chunk_bytes)
-            self._blobs[(session_id, meta["id"])] = prefix
-            manifest = _new_manifest(session_id, owner, meta)
-            self._manifests[session_id] = (self._clock() + self.ttl_s, json.dumps(manifest))
-
-    def append(self, session_id: str, expected_version: int, turn: bytes) -> None:
-        with self._lock:
-            manifest = self._live(session_id)
-            if manifest is None:
-                raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
-            if manifest["version"] != expected_version:
-                raise VersionConflict("another turn of this session was saved first; retry", retry_after_s=0.1)
-            self.check_size(manifest["size"] + len(turn))
-            meta, _ = _record(turn, self.chunk_bytes)
-            self._blobs[(session_id, meta["id"])] = turn
-            manifest = _appended(manifest, meta)
-            self._manifests[session_id] = (self._clock() + self.ttl_s, json.dumps(manifest))
-
-    def manifest(self, session_id: str) -> dict[str, Any] | None:
-        with self._lock:
-            return self._live(session_id)
-
-    def load(self, session_id: str) -> StoredSession:
-        with self._lock:
-            manifest = self._live(session_id)
-            if manifest is None:
-                raise SessionNotFound(f"session {session_id!r} not found (unknown, expired or deleted)")
-            blobs = [_assemble(m, [self._blobs.get((session_id, m["id"]))]) for m in manifest["records"]]
-            self._manifests[session_id] = (self._clock() + self.ttl_s, self._manifests[session_id][1])
-            return StoredSession(manifest, blobs[0], blobs[1:])
-
-    def delete(self, session_id: str) -> bool:
-        with self._lock:
-            existed = self._live(session_id) is not None
-            self._drop(session_id)
-            self._locks.pop(session_id, None)
-            return existed
-
-    def acquire(self, session_id: str, lease_s: float) -> str | None:
-        with self._lock:
-            held = self._locks.get(session_id)
-            if held is not None and held[1] > self._clock():
-                return None
-            token = uuid.uuid4().hex
-            self._locks[session_id] = (token, self._clock() + lease_s)
-            return token
-
-    def renew(self, session_id: str, token: str, lease_s: float) -> bool:
-        with self._lock:
-            held = self._locks.get(session_id)
-            if held is None or held[0] != token:
-                return False
-            self._locks[session_id] = (token, self._clock() + lease_s)
-            return True
-
-    def release(self, session_id: str, token: str) -> None:
-        with self._lock:
-            if self._locks.get(session_id, ("", 0))[0] == token:
-                del self._locks[session_id]
+        self._call(lambda: self._release(keys=[self._lock_key(session_id)], args=[token]))

@@ -107,18 +107,20 @@ class CreateSessionRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[SessionSpec, _Mapping]] = ..., video_chunk: _Optional[bytes] = ..., image: _Optional[_Union[ImagePart, _Mapping]] = ...) -> None: ...
 
 class AppendSpec(_message.Message):
-    __slots__ = ("session_id", "media_kind", "total_bytes", "sampling", "image_fps")
+    __slots__ = ("session_id", "media_kind", "total_bytes", "sampling", "image_fps", "idempotency_key")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MEDIA_KIND_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FPS_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     media_kind: MediaKind
     total_bytes: int
     sampling: FrameSampling
     image_fps: float
-    def __init__(self, session_id: _Optional[str] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., total_bytes: _Optional[int] = ..., sampling: _Optional[_Union[FrameSampling, _Mapping]] = ..., image_fps: _Optional[float] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, session_id: _Optional[str] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., total_bytes: _Optional[int] = ..., sampling: _Optional[_Union[FrameSampling, _Mapping]] = ..., image_fps: _Optional[float] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class AppendMediaRequest(_message.Message):
     __slots__ = ("spec", "video_chunk", "image")
@@ -131,14 +133,16 @@ class AppendMediaRequest(_message.Message):
     def __init__(self, spec: _Optional[_Union[AppendSpec, _Mapping]] = ..., video_chunk: _Optional[bytes] = ..., image: _Optional[_Union[ImagePart, _Mapping]] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("session_id", "question", "generation")
+    __slots__ = ("session_id", "question", "generation", "idempotency_key")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     QUESTION_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     question: str
     generation: GenerationParams
-    def __init__(self, session_id: _Optional[str] = ..., question: _Optional[str] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, session_id: _Optional[str] = ..., question: _Optional[str] = ..., generation: _Optional[_Union[GenerationParams, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class AskResponse(_message.Message):
     __slots__ = ("progress", "session", "token", "stats")
@@ -221,7 +225,7 @@ class Timings(_message.Message):
     def __init__(self, upload_seconds: _Optional[float] = ..., decode_seconds: _Optional[float] = ..., encode_seconds: _Optional[float] = ..., prefill_seconds: _Optional[float] = ..., prune_seconds: _Optional[float] = ..., save_seconds: _Optional[float] = ..., time_to_first_token_seconds: _Optional[float] = ..., generate_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ...) -> None: ...
 
 class TurnStats(_message.Message):
-    __slots__ = ("session_id", "turn", "frames_used", "visual_tokens_before", "visual_tokens_after", "recycled_tokens", "kv_bytes_before", "kv_bytes_after", "context_length", "cache_length", "prompt_tokens", "generated_tokens", "finish_reason", "timings", "gpu_peak_bytes")
+    __slots__ = ("session_id", "turn", "frames_used", "visual_tokens_before", "visual_tokens_after", "recycled_tokens", "kv_bytes_before", "kv_bytes_after", "context_length", "cache_length", "prompt_tokens", "generated_tokens", "finish_reason", "timings", "gpu_peak_bytes", "replayed")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
     FRAMES_USED_FIELD_NUMBER: _ClassVar[int]
@@ -237,6 +241,7 @@ class TurnStats(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     GPU_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn: int
     frames_used: int
@@ -252,7 +257,8 @@ class TurnStats(_message.Message):
     finish_reason: FinishReason
     timings: Timings
     gpu_peak_bytes: int
-    def __init__(self, session_id: _Optional[str] = ..., turn: _Optional[int] = ..., frames_used: _Optional[int] = ..., visual_tokens_before: _Optional[int] = ..., visual_tokens_after: _Optional[int] = ..., recycled_tokens: _Optional[int] = ..., kv_bytes_before: _Optional[int] = ..., kv_bytes_after: _Optional[int] = ..., context_length: _Optional[int] = ..., cache_length: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., gpu_peak_bytes: _Optional[int] = ...) -> None: ...
+    replayed: bool
+    def __init__(self, session_id: _Optional[str] = ..., turn: _Optional[int] = ..., frames_used: _Optional[int] = ..., visual_tokens_before: _Optional[int] = ..., visual_tokens_after: _Optional[int] = ..., recycled_tokens: _Optional[int] = ..., kv_bytes_before: _Optional[int] = ..., kv_bytes_after: _Optional[int] = ..., context_length: _Optional[int] = ..., cache_length: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., gpu_peak_bytes: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class SampledFrames(_message.Message):
     __slots__ = ("indices", "timestamps", "width", "height", "source_frames", "source_fps", "source_duration_seconds")
