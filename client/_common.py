@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -179,15 +180,21 @@ def build_spec(
     return spec
 
 
+def new_idempotency_key() -> str:
+    """A key for one logical call, sent again on each of its retries (see AskRequest)."""
+    return uuid.uuid4().hex
+
+
 def build_append_spec(
-    session_id: str, media: Media, *, sampling: FrameSampling | None, image_fps: float
+    session_id: str, media: Media, *, sampling: FrameSampling | None, image_fps: float, idempotency_key: str = ""
 ) -> pb.AppendSpec:
-    """The first message of an append."""
+    """The first message of an append (with a new idempotency key unless one is given)."""
     spec = pb.AppendSpec(
         session_id=session_id,
         media_kind=media.media_kind,  # type: ignore[arg-type]
         total_bytes=media.total_bytes,
         image_fps=image_fps,
+        idempotency_key=idempotency_key or new_idempotency_key(),
     )
     if sampling is not None:
         spec.sampling.CopyFrom(convert.sampling_to_pb(sampling))
@@ -201,8 +208,13 @@ def append_source(video: MediaSource | None, images: MediaSource | None) -> tupl
     return (images, True) if images is not None else (video, False)  # type: ignore[return-value]
 
 
-def build_ask(session_id: str, question: str, generation: Generation | None) -> pb.AskRequest:
-    request = pb.AskRequest(session_id=session_id, question=question)
+def build_ask(
+    session_id: str, question: str, generation: Generation | None, idempotency_key: str = ""
+) -> pb.AskRequest:
+    """An Ask (with a new idempotency key unless one is given: retries of this call reuse it)."""
+    request = pb.AskRequest(
+        session_id=session_id, question=question, idempotency_key=idempotency_key or new_idempotency_key()
+    )
     if generation is not None:
         request.generation.CopyFrom(convert.generation_to_pb(generation))
     return request

@@ -209,6 +209,9 @@ class TurnStats:
     timings: Timings = field(default_factory=Timings)
     #: Peak CUDA memory allocated while the turn ran (0 off CUDA).
     gpu_peak_bytes: int = 0
+    #: Nothing ran: this call's idempotency key had stored the turn already (a retry after a lost
+    #: reply), and these are its stats and its answer.
+    replayed: bool = False
 
 
 #: Any event of a streamed reply.
