@@ -17,7 +17,6 @@ from importlib.metadata import PackageNotFoundError, version
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -26,6 +25,7 @@ from videoqa.service.auth import ApiKeyFile, Authenticator, allow_all
 from videoqa.service.frontend import FrontendServicer
 from videoqa.service.lifecycle import Drain
 from videoqa.service.metrics import Metrics
+from videoqa.service.reflection import enable_server_reflection
 from videoqa.service.routing import WORKER_SERVICE, WorkerPool
 from videoqa.v1 import videoqa_pb2, videoqa_pb2_grpc
 from videoqa.worker.settings import WorkerSettings
@@ -172,8 +172,7 @@ async def start_worker(
     servicer = WorkerServicer(engine, package_version())
     worker_pb2_grpc.add_WorkerServicer_to_server(servicer, server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    services = (WORKER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME)
-    reflection.enable_server_reflection(services, server)
+    enable_server_reflection((WORKER_SERVICE, health.SERVICE_NAME), server)
     for name in ("", WORKER_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
@@ -217,7 +216,7 @@ async def start_frontend(
     videoqa_pb2_grpc.add_VideoQAServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection((PUBLIC_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    enable_server_reflection((PUBLIC_SERVICE, health.SERVICE_NAME), server)
     for name in ("", PUBLIC_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
     await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
