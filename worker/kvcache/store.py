@@ -254,8 +254,16 @@ class RedisStore(StoreLimits):
 
     # --- writes ----------------------------------------------------------------------------------
 
+    def _pipeline(self, session_id: str):
+        """A pipeline (no transaction) for the keys of one session: on the node serving its slot."""
+        return self._node_client(self._manifest_key(session_id)).pipeline(transaction=False)
+
+    def _node_client(self, key: str):
+        """A client of the node serving ``key`` (the one client when not clustered)."""
+        return self.client.get_node_from_key(key).redis_connection if self.cluster else self.client
+
     def _write_chunks(self, session_id: str, meta: RecordMeta, chunks: list[bytes]) -> None:
-        pipe = self.client.pipeline() if self.cluster else self.client.pipeline(transaction=False)
+        pipe = self._pipeline(session_id)
         for key, chunk in zip(self._chunk_keys(session_id, meta), chunks, strict=True):
             pipe.set(key, chunk, px=self._ms(60))  # chunks outlive their manifest, never the reverse
         pipe.execute()
@@ -271,8 +279,7 @@ class RedisStore(StoreLimits):
         """Run ``commands(pipe)`` in one pipeline on one connection to the node serving ``key``,
         followed by ``WAIT`` for the replicas when ``replica_acks`` is set (WAIT counts the writes
         of its own connection). Returns the results (errors as values), WAIT's last."""
-        node_client = self.client.get_node_from_key(key).redis_connection if self.cluster else self.client
-        pipe = node_client.pipeline(transaction=False)
+        pipe = self._node_client(key).pipeline(transaction=False)
         commands(pipe)
         if self.replica_acks:
             pipe.execute_command("WAIT", self.replica_acks, int(self.timeout_s * 1000))
@@ -416,7 +423,7 @@ class RedisStore(StoreLimits):
             manifest = self._manifest_now(session_id)
             if manifest is None:
                 raise not_found(session_id)
-            pipe = self.client.pipeline() if self.cluster else self.client.pipeline(transaction=False)
+            pipe = self._pipeline(session_id)
             for meta in manifest.records:
                 pipe.mget(self._chunk_keys(session_id, meta))
             blobs = [assemble(meta, chunks) for meta, chunks in zip(manifest.records, pipe.execute(), strict=True)]
@@ -428,7 +435,7 @@ class RedisStore(StoreLimits):
     def _touch(self, manifest: Manifest) -> None:
         """Slide the TTL of every key of the session (best effort: a failure loses nothing)."""
         try:
-            pipe = self.client.pipeline() if self.cluster else self.client.pipeline(transaction=False)
+            pipe = self._pipeline(manifest.session_id)
             pipe.pexpire(self._manifest_key(manifest.session_id), self._ms())
             for key in self._records_args(manifest)[0]:
                 pipe.pexpire(key, self._ms(60))
@@ -475,8 +482,7 @@ class RedisStore(StoreLimits):
     def _scan(self, pattern: str, hashed: bool):
         """Keys matching ``pattern``: on the node serving the session's slot when hash-tagged."""
         if self.cluster and hashed:
-            node = self.client.get_node_from_key(pattern.replace("*", "manifest")).redis_connection
-            return node.scan_iter(match=pattern, count=1000)
+            return self._node_client(pattern.replace("*", "manifest")).scan_iter(match=pattern, count=1000)
         return self.client.scan_iter(match=pattern, count=1000)
 
     def acquire(self, session_id: str, lease_s: float) -> str | None:
