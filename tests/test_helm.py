@@ -425,6 +425,22 @@ def test_external_redis_or_none():
     assert env["VIDEOQA_REDIS_URL"] == "rediss://redis.example:6380/0"
     assert env["VIDEOQA_REDIS_PASSWORD"] == {"secretKeyRef": {"name": "ext-redis", "key": "password"}}
     assert secret_file(spec, worker, env["VIDEOQA_REDIS_CA_CERTS"]) == ("ext-redis-ca", "ca.crt")
+    cluster = env_of(
+        pod(
+            render(
+                "--set",
+                "redis.enabled=false",
+                "--set",
+                "redis.externalUrl=rediss+cluster://redis-0.example:6379",
+                "--set",
+                "redis.replicaAcks=1",
+            ),
+            "t-videoqa-worker",
+        )["containers"][0]
+    )
+    assert cluster["VIDEOQA_REDIS_URL"] == "rediss+cluster://redis-0.example:6379"
+    assert cluster["VIDEOQA_REDIS_REPLICA_ACKS"] == "1" and cluster["VIDEOQA_REDIS_TIMEOUT_S"] == "5"
+    assert "externalUrl" in render_error("--set", "redis.enabled=false", "--set", "redis.externalUrl=http://x")
     docs = render("--set", "redis.enabled=false")
     assert not [d for d in docs if "redis" in d["metadata"]["name"]]
     assert not {k for k in env_of(pod(docs, "t-videoqa-worker")["containers"][0]) if "REDIS" in k}

@@ -215,6 +215,10 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- if include "videoqa.redisUrl" . }}
 - name: VIDEOQA_REDIS_URL
   value: {{ include "videoqa.redisUrl" . | quote }}
+- name: VIDEOQA_REDIS_REPLICA_ACKS
+  value: {{ .Values.redis.replicaAcks | quote }}
+- name: VIDEOQA_REDIS_TIMEOUT_S
+  value: {{ .Values.redis.timeoutSeconds | quote }}
 {{- if .Values.redis.username }}
 - name: VIDEOQA_REDIS_USERNAME
   value: {{ .Values.redis.username | quote }}
