@@ -2,7 +2,8 @@
 
 ``serve`` runs both halves in one process: the worker listens on a loopback port of its own and
 the frontend talks to it over the same internal gRPC API a separate worker would use, so the
-single-machine default exercises exactly the production code path.
+single-machine default exercises the production code path (only the worker's health is read in
+process rather than probed over gRPC: see :func:`start_serve`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import logging
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 
@@ -26,7 +29,7 @@ from videoqa.service.frontend import FrontendServicer
 from videoqa.service.lifecycle import Drain
 from videoqa.service.metrics import Metrics
 from videoqa.service.reflection import enable_server_reflection
-from videoqa.service.routing import WORKER_SERVICE, WorkerPool
+from videoqa.service.routing import WORKER_SERVICE, LocalProbe, WorkerPool
 from videoqa.v1 import videoqa_pb2, videoqa_pb2_grpc
 from videoqa.worker.settings import WorkerSettings
 
@@ -59,6 +62,12 @@ class FrontendSettings(BaseSettings):
     """Bytes of uploads held in memory at once across all calls; beyond, RESOURCE_EXHAUSTED."""
     probe_interval_s: float = Field(default=1.0, gt=0, le=60)
     """How often worker health is probed."""
+    probe_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    """How long one worker health probe may take; no answer by then counts as a failed probe."""
+    probe_failures_to_down: int = Field(default=3, ge=1, le=100)
+    """Consecutive failed health probes after which a worker counts as down (one successful probe
+    brings it back); the frontend is NOT_SERVING while every worker is down. The in-process worker
+    of ``videoqa serve`` is probed without an RPC, so it is down only while its own health is."""
     grace_s: float = Field(default=10.0, ge=0, le=3600)
     """How long in-flight calls may finish after SIGTERM (health is NOT_SERVING meanwhile)."""
     metrics_listen: str = "0.0.0.0:9464"
@@ -128,6 +137,12 @@ class Running:
     extra: tuple[grpc.aio.Server, ...] = ()
     drain: Drain | None = None
 
+    async def serving(self, service: str = "") -> bool:
+        """Whether this server's health says SERVING for ``service`` (one it registered), read in
+        process: the health servicer's own ``Check``, no RPC, so a busy event loop cannot fail it."""
+        reply = await self.health.Check(health_pb2.HealthCheckRequest(service=service), None)
+        return reply.status == health_pb2.HealthCheckResponse.SERVING
+
     async def begin_drain(self) -> None:
         """NOT_SERVING at once; new calls are refused with UNAVAILABLE from now on."""
         await self.health.enter_graceful_shutdown()
@@ -195,11 +210,22 @@ async def start_worker(
 
 
 async def start_frontend(
-    settings: FrontendSettings, workers: list[str], authenticate=None, metrics: Metrics | None = None
+    settings: FrontendSettings,
+    workers: list[str],
+    authenticate=None,
+    metrics: Metrics | None = None,
+    local_probes: Mapping[str, LocalProbe] | None = None,
 ) -> Running:
     """Start the public API (TLS and API keys as ``settings`` say; ``authenticate`` overrides the
-    keys); health is SERVING while at least one worker is."""
-    pool = WorkerPool(workers, probe_interval_s=settings.probe_interval_s)
+    keys); health is SERVING while at least one worker is. ``local_probes``: workers in this
+    process (by address), probed through the function given instead of the health RPC."""
+    pool = WorkerPool(
+        workers,
+        probe_interval_s=settings.probe_interval_s,
+        probe_timeout_s=settings.probe_timeout_s,
+        failures_to_down=settings.probe_failures_to_down,
+        local_probes=local_probes,
+    )
     credentials = server_credentials(settings)
     drain = Drain()
     server = grpc.aio.server(
@@ -255,9 +281,14 @@ async def start_frontend(
 async def start_serve(
     worker_settings: WorkerSettings, frontend_settings: FrontendSettings, metrics: Metrics | None = None
 ) -> tuple[Running, Running]:
-    """Frontend plus one in-process worker on a private loopback port (one set of metrics)."""
+    """Frontend plus one in-process worker on a private loopback port (one set of metrics).
+
+    Calls go to the worker over gRPC; its health is read in process (a probe RPC that times out
+    while the shared event loop is busy must not make the frontend NOT_SERVING)."""
     worker = await start_worker(worker_settings, "127.0.0.1:0", metrics=metrics)
-    frontend = await start_frontend(frontend_settings, [f"127.0.0.1:{worker.port}"], metrics=metrics)
+    address = f"127.0.0.1:{worker.port}"
+    local = {address: functools.partial(worker.serving, WORKER_SERVICE)}
+    frontend = await start_frontend(frontend_settings, [address], metrics=metrics, local_probes=local)
     return frontend, worker
 
 

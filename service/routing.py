@@ -3,6 +3,14 @@
 Every frontend orders the workers the same way for a given session id, so a session's turns go
 to the worker that already holds it (hot), and when that worker is down the next one in the
 order takes over. Adding or removing a worker only moves the sessions that ranked it first.
+
+Health has hysteresis: a worker counts as down after ``failures_to_down`` consecutive failed
+probes (an answer other than SERVING, an error, or no answer within ``probe_timeout_s``) and as
+up again after one successful probe, so one probe lost under load does not take it out of
+service. A call that finds the worker UNAVAILABLE still marks it down at once (for routing; the
+next successful probe brings it back). A worker running in the same process (``videoqa serve``)
+is probed by reading its health servicer directly rather than over gRPC: a stalled event loop
+cannot fail that probe, so it reports exactly what the worker's own health says.
 """
 
 from __future__ import annotations
@@ -12,6 +20,7 @@ import hashlib
 import logging
 import socket
 import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
@@ -28,6 +37,9 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 << 20),
     ("grpc.max_receive_message_length", 64 << 20),
 ]
+
+#: An in-process health probe: whether the worker is SERVING, read without an RPC.
+LocalProbe = Callable[[], Awaitable[bool]]
 
 
 def rendezvous_order(key: str, workers: list[str]) -> list[str]:
@@ -47,11 +59,33 @@ class WorkerHandle:
     health: health_pb2_grpc.HealthStub
     healthy: bool = False
     last_change: float = field(default_factory=time.monotonic)
+    #: Health probes failed in a row (0 after a successful one).
+    failures: int = 0
+    #: Set for a worker in this process: probed through it instead of the health RPC.
+    local: LocalProbe | None = None
 
     def mark(self, healthy: bool) -> None:
         if healthy != self.healthy:
             log.info("worker %s is %s", self.address, "up" if healthy else "down")
             self.healthy, self.last_change = healthy, time.monotonic()
+
+    def probed(self, ok: bool, failures_to_down: int, why: str = "") -> None:
+        """Count a probe: up after one success, down after ``failures_to_down`` failures in a row."""
+        if ok:
+            self.failures = 0
+            self.mark(True)
+            return
+        self.failures += 1
+        if self.healthy and self.failures < failures_to_down:
+            log.info(
+                "worker %s failed a health probe (%d in a row of %d before it counts as down): %s",
+                self.address,
+                self.failures,
+                failures_to_down,
+                why,
+            )
+        if self.failures >= failures_to_down:
+            self.mark(False)
 
 
 class WorkerPool:
@@ -60,7 +94,15 @@ class WorkerPool:
     An address is ``host:port``, or ``dns:NAME:PORT``: every address ``NAME`` resolves to (a
     Kubernetes headless Service), re-resolved at each probe so that workers can come and go."""
 
-    def __init__(self, addresses: list[str], probe_interval_s: float = 1.0):
+    def __init__(
+        self,
+        addresses: list[str],
+        probe_interval_s: float = 1.0,
+        *,
+        probe_timeout_s: float = 2.0,
+        failures_to_down: int = 3,
+        local_probes: Mapping[str, LocalProbe] | None = None,
+    ):
         if not addresses:
             raise ValueError("a frontend needs at least one worker address")
         self._static = {a for a in addresses if not a.startswith("dns:")}
@@ -69,19 +111,28 @@ class WorkerPool:
             host, _, port = name.rpartition(":")
             if not host or not port.isdigit():
                 raise ValueError(f"worker address dns:{name}: expected dns:NAME:PORT")
+        if failures_to_down < 1:
+            raise ValueError("failures_to_down must be at least 1")
         self.workers: dict[str, WorkerHandle] = {}
         self._retired: list[tuple[float, WorkerHandle]] = []
+        self._local = dict(local_probes or {})
         for address in dict.fromkeys(addresses):
             if not address.startswith("dns:"):
                 self._add(address)
         self.probe_interval_s = probe_interval_s
+        self.probe_timeout_s = probe_timeout_s
+        self.failures_to_down = failures_to_down
         self._probe_task: asyncio.Task | None = None
         self.changed = asyncio.Event()
 
     def _add(self, address: str) -> None:
         channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self.workers[address] = WorkerHandle(
-            address, channel, worker_pb2_grpc.WorkerStub(channel), health_pb2_grpc.HealthStub(channel)
+            address,
+            channel,
+            worker_pb2_grpc.WorkerStub(channel),
+            health_pb2_grpc.HealthStub(channel),
+            local=self._local.get(address),
         )
 
     async def resolve(self) -> None:
@@ -123,12 +174,23 @@ class WorkerPool:
         return any(w.healthy for w in self.workers.values())
 
     async def probe_once(self) -> None:
+        serving = health_pb2.HealthCheckResponse.SERVING
+
         async def check(worker: WorkerHandle) -> None:
+            why = "NOT_SERVING"
             try:
-                reply = await worker.health.Check(health_pb2.HealthCheckRequest(service=WORKER_SERVICE), timeout=2.0)
-                worker.mark(reply.status == health_pb2.HealthCheckResponse.SERVING)
-            except grpc.aio.AioRpcError:
-                worker.mark(False)
+                if worker.local is not None:
+                    ok = await worker.local()
+                else:
+                    request = health_pb2.HealthCheckRequest(service=WORKER_SERVICE)
+                    reply = await worker.health.Check(request, timeout=self.probe_timeout_s)
+                    ok, why = reply.status == serving, health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.aio.AioRpcError as error:
+                ok, why = False, error.code().name
+            except Exception as error:  # a local probe that raised
+                log.warning("health probe of worker %s raised", worker.address, exc_info=error)
+                ok, why = False, type(error).__name__
+            worker.probed(ok, self.failures_to_down, why)
 
         await self.resolve()
         await asyncio.gather(*(check(w) for w in list(self.workers.values())))
