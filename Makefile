@@ -18,11 +18,13 @@ PROTOS := proto/videoqa/v1/videoqa.proto proto/videoqa/internal/v1/worker.proto
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The server extra asks for videoqa-demo-model (the default model's weights, kept out of the videoqa
+# wheel): its folder is named so that pip takes it from the checkout.
+$(STAMP): pyproject.toml worker/model/demo/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q $(TORCH_SPEC)
-	$(BIN)/python -m pip install -q -e ".[server,dev]" \
+	$(BIN)/python -m pip install -q -e ".[server,dev]" -e ./worker/model/demo \
 	  "torch==$$($(BIN)/python -c 'import torch; print(torch.__version__.split("+")[0])')"
 	touch $(STAMP)
 

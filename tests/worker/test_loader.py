@@ -67,3 +67,18 @@ def test_the_embedded_demo_model_ships_in_the_package_and_answers(monkeypatch):
         text = lm.tokenizer.decode(list(gen.stream(state, logits, GenerationParams(4))), skip_special_tokens=True)
         right += text.strip() == answer
     assert right >= 9, f"{right}/12 last-frame questions answered right"
+
+
+def test_the_demo_model_is_found_in_its_own_distribution_outside_a_checkout(monkeypatch, tmp_path):
+    """A built install has no worker/model/demo beside the loader: the videoqa-demo-model
+    distribution (the server extra's) provides the files; without it, the error says what to install."""
+    import videoqa_demo_model
+
+    from videoqa.worker.model import loader
+
+    monkeypatch.setattr(loader, "__file__", str(tmp_path / "loader.py"))  # no demo/ beside it
+    assert loader._demo_checkpoint() == videoqa_demo_model.PATH
+    assert (videoqa_demo_model.PATH / "model.safetensors").is_file()
+    monkeypatch.setitem(loader.BUILTIN_CHECKPOINTS, "videoqa-demo", tmp_path / "demo")
+    with pytest.raises(FileNotFoundError, match="pip install videoqa-demo-model"):
+        load_model("videoqa-demo")

@@ -19,9 +19,25 @@ from videoqa.worker.model.tiny import TINY_MODELS, build_tiny
 
 log = logging.getLogger(__name__)
 
-#: Checkpoints that ship inside the package, by id. ``videoqa-demo`` is the demo model trained on
-#: the synthetic suite by ``python -m videoqa.worker.lab.train`` (see docs/quality.md).
-BUILTIN_CHECKPOINTS = {"videoqa-demo": Path(__file__).parent / "demo"}
+
+def _demo_checkpoint() -> Path:
+    """The ``videoqa-demo`` files: ``worker/model/demo`` beside this file in a checkout (an editable
+    install), else the ``videoqa-demo-model`` distribution the server extra installs (the videoqa
+    wheel leaves the weights out)."""
+    here = Path(__file__).parent / "demo"
+    if (here / "config.json").is_file():
+        return here
+    try:
+        from videoqa_demo_model import PATH
+    except ImportError:
+        return here  # load_model says how to install it
+    return PATH
+
+
+#: Checkpoints that ship with the server install, by id. ``videoqa-demo`` is the demo model trained
+#: on the synthetic suite by ``python -m videoqa.worker.lab.train`` (see docs/quality.md).
+BUILTIN_CHECKPOINTS = {"videoqa-demo": _demo_checkpoint()}
+BUILTIN_DISTRIBUTIONS = {"videoqa-demo": "videoqa-demo-model"}
 DEFAULT_MODEL = "videoqa-demo"
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -129,7 +145,13 @@ def load_model(model_id: str, *, device: str = "cpu", dtype: str = "float32") ->
     else:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        source = str(BUILTIN_CHECKPOINTS.get(model_id) or os.path.expanduser(model_id))
+        builtin = BUILTIN_CHECKPOINTS.get(model_id)
+        if builtin is not None and not (builtin / "config.json").is_file():
+            raise FileNotFoundError(
+                f"the {model_id} checkpoint is not installed: pip install {BUILTIN_DISTRIBUTIONS[model_id]} "
+                "(the server extra asks for it; from a checkout: pip install ./worker/model/demo)"
+            )
+        source = str(builtin or os.path.expanduser(model_id))
         log.info("loading %s", source)
         processor = AutoProcessor.from_pretrained(source)
         model = AutoModelForImageTextToText.from_pretrained(source, dtype=torch_dtype).eval()
