@@ -49,3 +49,73 @@ def hang_on_empty(kind: str, payload: Any, *args: Any) -> Any:
 def not_media(*args: Any) -> int:
     """Returns something that is not a ``DecodedMedia``."""
     return os.getpid()
+
+
+# -- a compromised decoder: it writes whatever it likes to its pipe --------------------------------------
+
+
+def _pipe_fd() -> int:
+    """The child's end of its pipe to the parent (what an exploit in the decoder would write to)."""
+    import gc
+    from multiprocessing.connection import Connection
+
+    fds = {o.fileno() for o in gc.get_objects() if isinstance(o, Connection) and not o.closed}
+    assert len(fds) == 1, fds
+    return fds.pop()
+
+
+def _write_then(data: bytes, then: str = "hang") -> None:
+    fd = _pipe_fd()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    if then == "exit":
+        os._exit(0)
+    hang()
+
+
+class _TouchOnUnpickle:
+    """Pickles to ``open(path, "w")``: unpickling it creates ``path``."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.path, "w"))
+
+
+def pickle_reply(kind: str, payload: Any, *args: Any) -> None:
+    """Sends pickles that create the file named by ``payload`` when unpickled: the old reply format
+    (``("ok", header, sizes)`` read with ``Connection.recv``) whose header unpickles to the same."""
+    import pickle
+    from multiprocessing.connection import Connection
+
+    path = bytes(payload).decode()
+    evil = _TouchOnUnpickle(path)
+    conn = Connection(os.dup(_pipe_fd()))
+    conn.send(("ok", pickle.dumps(evil, protocol=5), []))
+    conn.send(evil)
+    hang()
+
+
+def garbage_reply(*args: Any) -> None:
+    """Writes random bytes."""
+    _write_then(os.urandom(4096))
+
+
+def reply_bytes(kind: str, payload: Any, *args: Any) -> None:
+    """Writes ``payload`` (forged reply bytes chosen by the test) as the reply, then hangs."""
+    _write_then(bytes(payload))
+
+
+def reply_bytes_and_exit(kind: str, payload: Any, *args: Any) -> None:
+    """Writes ``payload`` as the reply, then exits (a reply cut short)."""
+    _write_then(bytes(payload), then="exit")
+
+
+def two_replies(kind: str, payload: Any, *args: Any) -> None:
+    """Decodes normally, then sends the reply twice (the second would answer the next request)."""
+    from videoqa.worker.video.decode import encode_frames
+
+    reply = b"".join(bytes(b) for b in encode_frames(decode_media(kind, payload, *args)))
+    _write_then(reply + reply)

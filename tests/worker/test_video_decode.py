@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import multiprocessing
+import os
+import struct
 import threading
 import time
 
@@ -12,7 +17,20 @@ import pytest
 from tests.media import corrupt_variants, draw_frame, make_images, make_video, read_frame_index
 from videoqa.worker.errors import InvalidInput, LimitExceeded, MediaDecodeError, NotReady, VideoQAError
 from videoqa.worker.types import DecodedMedia, MediaKind, SamplingSpec
-from videoqa.worker.video.decode import MediaDecoder
+from videoqa.worker.video.decode import (
+    InvalidReply,
+    MediaDecoder,
+    ReplyLimits,
+    ReplyReader,
+    encode_error,
+    encode_fatal,
+    encode_frames,
+    encode_ready,
+    pack_request,
+    read_result,
+    read_startup,
+    unpack_request,
+)
 
 TARGETS = "tests.worker.decode_targets"
 FRAMES, SIZE, FPS = 48, (128, 96), 24
@@ -286,3 +304,316 @@ def _catch(errors: list[BaseException], fn, *args) -> None:
         fn(*args)
     except BaseException as exc:
         errors.append(exc)
+
+
+# -- the boundary: nothing from the child is trusted -------------------------------------------------
+#
+# Replies are forged here from the documented format (decode.py's docstring), independently of the
+# encoder, and fed through a real pipe.
+
+LIMITS = ReplyLimits(max_frames=4, max_side=64)
+INVALID_RESULT = "the decoder returned an invalid result"
+
+
+def frames_header(**fields) -> bytes:
+    """A FRAMES reply header; ``fields`` override a valid 2-frame 16x8 reply."""
+    f = {
+        "magic": b"VQD1",
+        "kind": 3,
+        "dtype": 1,
+        "channels": 3,
+        "count": 2,
+        "height": 8,
+        "width": 16,
+        "n_indices": 2,
+        "n_timestamps": 2,
+        "source_frames": 10,
+        "fps": 5.0,
+        "duration": 2.0,
+        **fields,
+    }
+    f.setdefault("frame_bytes", f["count"] * f["height"] * f["width"] * f["channels"])
+    return struct.pack("<4sB", f["magic"], f["kind"]) + struct.pack(
+        "<BBIIIIIIddQ",
+        *(f[k] for k in ("dtype", "channels", "count", "height", "width", "n_indices", "n_timestamps")),
+        *(f[k] for k in ("source_frames", "fps", "duration", "frame_bytes")),
+    )
+
+
+def frames_meta(indices=(0, 9), timestamps=(0.0, 1.8)) -> bytes:
+    return struct.pack(f"<{len(indices)}I", *indices) + struct.pack(f"<{len(timestamps)}d", *timestamps)
+
+
+FRAME_BYTES = bytes(range(256)) * 3  # 2 x 8 x 16 x 3 = 768
+
+
+def error_reply(kind=3, field=1, has_retry=1, retry=1.5, message=b"too many pixels", length=None) -> bytes:
+    length = len(message) if length is None else length
+    return struct.pack("<4sB", b"VQD1", 4) + struct.pack("<BBBdI", kind, field, has_retry, retry, length) + message
+
+
+def through_pipe(data: bytes, read):
+    """``read(reader)`` on the parent's end of a real pipe whose other end wrote ``data`` and closed."""
+    parent_end, child_end = multiprocessing.Pipe(duplex=True)
+
+    def write() -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(child_end.fileno(), view) :]
+        child_end.close()
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        return read(ReplyReader(parent_end, lambda: True))
+    finally:
+        parent_end.close()
+        writer.join(5)
+
+
+def read_frames(data: bytes, limits: ReplyLimits = LIMITS):
+    return through_pipe(data, lambda reader: read_result(reader, limits))
+
+
+def test_a_forged_reply_in_the_documented_format_is_read() -> None:
+    media = read_frames(frames_header() + frames_meta() + FRAME_BYTES)
+    assert isinstance(media, DecodedMedia)
+    assert media.frames.shape == (2, 8, 16, 3) and media.frames.dtype == np.uint8
+    assert media.frames.tobytes() == FRAME_BYTES and media.frames.flags.writeable
+    assert (media.indices, media.timestamps) == ([0, 9], [0.0, 1.8])
+    assert (media.source_frames, media.source_fps, media.duration_s) == (10, 5.0, 2.0)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"magic": b"VQD2"},
+        {"magic": b"\x80\x05\x95\x00"},  # a pickle
+        {"kind": 1},  # READY after a request
+        {"kind": 9},
+        {"dtype": 0},
+        {"dtype": 2},
+        {"channels": 4},
+        {"count": 0},
+        {"count": 5},  # max_frames is 4
+        {"count": 2**32 - 1, "n_indices": 2**32 - 1, "n_timestamps": 2**32 - 1, "source_frames": 2**32 - 1},
+        {"height": 65},  # max_side is 64
+        {"width": 0},
+        {"width": 2**31, "frame_bytes": 2 * 8 * 3 * 2**31},
+        {"n_timestamps": 1},
+        {"n_indices": 3},
+        {"frame_bytes": 767},
+        {"frame_bytes": 2**64 - 1},
+        {"source_frames": 1},
+        {"fps": math.nan},
+        {"fps": 0.0},
+        {"fps": math.inf},
+        {"duration": -1.0},
+        {"duration": math.nan},
+    ],
+)
+def test_bad_headers_are_refused_before_reading_further(fields: dict) -> None:
+    # Only the header is sent: a parser that went on to read the body would hit EOF instead.
+    with pytest.raises(InvalidReply):
+        read_frames(frames_header(**fields))
+
+
+@pytest.mark.parametrize(
+    ("indices", "timestamps"),
+    [
+        ((0, 9), (0.0, math.nan)),
+        ((0, 9), (math.inf, 1.0)),
+        ((0, 9), (0.0, -math.inf)),
+        ((9, 0), (0.0, 1.8)),  # not increasing
+        ((3, 3), (0.0, 1.8)),
+        ((0, 10), (0.0, 1.8)),  # past the source's 10 frames
+    ],
+)
+def test_bad_indices_or_timestamps_are_refused(indices: tuple, timestamps: tuple) -> None:
+    with pytest.raises(InvalidReply):
+        read_frames(frames_header() + frames_meta(indices, timestamps))
+
+
+def test_a_reply_cut_short_is_eof() -> None:
+    with pytest.raises(EOFError):
+        read_frames(frames_header() + frames_meta() + FRAME_BYTES[:500])
+    with pytest.raises(EOFError):
+        read_frames(frames_header()[:20])
+
+
+def test_only_bytes_after_the_reply_count_as_more() -> None:
+    whole = frames_header() + frames_meta() + FRAME_BYTES
+    for extra, pending in [(b"", False), (b"V", True)]:
+        parent_end, child_end = multiprocessing.Pipe(duplex=True)
+        os.write(child_end.fileno(), whole + extra)
+        child_end.close()  # the end of the pipe is there before the parent looks
+        reader = ReplyReader(parent_end, lambda: False)
+        assert isinstance(read_result(reader, LIMITS), DecodedMedia)
+        assert reader.pending() is pending
+        parent_end.close()
+
+
+def test_error_replies() -> None:
+    err = through_pipe(error_reply(), lambda r: read_result(r, LIMITS))
+    assert type(err) is LimitExceeded
+    assert (err.message, err.field, err.retry_after_s) == ("too many pixels", "media", 1.5)
+    err = through_pipe(error_reply(kind=1, field=0, has_retry=0, retry=0.0), lambda r: read_result(r, LIMITS))
+    assert type(err) is MediaDecodeError and err.field is None and err.retry_after_s is None
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        error_reply(kind=0),
+        error_reply(kind=4),  # not in the allowlist
+        error_reply(field=99),
+        error_reply(has_retry=2),
+        error_reply(retry=math.nan),
+        error_reply(retry=-1.0),
+        error_reply(retry=1e9),
+        error_reply(has_retry=0, retry=2.0),
+        error_reply(message=b"x" * 1025),
+        error_reply(message=b"", length=2**32 - 1),
+        error_reply(message=b"\xff\xfe not utf-8"),
+        error_reply(message=b"\x1b[2Jterminal escape"),
+        error_reply(message=b"two\nlines"),
+    ],
+)
+def test_bad_error_replies_are_refused(reply: bytes) -> None:
+    with pytest.raises(InvalidReply):
+        through_pipe(reply, lambda r: read_result(r, LIMITS))
+
+
+def test_start_up_messages() -> None:
+    assert through_pipe(encode_ready(), read_startup) is None
+    assert through_pipe(encode_fatal("cannot load 'x:y'"), read_startup) == "cannot load 'x:y'"
+    for reply in (frames_header(), error_reply(), b"\x80\x05N."):
+        with pytest.raises((InvalidReply, EOFError)):
+            through_pipe(reply, read_startup)
+
+
+def test_encoded_replies_round_trip() -> None:
+    frames = np.random.default_rng(0).integers(0, 256, (3, 10, 12, 3), dtype=np.uint8)
+    media = DecodedMedia(frames, [1, 4, 7], [0.1, 0.4, 0.7], 8, 10.0, 0.8)
+    data = b"".join(bytes(b) for b in encode_frames(media))
+    back = read_frames(data, ReplyLimits(max_frames=3, max_side=12))
+    assert np.array_equal(back.frames, frames)
+    assert (back.indices, back.timestamps, back.source_frames, back.source_fps, back.duration_s) == (
+        [1, 4, 7],
+        [0.1, 0.4, 0.7],
+        8,
+        10.0,
+        0.8,
+    )
+    with pytest.raises(InvalidReply):  # the same reply is too big for smaller limits
+        read_frames(data, ReplyLimits(max_frames=2, max_side=12))
+    with pytest.raises(InvalidReply):
+        read_frames(data, ReplyLimits(max_frames=3, max_side=11))
+
+
+def test_encoded_errors_keep_to_the_allowlists() -> None:
+    def round_trip(exc: VideoQAError) -> VideoQAError:
+        return through_pipe(encode_error(exc), lambda r: read_result(r, LIMITS))
+
+    err = round_trip(InvalidInput("bad fps", field="sampling.fps"))
+    assert type(err) is InvalidInput and err.field == "sampling.fps"
+    err = round_trip(NotReady("x" * 5000 + "\n", field="elsewhere", retry_after_s=math.inf))
+    assert type(err) is MediaDecodeError and err.field is None and err.retry_after_s is None
+    assert len(err.message.encode()) <= 1024 and err.message.isprintable()
+    assert round_trip(MediaDecodeError("é" * 1000, field="media")).message == "é" * 512
+
+
+def test_encode_frames_refuses_what_it_cannot_carry() -> None:
+    with pytest.raises(MediaDecodeError, match="returned int"):
+        encode_frames(3)
+    with pytest.raises(MediaDecodeError, match="shape"):
+        encode_frames(DecodedMedia.from_array(np.zeros((2, 4, 4, 4), np.uint8)))
+    with pytest.raises(MediaDecodeError, match="shape"):
+        encode_frames(DecodedMedia.from_array(np.zeros((2, 4, 4, 3), np.float32)))
+    with pytest.raises(MediaDecodeError, match="out of range"):
+        encode_frames(DecodedMedia(np.zeros((1, 4, 4, 3), np.uint8), [-1], [0.0], 1, 1.0, 1.0))
+
+
+def test_requests_round_trip() -> None:
+    # Every SamplingSpec field must travel: a new field fails here until the request carries it.
+    spec = SamplingSpec(num_frames=7, fps=None, max_frames=9, max_resolution=321, default_frames=5)
+    assert {f.name for f in dataclasses.fields(SamplingSpec)} == {
+        "num_frames",
+        "fps",
+        "max_frames",
+        "max_resolution",
+        "default_frames",
+    }
+    assert unpack_request(pack_request(MediaKind.IMAGES, spec, 2.5, 3)) == (MediaKind.IMAGES, spec, 2.5, 3)
+    spec = SamplingSpec(num_frames=None, fps=0.25)
+    assert unpack_request(pack_request(MediaKind.VIDEO, spec, 1.0, 1)) == (MediaKind.VIDEO, spec, 1.0, 1)
+    spec = SamplingSpec(num_frames=0, fps=-1.0)  # invalid, but the child is the one to say so
+    assert unpack_request(pack_request(MediaKind.VIDEO, spec, 1.0, 1))[1] == spec
+    with pytest.raises(InvalidInput):
+        pack_request(MediaKind.VIDEO, SamplingSpec(num_frames=2**70), 1.0, 1)
+
+
+# -- a compromised child, for real ------------------------------------------------------------------
+
+
+def test_a_pickle_from_the_child_is_never_unpickled(tmp_path) -> None:
+    marker = tmp_path / "unpickled"
+    with MediaDecoder(target=f"{TARGETS}:pickle_reply", timeout_s=30.0) as decoder:
+        for _ in range(2):
+            start = time.monotonic()
+            with pytest.raises(MediaDecodeError, match=INVALID_RESULT) as err:
+                decoder.decode("video", str(marker).encode(), SamplingSpec())
+            assert err.value.field == "media"
+            assert time.monotonic() - start < 10  # refused at once, not left to the timeout
+    assert not marker.exists()
+
+
+def test_garbage_from_the_child_is_refused() -> None:
+    with (
+        MediaDecoder(target=f"{TARGETS}:garbage_reply", timeout_s=30.0) as decoder,
+        pytest.raises(MediaDecodeError, match=INVALID_RESULT),
+    ):
+        decoder.decode("video", b"x", SamplingSpec())
+
+
+def test_an_oversized_claim_is_refused_without_reading_it() -> None:
+    claim = frames_header(count=10**6, n_indices=10**6, n_timestamps=10**6, source_frames=10**6)
+    with MediaDecoder(target=f"{TARGETS}:reply_bytes", timeout_s=30.0) as decoder:
+        start = time.monotonic()
+        with pytest.raises(MediaDecodeError, match=INVALID_RESULT):
+            decoder.decode("video", claim, SamplingSpec(max_frames=4, max_resolution=64))
+        with pytest.raises(MediaDecodeError, match=INVALID_RESULT):
+            decoder.decode("video", frames_header(height=65), SamplingSpec(max_frames=4, max_resolution=64))
+        assert time.monotonic() - start < 10
+        # The same forged reply is accepted where the request's limits allow it.
+        media = decoder.decode("video", frames_header() + frames_meta() + FRAME_BYTES, SamplingSpec(max_frames=2))
+        assert media.frames.tobytes() == FRAME_BYTES
+
+
+def test_a_reply_cut_short_is_a_crash_or_a_timeout() -> None:
+    partial = frames_header() + frames_meta() + FRAME_BYTES[:100]
+    with (
+        MediaDecoder(target=f"{TARGETS}:reply_bytes_and_exit") as decoder,
+        pytest.raises(MediaDecodeError, match="crashed"),
+    ):
+        decoder.decode("video", partial, SamplingSpec())
+    with (
+        MediaDecoder(target=f"{TARGETS}:reply_bytes", timeout_s=30.0) as decoder,
+        pytest.raises(MediaDecodeError, match="longer than 2 s"),
+    ):
+        decoder.decode("video", partial, SamplingSpec(), timeout_s=2)
+
+
+def test_a_second_reply_is_refused() -> None:
+    video = make_video(None, frames=6, size=(64, 48), fps=6)
+    with (
+        MediaDecoder(target=f"{TARGETS}:two_replies") as decoder,
+        pytest.raises(MediaDecodeError, match=INVALID_RESULT),
+    ):
+        decoder.decode("video", video, SamplingSpec(num_frames=1))
+
+
+def test_a_child_that_exits_after_a_whole_reply_is_not_at_fault() -> None:
+    whole = frames_header() + frames_meta() + FRAME_BYTES
+    with MediaDecoder(target=f"{TARGETS}:reply_bytes_and_exit") as decoder:
+        assert decoder.decode("video", whole, SamplingSpec()).frames.tobytes() == FRAME_BYTES

@@ -1,8 +1,10 @@
 """Media decoding proper. Runs inside the decoder child process (see ``decode.MediaDecoder``).
 
-decord can abort or segfault on some real-world files, so nothing in the serving process calls
-this module directly. Every error the caller should see is a ``VideoQAError``; anything else that
-escapes is turned into a ``MediaDecodeError`` by the parent.
+decord can abort or segfault on some real-world files, and it parses untrusted uploads, so nothing
+in the serving process calls this module directly, and the serving process does not trust what
+comes back (see ``decode``: raw frames and fixed-format errors, checked against the request's
+limits, never pickles). Every error the caller should see is a ``VideoQAError``; anything else that
+escapes is turned into a ``MediaDecodeError`` by the child's serving loop (``decode._serve_one``).
 """
 
 from __future__ import annotations
