@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 
 from tests.service.helpers import events, spec, upload
-from tests.service.test_redis_sessions import start_pair  # noqa: F401  (fixture)
 from tests.service.test_streams import append_upload, ask, segments, stub_at  # noqa: F401  (fixture)
 from videoqa.v1 import videoqa_pb2 as pb
 

@@ -8,7 +8,6 @@ import pytest
 from tests.media import make_video
 from tests.pruning.conversation import Conversation, one_prompt
 from tests.service.helpers import events, spec, upload
-from tests.service.test_redis_sessions import start_pair  # noqa: F401  (fixture)
 from videoqa.v1 import videoqa_pb2 as pb
 from videoqa.v1 import videoqa_pb2_grpc
 from videoqa.worker.errors import TurnCancelled
@@ -57,7 +56,7 @@ def decoded(video: bytes):
 
 
 @pytest.mark.slow
-def test_a_stream_appended_in_segments_answers_as_one_prompt(start_pair, segments, tiny_model, loop_thread):  # noqa: F811
+def test_a_stream_appended_in_segments_answers_as_one_prompt(start_pair, segments, tiny_model, loop_thread):
     """A session created from the first clip gets seven more appended, with questions between
     them, and the worker is replaced halfway (the next one restores the session from Redis). At
     keep-all every answer equals the answer of one prompt holding the whole conversation."""
@@ -99,7 +98,7 @@ def test_a_stream_appended_in_segments_answers_as_one_prompt(start_pair, segment
     assert served == expected == alike
 
 
-def test_appending_needs_a_progressive_method_and_room(start_pair, segments):  # noqa: F811
+def test_appending_needs_a_progressive_method_and_room(start_pair, segments):
     address, _ = start_pair(max_session_frames=3 * FRAMES)
     stub = stub_at(address)
     hae = pb.PruningSpec(method="hae", budget=0.5)
@@ -125,7 +124,7 @@ def test_appending_needs_a_progressive_method_and_room(start_pair, segments):  #
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "cap" in err.value.details()
 
 
-def test_an_append_stopped_mid_prefill_leaves_the_session_as_it_was(start_pair, segments, loop_thread):  # noqa: F811
+def test_an_append_stopped_mid_prefill_leaves_the_session_as_it_was(start_pair, segments, loop_thread):
     """The caller goes away after the first chunk of an appended clip (compressed with what the
     session held): the session is exactly as before, by what GetSession reports and by its next
     answer, compared with a twin session that never saw the append."""
