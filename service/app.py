@@ -24,6 +24,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from videoqa.internal.v1 import worker_pb2_grpc
+from videoqa.service import logcontext
 from videoqa.service.auth import ApiKeyFile, Authenticator, allow_all
 from videoqa.service.frontend import FrontendServicer
 from videoqa.service.lifecycle import Drain
@@ -229,7 +230,9 @@ async def start_frontend(
     credentials = server_credentials(settings)
     drain = Drain()
     server = grpc.aio.server(
-        interceptors=_interceptors(metrics, "frontend", drain), options=_server_options(settings.max_upload_bytes)
+        # Request ids outermost: a refusal by the drain carries one too.
+        interceptors=[logcontext.RequestIds(), *_interceptors(metrics, "frontend", drain)],
+        options=_server_options(settings.max_upload_bytes),
     )
     servicer = FrontendServicer(
         pool,
@@ -412,7 +415,8 @@ async def _run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level.upper(), format=logcontext.FORMAT)
+    logcontext.install()  # the request id and session id of the call on each line logged during one
     asyncio.run(_run(args))
     return 0
 

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 
 from videoqa.internal.v1 import worker_pb2 as wpb
+from videoqa.service import logcontext
 from videoqa.service.auth import Authenticator, allow_all
 from videoqa.service.errors import SHARED_DEPENDENCY_REASONS, abort, error_reason
 from videoqa.service.routing import WorkerHandle, WorkerPool
@@ -78,8 +79,10 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
 
     def _context(self, context: grpc.aio.ServicerContext, session_id: str) -> wpb.CallContext:
         tenant = self.authenticate(context.invocation_metadata() or ())
-        request_id = dict(context.invocation_metadata() or ()).get("x-request-id", "") or uuid.uuid4().hex
-        return wpb.CallContext(tenant=tenant, session_id=session_id, request_id=str(request_id))
+        # The id RequestIds (service/logcontext.py) gave the call; without it, the client's or a new one.
+        request_id = logcontext.request_id() or logcontext.new_request_id(context.invocation_metadata())
+        logcontext.bind(request_id, session_id)
+        return wpb.CallContext(tenant=tenant, session_id=session_id, request_id=request_id)
 
     @staticmethod
     def _check_session_id(session_id: str) -> None:

@@ -8,7 +8,7 @@ import grpc
 
 from videoqa.internal.v1 import worker_pb2 as wpb
 from videoqa.internal.v1 import worker_pb2_grpc
-from videoqa.service import convert
+from videoqa.service import convert, logcontext
 from videoqa.service.errors import abort
 from videoqa.service.upload import UploadBudget, read_upload
 from videoqa.v1 import videoqa_pb2 as pb
@@ -34,6 +34,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
         first = await anext(request_iterator, None)
         if first is None or first.WhichOneof("payload") != "context":
             raise InvalidInput("the first message must carry the call context")
+        logcontext.bind(first.context.request_id, first.context.session_id)
 
         async def requests():
             async for message in request_iterator:
@@ -97,6 +98,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             await abort(context, error)
 
     async def Ask(self, request: wpb.WorkerAskRequest, context):
+        logcontext.bind(request.context.request_id, request.context.session_id)
         try:
             events = self.engine.ask(
                 request.context.tenant,
@@ -112,6 +114,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             await abort(context, error)
 
     async def GetSession(self, request: wpb.WorkerSessionRequest, context):
+        logcontext.bind(request.context.request_id, request.context.session_id)
         try:
             self._ready()
             snapshot = await self.engine.get_session(request.context.tenant, request.context.session_id)
@@ -120,6 +123,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServicer):
             await abort(context, error)
 
     async def DeleteSession(self, request: wpb.WorkerSessionRequest, context):
+        logcontext.bind(request.context.request_id, request.context.session_id)
         try:
             self._ready()
             await self.engine.delete_session(request.context.tenant, request.context.session_id)
