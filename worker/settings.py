@@ -77,7 +77,8 @@ class WorkerSettings(BaseSettings):
     # --- session storage -------------------------------------------------------------------------
     redis_url: str | None = None
     """Redis URL (``redis://host:6379/0``, ``rediss://`` for TLS); ``redis+cluster://host:port`` (or
-    ``rediss+cluster://``) for a Redis Cluster, any node as the seed; unset keeps sessions in this process."""
+    ``rediss+cluster://``) for a Redis Cluster, any node as the seed; ``redis+sentinel://host:26379[,…]/service[/db]``
+    for the master Redis Sentinel names; unset keeps sessions in this process."""
     redis_timeout_s: float = Field(default=5.0, gt=0, le=120)
     """How long one Redis call may take before it counts as failed (then a write is read back)."""
     redis_replica_acks: int = Field(default=0, ge=0, le=8)

@@ -17,7 +17,8 @@ caller's idempotency key then settles it on retry). A full Redis is :class:`Stor
 Keys (layout v2) share one Redis Cluster hash slot per session: ``videoqa:v2:s:{<id>}:manifest``,
 ``…:r:<record id>:<chunk>``, ``…:lock``; every script touches that one slot. Sessions of the
 previous layout (``videoqa:v1:s:<id>:…``) are refused with FAILED_PRECONDITION, and deleted.
-``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) selects redis-py's cluster client.
+``redis+cluster://host:port`` (``rediss+cluster://`` with TLS) selects redis-py's cluster client;
+``redis+sentinel://host:port[,…]/service[/db]`` the master Redis Sentinel names (followed on failover).
 ``InProcessStore`` (``memory_store``) is the single-process default behind the same interface.
 """
 
@@ -112,6 +113,25 @@ end
 """
 
 
+def _sentinel_master(tls: bool, rest: str, kwargs: dict[str, Any]):
+    """A client of the master that Redis Sentinel names: ``host:port[,host:port…]/service[/db]``
+    (the sentinels, the monitored service's name, the database); it follows failovers."""
+    from redis.sentinel import Sentinel
+
+    hosts, _, path = rest.partition("/")
+    service, _, db = path.partition("/")
+    if not hosts or not service:
+        raise ValueError("a Sentinel URL is redis+sentinel://host:port[,host:port...]/service[/db]")
+    sentinels = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        sentinels.append((name or host, int(port or 26379)))
+    if tls:
+        kwargs = {**kwargs, "ssl": True}
+    socket = {k: v for k, v in kwargs.items() if k.startswith("socket_")}
+    return Sentinel(sentinels, sentinel_kwargs=socket, **kwargs).master_for(service, db=int(db or 0))
+
+
 class RedisStore(StoreLimits):
     """Sessions in Redis or a Redis Cluster (redis-py), chunked, with manifests written last."""
 
@@ -168,6 +188,8 @@ class RedisStore(StoreLimits):
             from redis.cluster import RedisCluster
 
             self.client = RedisCluster.from_url(f"{scheme.removesuffix('+cluster')}://{rest}", **kwargs)
+        elif scheme in ("redis+sentinel", "rediss+sentinel"):
+            self.client = _sentinel_master(scheme == "rediss+sentinel", rest, kwargs)
         else:
             self.client = redis.Redis.from_url(url, **kwargs)
         self.backend = "redis-cluster" if self.cluster else "redis"
