@@ -53,7 +53,7 @@ class Overloaded(VideoQAError):
 
 
 class SessionNotFound(VideoQAError):
-    """No such session for this caller (unknown, expired, deleted, or owned by someone else)."""
+    """No such session: unknown, expired or deleted (another tenant's session is :class:`SessionForbidden`)."""
 
     status = "NOT_FOUND"
 
