@@ -2,8 +2,9 @@
 Pruning for MLLMs via Dynamic Attention Subsidy and Token Reclamation" (Zhuang et al., CVPR 2026
 Findings).
 
-The paper's formulas are not public: this is a reconstruction (shared/reference/methods.md §1)
-and every choice it leaves open is a parameter. Per layer, over the visual tokens j:
+The paper's formulas are not public: this is a reconstruction, and every choice it leaves open is
+a parameter (docs/pruning.md, "`das`", says what the paper states, what is ours, and the formulas
+in full). Per layer, over the visual tokens j:
 
 - cross score ``c_j``: mean attention from the observation window (the question, or the probe
   prompt when there is none);
