@@ -30,14 +30,24 @@ def test_prune_overhead_quick(tmp_path):
     assert "| frames |" in out_md.read_text()
 
 
-def test_session_store_quick(tmp_path, redis_server):
-    out_json = tmp_path / "s.json"
-    run_quick("session_store.py", "--redis-url", redis_server.url, "--json", str(out_json))
-    (result,) = json.loads(out_json.read_text())["results"]
+def test_session_store_quick(tmp_path, redis_server, redis_cluster):
+    out_json, out_md = tmp_path / "s.json", tmp_path / "s.md"
+    run_quick(
+        "session_store.py", "--redis-url", redis_server.url, "--cluster-url", redis_cluster.url,
+        "--json", str(out_json), "--markdown", str(out_md),
+    )  # fmt: skip
+    data = json.loads(out_json.read_text())
+    (result,) = data["results"]
     rows = {row["method"]: row for row in result["runs"]}
     assert set(rows) == {"full", "das"}
     assert rows["das"]["stored_bytes"] < rows["full"]["stored_bytes"]
     assert all(row["ttft_redis_ms"] > 0 and row["redis_get_MBps"] > 0 for row in rows.values())
+    stored = {(row["target"], row["tokens"]): row for row in data["throughput"]["rows"]}
+    assert {target for target, _ in stored} == {"redis", "cluster"} and len(stored) == 4  # 1 and 10 MiB each
+    for row in stored.values():
+        assert row["bytes"] >= row["tokens"] * data["throughput"]["shape"]["bytes_per_token"]
+        assert row["save_vs_raw_chunk"] > 0 and row["load_vs_raw_chunk"] > 0 and row["raw_same"]["get_MiBps"] > 0
+    assert "| target | record |" in out_md.read_text()
 
 
 def test_decode_quick(tmp_path):
