@@ -45,17 +45,27 @@ REGISTRY = Path(tempfile.gettempdir()) / "videoqa-redis-cluster-owners"
 # The watchdog: reads node pids (one a line) until its stdin closes (the owner ended, one way or
 # another), then SIGKILLs those still running from the cluster's directory, and removes it.
 _WATCHDOG = r"""
-import os, shutil, signal, sys
+import os, shutil, signal, sys, time
 for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
     signal.signal(s, signal.SIG_IGN)
 workdir, entry = sys.argv[1], sys.argv[2]
 pids = {int(line) for line in sys.stdin if line.strip().isdigit()}
-for pid in pids:
+
+def mine(pid):
     try:
-        if os.readlink(f"/proc/{pid}/cwd").startswith(workdir + "/"):
-            os.kill(pid, signal.SIGKILL)
+        return os.readlink(f"/proc/{pid}/cwd").startswith(workdir + "/")  # unreadable once it is dead
     except OSError:
-        pass
+        return False
+
+for pid in pids:
+    if mine(pid):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+deadline = time.monotonic() + 10
+while any(mine(pid) for pid in pids) and time.monotonic() < deadline:
+    time.sleep(0.02)
 shutil.rmtree(workdir, ignore_errors=True)
 try:
     os.unlink(entry)
@@ -108,6 +118,14 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _runs_in(pid: int, workdir: str) -> bool:
+    """Whether ``pid`` is a live process running in ``workdir`` (a node runs in ``workdir/<port>``)."""
+    try:
+        return bool(workdir) and os.readlink(f"/proc/{pid}/cwd").startswith(workdir + "/")
+    except OSError:  # gone, or a zombie
+        return False
+
+
 def reap_leftovers() -> int:
     """Kill the nodes of clusters whose owning process is gone (and whose watchdog did not do it).
 
@@ -122,15 +140,15 @@ def reap_leftovers() -> int:
             continue
         if _alive(record.get("owner", 0)):
             continue
-        workdir = record.get("workdir", "")
-        for pid in record.get("pids", []):
-            try:
-                if not workdir or not os.readlink(f"/proc/{pid}/cwd").startswith(workdir + "/"):
-                    continue
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-            except OSError:
-                pass
+        workdir, pids = record.get("workdir", ""), record.get("pids", [])
+        for pid in pids:
+            if _runs_in(pid, workdir):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+        deadline = time.monotonic() + 10
+        while any(_runs_in(pid, workdir) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
         with contextlib.suppress(OSError):
