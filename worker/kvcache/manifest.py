@@ -51,11 +51,15 @@ class RecordMeta:
     outcome: str = ""
 
 
-def split_record(blob: bytes, chunk_bytes: int, key: str = "", outcome: str = "") -> tuple[RecordMeta, list[bytes]]:
-    """A new record of ``blob``: its metadata and its chunks."""
-    chunks = [blob[i : i + chunk_bytes] for i in range(0, len(blob), chunk_bytes)] or [b""]
-    meta = RecordMeta(uuid.uuid4().hex, len(chunks), len(blob), hashlib.sha256(blob).hexdigest(), key, outcome)
-    return meta, chunks
+def split_record(
+    blob: bytes, chunk_bytes: int, key: str = "", outcome: str = "", digest: str | None = None
+) -> tuple[RecordMeta, list[memoryview]]:
+    """A new record of ``blob``: its metadata and its chunks (views of ``blob``, not copies).
+    ``digest``: its SHA-256 when the caller computes it (else computed here)."""
+    view = memoryview(blob)
+    chunks = [view[i : i + chunk_bytes] for i in range(0, len(blob), chunk_bytes)] or [view[:0]]
+    sha256 = digest if digest is not None else hashlib.sha256(blob).hexdigest()
+    return RecordMeta(uuid.uuid4().hex, len(chunks), len(blob), sha256, key, outcome), chunks
 
 
 def assemble(meta: RecordMeta, chunks: list[bytes | None]) -> bytes:

@@ -24,10 +24,12 @@ previous layout (``videoqa:v1:s:<id>:…``) are refused with FAILED_PRECONDITION
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from videoqa.worker.errors import (
@@ -197,6 +199,8 @@ class RedisStore(StoreLimits):
         self._unreachable = (exc.ConnectionError, exc.TimeoutError, exc.ClusterDownError, exc.TryAgainError)
         self._full = exc.OutOfMemoryError
         self._response_error = exc.ResponseError
+        #: Hashes a record while its chunks are written (hashlib releases the GIL).
+        self._hashing = ThreadPoolExecutor(4, thread_name_prefix="videoqa-store-hash")
         self._release = self.client.register_script(self._RELEASE)
         self._renew = self.client.register_script(self._RENEW)
         self._verify = self.client.register_script(self._VERIFY)
@@ -284,7 +288,18 @@ class RedisStore(StoreLimits):
         """A client of the node serving ``key`` (the one client when not clustered)."""
         return self.client.get_node_from_key(key).redis_connection if self.cluster else self.client
 
-    def _write_chunks(self, session_id: str, meta: RecordMeta, chunks: list[bytes]) -> None:
+    def _split(self, blob: bytes, key: str = "", outcome: str = "") -> tuple[RecordMeta, list, Future]:
+        """The record of ``blob`` and its chunks, with its SHA-256 computed meanwhile on another
+        thread (``meta.sha256`` is a placeholder until :meth:`_hashed`)."""
+        digest = self._hashing.submit(lambda: hashlib.sha256(blob).hexdigest())
+        meta, chunks = split_record(blob, self.chunk_bytes, key, outcome, digest="")
+        return meta, chunks, digest
+
+    @staticmethod
+    def _hashed(meta: RecordMeta, digest: Future) -> RecordMeta:
+        return replace(meta, sha256=digest.result())
+
+    def _write_chunks(self, session_id: str, meta: RecordMeta, chunks: list) -> None:
         pipe = self._pipeline(session_id)
         for key, chunk in zip(self._chunk_keys(session_id, meta), chunks, strict=True):
             pipe.set(key, chunk, px=self._ms(60))  # chunks outlive their manifest, never the reverse
@@ -343,9 +358,10 @@ class RedisStore(StoreLimits):
 
     def create(self, session_id: str, owner: Owner, prefix: bytes) -> None:
         self.check_size(len(prefix))
-        meta, chunks = split_record(prefix, self.chunk_bytes)
-        manifest = Manifest.new(session_id, owner, meta)
+        meta, chunks, digest = self._split(prefix)
         self._call(self._write_chunks, session_id, meta, chunks)
+        meta = self._hashed(meta, digest)
+        manifest = Manifest.new(session_id, owner, meta)
         key = self._manifest_key(session_id)
         try:
             results = self._on_node(key, lambda p: p.set(key, manifest.to_json(), px=self._ms(), nx=True))
@@ -384,9 +400,9 @@ class RedisStore(StoreLimits):
         if manifest.version != expected_version:  # the new manifest is built from this one
             raise version_conflict()
         self.check_size(manifest.size + len(turn))
-        meta, chunks = split_record(turn, self.chunk_bytes, key, outcome)
+        meta, chunks, digest = self._split(turn, key, outcome)
         self._call(self._write_chunks, session_id, meta, chunks)
-        updated = manifest.appended(meta)
+        updated = manifest.appended(self._hashed(meta, digest))
         manifest_key = self._manifest_key(session_id)
         chunk_keys, sizes = self._records_args(manifest)
         args = [expected_version, updated.to_json(), self._ms(), self._ms(60), *sizes]
