@@ -147,7 +147,7 @@ class Engine:
             self.settings.max_batch_size, self.settings.kv_budget_bytes, after_pass=self._flush_events
         )
         s = self.settings
-        chunking = Chunking(s.prefill_chunk_frames, s.prefill_chunk_tokens, s.prefill_slack)
+        chunking = Chunking(s.prefill_chunk_frames, s.prefill_chunk_tokens, s.prefill_slack, s.prefill_step_tokens)
         self._turns = TurnRunner(self._runners, self.sessions, self.telemetry, self._io, chunking)
         self._admission = threading.Lock()
         self._queued = 0

@@ -32,7 +32,7 @@ from videoqa.worker.model.chunks import Chunking
 from videoqa.worker.model.families import PreparedPrompt
 from videoqa.worker.model.generate import Chosen, ModelRunner, answer
 from videoqa.worker.pruning.base import PruningMethod
-from videoqa.worker.pruning.pipeline import ChunkDone, Prefilled, PrunedPrefill, SessionMedia
+from videoqa.worker.pruning.pipeline import ChunkDone, Prefilled, PrunedPrefill, SessionMedia, StepDone
 from videoqa.worker.scheduler import YIELD, TurnMeter, Wait
 from videoqa.worker.sessions import MediaSegment, Session, SessionManager
 from videoqa.worker.telemetry import CacheBuilt, ChunkPrefilled, MediaAppended, Telemetry
@@ -196,13 +196,14 @@ class TurnRunner:
 
     def _prefill(
         self,
-        steps: Generator[ChunkDone, None, Prefilled],
+        steps: Generator[ChunkDone | StepDone, None, Prefilled],
         control: TurnControl,
         emit: Emit,
         timings: Timings,
         model: str,
     ) -> Generator[Any, Any, Prefilled]:
-        """Run a chunked prefill, reporting each chunk and letting others run between chunks."""
+        """Run a chunked prefill, reporting each chunk and letting others run between chunks and
+        between the forwards of a chunk."""
         control.check()
         emit(ProgressEvent(Stage.PREFILL, 0.0))
         while True:
@@ -211,6 +212,10 @@ class TurnRunner:
             except StopIteration as finished:
                 outcome: Prefilled = finished.value
                 break
+            if isinstance(done, StepDone):
+                yield YIELD
+                control.check()
+                continue
             timings.prefill_s += done.prefill_s
             timings.prune_s += done.prune_s
             self.telemetry.record(ChunkPrefilled(model, done.prefill_s, done.prune_s))

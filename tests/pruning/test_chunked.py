@@ -11,9 +11,9 @@ import torch
 from tests.conftest import FAMILIES
 from tests.pruning.conftest import media
 from tests.pruning.test_invariants import ALL_METHODS, QUESTION, conversation
-from videoqa.worker.model.chunks import Chunking, plan_chunks
+from videoqa.worker.model.chunks import Chunking, plan_chunks, steps_of
 from videoqa.worker.model.generate import ModelRunner
-from videoqa.worker.pruning.pipeline import PrunedPrefill, run_to_end
+from videoqa.worker.pruning.pipeline import PrunedPrefill, StepDone, run_to_end
 from videoqa.worker.pruning.registry import build_method
 from videoqa.worker.types import PruningSpec
 
@@ -80,6 +80,33 @@ def test_chunked_keep_all_equals_one_shot(tiny_model, model_id, aware):
     runner = ModelRunner(lm)
     for a, b in zip(conversation(runner, out.state, out.logits), conversation(runner, state, logits), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("method", ["full", "das", "snapkv"])
+@pytest.mark.parametrize("model_id", FAMILIES)
+def test_a_chunk_run_in_several_forwards_equals_one_forward(tiny_model, model_id, method):
+    """``step_tokens`` splits each chunk's forward (others run between): the same logits, cache
+    and compression as one forward per chunk, and a yield between every two forwards."""
+    lm = tiny_model(model_id)
+    budget = 1.0 if method == "full" else 0.3
+    _, prompt, whole = chunked(lm, method, budget, False, Chunking(frames=4))
+    pipeline = PrunedPrefill(ModelRunner(lm), build_method(PruningSpec(method, {}, budget)), False)
+    pipeline.chunking = Chunking(frames=4, step_tokens=7)
+    steps, yields = pipeline.steps(prompt), 0
+    while True:
+        try:
+            yields += isinstance(next(steps), StepDone)
+        except StopIteration as done:
+            split = done.value
+            break
+    plan = plan_chunks(prompt.layout, Chunking(frames=4))
+    assert yields == sum(len(steps_of(c, 7)) - 1 for c in plan) > len(plan)
+    torch.testing.assert_close(split.logits, whole.logits, rtol=0, atol=1e-5)
+    assert split.state.cache_lengths == whole.state.cache_lengths
+    assert (split.result.visual_kept, split.result.recycled) == (whole.result.visual_kept, whole.result.recycled)
+    for mine, theirs in zip(split.state.cache.layers, whole.state.cache.layers, strict=True):
+        torch.testing.assert_close(mine.keys, theirs.keys, rtol=0, atol=1e-5)
+        torch.testing.assert_close(mine.values, theirs.values, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("model_id", FAMILIES)

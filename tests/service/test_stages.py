@@ -45,3 +45,18 @@ def test_store_and_serialisation_run_in_the_io_pool(start_pair, segments, monkey
     assert "videoqa-compute" not in on, threads
     loop_threads = {"test-servers", "MainThread"}  # the servers' event loop, and the test's own thread
     assert not on & loop_threads, threads
+
+
+def test_a_chunk_in_several_forwards_answers_as_in_one(start_pair, segments):  # noqa: F811
+    """``prefill_step_tokens`` splits each chunk's forward (other turns run between): through the
+    service, a new session and an appended segment answer as with one forward per chunk."""
+    answers = []
+    for step_tokens in (0, 3):  # (chunks of one temporal patch hold a few tokens here)
+        address, _ = start_pair(prefill_chunk_frames=2, prefill_step_tokens=step_tokens)
+        stub = stub_at(address)
+        request = spec(frames=4, question="what?", pruning=pb.PruningSpec(method="das", budget=0.5))
+        created = events(stub.CreateSession(upload(request, video=segments[0]), timeout=60))
+        session_id = created["session"][0].session.session_id
+        events(stub.AppendMedia(append_upload(session_id, segments[1]), timeout=60))
+        answers.append(([t.token_id for t in created["token"]], ask(stub, session_id, "and now?")))
+    assert answers[0] == answers[1]

@@ -84,6 +84,16 @@ class GroupStats:
             add(self.colplogp, later.colplogp),
         )
 
+    def padded(self, keys: int) -> GroupStats:
+        """These statistics over ``keys`` keys: the keys after the ones seen are seen by no row."""
+
+        def pad(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None or t.shape[-1] >= keys else torch.nn.functional.pad(t, (0, keys - t.shape[-1]))
+
+        if self.colsum.shape[-1] >= keys:
+            return self
+        return GroupStats(pad(self.colsum), pad(self.visible), self.rows, pad(self.colsq), pad(self.colplogp))
+
     def mean(self) -> torch.Tensor:
         """Mean attention over the rows [H, S]."""
         return self.colsum / max(self.rows, 1)
@@ -125,6 +135,15 @@ class Recording:
     stats: dict[int, dict[str, GroupStats]] = field(default_factory=dict)
     #: Wall time spent computing statistics (what recording adds to a forward pass).
     seconds: float = 0.0
+
+    def cover(self, keys: list[int]) -> None:
+        """After a sequence ran in several forwards: statistics over the keys each layer holds
+        (``keys[layer]``, capped at ``key_limit``), as one forward over it would have them (a
+        group whose rows all came in an earlier forward never saw the later keys)."""
+        for layer, groups in self.stats.items():
+            limit = keys[layer] if self.key_limit is None else min(self.key_limit, keys[layer])
+            for name, stats in groups.items():
+                groups[name] = stats.padded(limit)
 
     def observe(self, layer: int, query: torch.Tensor, key: torch.Tensor, scaling: float) -> None:
         """``query`` [1, H, q, D] (post-RoPE), ``key`` [1, H_kv, S, D] (the cache after update)."""

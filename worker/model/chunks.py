@@ -20,11 +20,15 @@ class Chunking:
     bound on the visual ``tokens`` of a chunk (0: none); and ``slack``: between chunks, a
     progressive compression keeps up to ``slack`` times the entries the prefill's final budget
     allows (the last step keeps exactly the budget). 1 holds the least memory (the budget plus one
-    chunk); more lets the last step choose among more of the video (see docs/pruning.md)."""
+    chunk); more lets the last step choose among more of the video (see docs/pruning.md).
+    ``step_tokens``: a chunk's tokens run in forwards of at most this many (0: one forward per
+    chunk), the compression still after the whole chunk: the scheduler runs other sessions' decode
+    steps between them, so a running answer waits for one step, not one chunk."""
 
     frames: int = 0
     tokens: int = 0
     slack: float = 2.0
+    step_tokens: int = 0
 
     @property
     def whole(self) -> bool:
@@ -44,6 +48,17 @@ class Chunk:
     @property
     def spans(self) -> tuple[int, int]:
         return self.first_span, self.end_span
+
+
+def steps_of(chunk: Chunk, step_tokens: int) -> list[tuple[int, int]]:
+    """The forwards that run ``chunk``: token ranges of at most ``step_tokens`` (0: one forward),
+    never of one token (a one-token forward is a decode step to the attention hooks: a last piece
+    of one token joins the piece before it)."""
+    step = max(2, step_tokens) if step_tokens > 0 else chunk.end - chunk.start
+    pieces = [(a, min(chunk.end, a + step)) for a in range(chunk.start, chunk.end, max(1, step))]
+    if len(pieces) > 1 and pieces[-1][1] - pieces[-1][0] == 1:
+        pieces[-2:] = [(pieces[-2][0], pieces[-1][1])]
+    return pieces or [(chunk.start, chunk.end)]
 
 
 def plan_chunks(layout: TokenLayout, chunking: Chunking) -> list[Chunk]:

@@ -116,15 +116,30 @@ class ModelRunner:
 
     @torch.inference_mode()
     @model_work()
+    def embed(self, prompt: PreparedPrompt, start: int, end: int, spans: tuple[int, int] | None) -> torch.Tensor:
+        """Input embeddings [1, end - start, hidden] of prompt tokens ``start`` to ``end``, the
+        visual ones from the frames of spans ``spans`` alone (the vision tower runs here)."""
+        return self.lm.adapter.embed(prompt, start, end, spans)
+
+    @torch.inference_mode()
+    @model_work()
     def prefill_range(
-        self, state: ConversationState, prompt: PreparedPrompt, start: int, end: int, spans: tuple[int, int] | None
+        self,
+        state: ConversationState,
+        prompt: PreparedPrompt,
+        start: int,
+        end: int,
+        spans: tuple[int, int] | None,
+        embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Run prompt tokens ``start`` to ``end`` (the chunk's visual tokens are those of frame
-        spans ``spans``, embedded from those frames alone) after what ``state`` holds, at the
-        prompt's own positions; returns the last logits [vocab]. The prompt's tokens before
-        ``start`` must be in ``state`` already (possibly compressed)."""
+        spans ``spans``, embedded from those frames alone; or ``embeds`` [1, end - start, hidden]
+        when given, from :meth:`embed`) after what ``state`` holds, at the prompt's own positions;
+        returns the last logits [vocab]. The prompt's tokens before ``start`` must be in ``state``
+        already (possibly compressed)."""
         device = self.lm.device
-        embeds = self.lm.adapter.embed(prompt, start, end, spans)
+        if embeds is None:
+            embeds = self.lm.adapter.embed(prompt, start, end, spans)
         with state.forward_context():
             out = self.lm.model(
                 inputs_embeds=embeds,

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 
 from videoqa.worker.model.attention import Recording, recording
-from videoqa.worker.model.chunks import Chunk, Chunking, plan_chunks
+from videoqa.worker.model.chunks import Chunk, Chunking, plan_chunks, steps_of
 from videoqa.worker.model.clock import model_work
 from videoqa.worker.model.families import PreparedPrompt, TokenLayout
 from videoqa.worker.model.generate import ModelRunner
@@ -52,6 +52,12 @@ class ChunkDone:
     prefill_s: float
     prune_s: float
     kv_bytes: int
+
+
+@dataclass(frozen=True)
+class StepDone:
+    """What :meth:`PrunedPrefill.steps` yields between the forwards of one chunk (when
+    ``Chunking.step_tokens`` splits it): others may run now; nothing else changed."""
 
 
 @dataclass
@@ -161,7 +167,7 @@ class PrunedPrefill:
 
     def steps(
         self, prompt: PreparedPrompt, state: ConversationState | None = None, media: SessionMedia | None = None
-    ) -> Generator[ChunkDone, None, Prefilled]:
+    ) -> Generator[ChunkDone | StepDone, None, Prefilled]:
         """Prefill ``prompt`` in chunks (yielding after each) and compress; returns the outcome.
 
         ``state``: a conversation the prompt continues (media appended to a session; its
@@ -183,7 +189,7 @@ class PrunedPrefill:
             return (yield from self._progressive(prompt, state, plan, media))
         return (yield from self._chunked_then_pruned(prompt, state, plan, media))
 
-    def _chunked_then_pruned(self, prompt, state, plan, media) -> Generator[ChunkDone, None, Prefilled]:
+    def _chunked_then_pruned(self, prompt, state, plan, media) -> Generator[ChunkDone | StepDone, None, Prefilled]:
         """Every chunk's forward with the statistics summed over them; one prune at the end (a
         one-shot method, or one that keeps everything)."""
         appended = state.cache_length > 0
@@ -197,14 +203,10 @@ class PrunedPrefill:
         self.record = Recording(groups, key_limit=layout.prompt_length)
         peak, logits, result = 0, None, None
         for index, chunk in enumerate(plan):
-            started = time.perf_counter()
-            self.record.offset = chunk.start
-            with recording(self.record) if groups else contextlib.nullcontext():
-                logits = self.generator.prefill_range(state, prompt, chunk.start, chunk.end, _spans(chunk))
+            logits, prefill_s = yield from self._forward(state, prompt, chunk, self.record if groups else None)
             if appended and state.slots is not None:
                 _mark_tokens(state, prompt, chunk, media)
             peak = max(peak, state.cache_bytes())
-            prefill_s = time.perf_counter() - started
             started = time.perf_counter()
             if index == len(plan) - 1:
                 if appended:
@@ -216,7 +218,7 @@ class PrunedPrefill:
             yield ChunkDone(index, len(plan), prefill_s, time.perf_counter() - started, peak)
         return Prefilled(state, logits, result, peak, len(plan))
 
-    def _progressive(self, prompt, state, plan, media) -> Generator[ChunkDone, None, Prefilled]:
+    def _progressive(self, prompt, state, plan, media) -> Generator[ChunkDone | StepDone, None, Prefilled]:
         """After every chunk, compress the visual entries so far (see the module docstring)."""
         layout = prompt.layout
         total_visual = media.visual_before + layout.num_visual_tokens  # when this prefill ends
@@ -230,12 +232,9 @@ class PrunedPrefill:
             if last and self.question_aware:
                 groups += self.method.window_groups(rows)
             record = Recording(groups, offset=chunk.start)
-            started = time.perf_counter()
-            with recording(record) if groups else contextlib.nullcontext():
-                logits = self.generator.prefill_range(state, prompt, chunk.start, chunk.end, _spans(chunk))
+            logits, prefill_s = yield from self._forward(state, prompt, chunk, record if groups else None)
             _mark_tokens(state, prompt, chunk, media)
             peak = max(peak, state.cache_bytes())
-            prefill_s = time.perf_counter() - started
             started = time.perf_counter()
             seen_visual = media.visual_before + sum(e - s for s, e in layout.frame_spans[: chunk.end_span])
             ctx_args = (state, record, media.frames_before + chunk.end_span, seen_visual)
@@ -251,6 +250,30 @@ class PrunedPrefill:
             yield ChunkDone(index, len(plan), prefill_s, time.perf_counter() - started, peak)
         self.record = record
         return Prefilled(state, logits, result, peak, len(plan))
+
+    def _forward(
+        self, state: ConversationState, prompt: PreparedPrompt, chunk: Chunk, record: Recording | None
+    ) -> Generator[StepDone, None, tuple[torch.Tensor, float]]:
+        """Run ``chunk`` (its frames through the vision tower once, then its tokens in forwards of
+        at most ``step_tokens``, recorded into ``record``), yielding between the forwards; returns
+        the last logits [vocab] and the seconds the chunk's own work took (not the waits)."""
+        started = time.perf_counter()
+        steps = steps_of(chunk, self.chunking.step_tokens)
+        embeds = self.generator.embed(prompt, chunk.start, chunk.end, _spans(chunk)) if len(steps) > 1 else None
+        seconds, logits = 0.0, None
+        for index, (start, end) in enumerate(steps):
+            piece = None if embeds is None else embeds[:, start - chunk.start : end - chunk.start]
+            if record is not None:
+                record.offset = start
+            with recording(record) if record is not None else contextlib.nullcontext():
+                logits = self.generator.prefill_range(state, prompt, start, end, _spans(chunk), piece)
+            seconds += time.perf_counter() - started
+            if index + 1 < len(steps):
+                yield StepDone()  # the recording is not active while others run
+                started = time.perf_counter()
+        if record is not None and len(steps) > 1:
+            record.cover(state.cache_lengths)
+        return logits, seconds
 
     def _over_budget(self, state: ConversationState, budget_tokens: int) -> bool:
         slots = self.method.slots_for(budget_tokens, self.chunking.slack)
@@ -335,7 +358,7 @@ def _mark_tokens(state: ConversationState, prompt: PreparedPrompt, chunk: Chunk,
     state.slots = VisualSlots(maps)
 
 
-def run_to_end(steps: Generator[ChunkDone, None, Prefilled]) -> Prefilled:
+def run_to_end(steps: Generator[ChunkDone | StepDone, None, Prefilled]) -> Prefilled:
     """Drive :meth:`PrunedPrefill.steps` without interleaving anything (tools, tests, the harness)."""
     while True:
         try:
