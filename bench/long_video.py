@@ -490,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", default="64,256,1024", help="frame counts of the memory phase")
     parser.add_argument("--spec", default=DEFAULT_SPEC, help="memory phase model: layers,hidden,heads,kv_heads,mlp")
     parser.add_argument("--size", type=int, default=112, help="memory phase frame side in pixels")
-    parser.add_argument("--chunk-frames", type=int, default=16)
+    parser.add_argument("--chunk-frames", type=int, default=32, help="frames per chunk (the worker's default)")
     parser.add_argument(
         "--step-tokens",
         type=int,

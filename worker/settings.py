@@ -31,19 +31,19 @@ class WorkerSettings(BaseSettings):
     max_session_frames: int = Field(default=4096, ge=1, le=1 << 20)
     """Most frames a session may hold over all its media; with a cap on visual entries
     (``max_visual_tokens``) its KV stays bounded whatever this is."""
-    prefill_chunk_frames: int = Field(default=16, ge=0, le=1 << 16)
+    prefill_chunk_frames: int = Field(default=32, ge=0, le=1 << 16)
     """Frames per prefill chunk (rounded down to whole temporal patches, at least one): between
     chunks the other sessions' answers take a decode step, and a progressive pruning method
     compresses what it holds. 0: a video is prefilled in one forward."""
     prefill_chunk_tokens: int = Field(default=4096, ge=0, le=1 << 24)
     """Most visual tokens in one prefill chunk (0: no bound beyond the frames); a chunk always
     holds at least one temporal patch."""
-    prefill_step_tokens: int = Field(default=0, ge=0, le=1 << 24)
-    """Most prompt tokens in one forward of a prefill chunk (0: a chunk in one forward, the
-    default): other sessions' answers take a decode step between these forwards, so a running
-    answer waits for one of them rather than a whole chunk; compression still happens after the
-    whole chunk. Shorter forwards cost time to first token where small matrix products are slower
-    (CPU: forwards of 256 tokens 1.1-1.2x, of 64 tokens 1.7x; docs/benchmarks.md)."""
+    prefill_step_tokens: int = Field(default=512, ge=0, le=1 << 24)
+    """Most prompt tokens in one forward of a prefill chunk (0: a chunk in one forward): other
+    sessions' answers take a decode step between these forwards, so a running answer waits for
+    one of them rather than a whole chunk; compression still happens after the whole chunk.
+    Shorter forwards cost time to first token where small matrix products are slower (CPU:
+    forwards of 256 tokens 1.1-1.2x, of 64 tokens 1.7x; docs/benchmarks.md)."""
     prefill_slack: float = Field(default=2.0, ge=1.0, le=16.0)
     """Between the chunks of a prefill, a progressive method may keep this many times the visual
     entries the prefill's final budget (or cap) allows; the last chunk compresses to exactly the
