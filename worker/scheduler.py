@@ -27,6 +27,7 @@ sharing batches with others gets the peak of its own passes, not the process's s
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 import time
@@ -86,6 +87,9 @@ class _Entry:
     #: What it gets when advanced next: the logits of its decode request, or a wait's outcome.
     reply: Any = None
     error: BaseException | None = None
+    #: The context variables of the call that submitted the turn (its log ids): every step of the
+    #: turn runs in them on the compute thread.
+    context: contextvars.Context = field(default_factory=contextvars.copy_context)
 
 
 class TurnScheduler:
@@ -231,16 +235,7 @@ class TurnScheduler:
     def _advance(self, entry: _Entry) -> None:
         """Run ``entry``'s turn until its next step, its end, or its failure."""
         try:
-            if entry.turn is None:
-                entry.turn = entry.start(entry.meter)
-                step = next(entry.turn)
-            elif isinstance(entry.pending, Wait):
-                future = entry.pending.future
-                error = future.exception()
-                step = entry.turn.throw(error) if error is not None else entry.turn.send(future.result())
-            else:
-                reply, entry.reply = entry.reply, None
-                step = entry.turn.send(reply)
+            step = entry.context.run(self._step, entry)
         except StopIteration as done:
             self._finish(entry, None, done.value)
             return
@@ -254,6 +249,19 @@ class TurnScheduler:
         entry.pending = step
         if isinstance(step, Wait):
             step.future.add_done_callback(self._wake)
+
+    @staticmethod
+    def _step(entry: _Entry) -> Any:
+        """Start or resume ``entry``'s turn up to its next step (in the submitting call's context)."""
+        if entry.turn is None:
+            entry.turn = entry.start(entry.meter)
+            return next(entry.turn)
+        if isinstance(entry.pending, Wait):
+            future = entry.pending.future
+            error = future.exception()
+            return entry.turn.throw(error) if error is not None else entry.turn.send(future.result())
+        reply, entry.reply = entry.reply, None
+        return entry.turn.send(reply)
 
     def _finish(self, entry: _Entry, error: BaseException | None, value: Any) -> None:
         with self._cv:

@@ -120,3 +120,27 @@ def test_refusals_before_any_worker_carry_request_ids(loop_thread):
             assert request_id_of(error.trailing_metadata())
     finally:
         loop_thread.run(frontend.stop(0))
+
+
+def test_a_turns_steps_on_the_compute_thread_log_with_its_ids(server, stub, caplog, monkeypatch):
+    """The turn runs on the worker's compute thread, in the context of the call that submitted it."""
+    from tests.media import make_video
+    from tests.service.helpers import events, spec, upload
+
+    runner = server.engine._runners["tiny-qwen2-vl"]
+    feed = runner.feed
+
+    def logged_feed(state, ids):
+        logging.getLogger("videoqa.worker.turns").info("feeding %d tokens", len(ids))
+        return feed(state, ids)
+
+    monkeypatch.setattr(runner, "feed", logged_feed)
+    logcontext.install([caplog.handler])
+    caplog.set_level(logging.INFO)
+    video = make_video(None, frames=8, size=(96, 64), fps=8)
+    session_id = events(stub.CreateSession(upload(spec(), video=video), timeout=60))["session"][0].session.session_id
+    request = pb.AskRequest(session_id=session_id, question="what?", generation=pb.GenerationParams(max_new_tokens=2))
+    events(stub.Ask(request, timeout=60, metadata=(("x-request-id", "turn-trace-7"),)))
+    fed = [r for r in caplog.records if r.getMessage().startswith("feeding")]
+    assert fed and all(r.threadName == "videoqa-compute" for r in fed)
+    assert [(r.request_id, r.session_id) for r in fed] == [("turn-trace-7", session_id)]
