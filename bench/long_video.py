@@ -484,18 +484,18 @@ def plot(results: dict, directory: Path, suffix: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from videoqa.worker.settings import WorkerSettings
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="a smoke run of every phase")
     parser.add_argument("--phases", default="memory,stall,cost")
     parser.add_argument("--frames", default="64,256,1024", help="frame counts of the memory phase")
     parser.add_argument("--spec", default=DEFAULT_SPEC, help="memory phase model: layers,hidden,heads,kv_heads,mlp")
     parser.add_argument("--size", type=int, default=112, help="memory phase frame side in pixels")
-    parser.add_argument("--chunk-frames", type=int, default=32, help="frames per chunk (the worker's default)")
+    worker = WorkerSettings()  # the prefill's shape defaults to the worker's
+    parser.add_argument("--chunk-frames", type=int, default=worker.prefill_chunk_frames, help="frames per chunk")
     parser.add_argument(
-        "--step-tokens",
-        type=int,
-        default=0,
-        help="most tokens per forward of a chunk (0: a chunk in one forward, the default)",
+        "--step-tokens", type=int, default=worker.prefill_step_tokens, help="most tokens per forward of a chunk"
     )
     parser.add_argument("--cap", type=int, default=128, help="absolute cap on visual entries (chunked das cap)")
     parser.add_argument("--stall-model", default="tiny-qwen2-vl")

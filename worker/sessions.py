@@ -369,6 +369,8 @@ class SessionManager:
         (``request``: the digest of the retried call, which must be the same request)."""
         from videoqa.worker.errors import InvalidInput
 
+        if not key:
+            return None  # nothing to look up: the turn runs
         meta = self._owned_manifest(tenant, session_id).stored_by(key)
         if meta is None:
             return None
