@@ -252,8 +252,14 @@ class ModelInfo:
     is_default: bool = False
     revision: str = ""
     dtype: str = ""
-    #: Bytes of KV cache per token of context (all layers, keys and values).
+    #: Bytes of KV cache per token of context (every layer with a KV cache, keys and values).
     kv_bytes_per_token: int = 0
+    #: Layers with a KV cache: those pruning applies to (all but a hybrid model's linear ones).
+    attention_layers: int = 0
+    #: Layers with linear attention (hybrid models such as Qwen3.5), and the bytes of their
+    #: fixed-size state per session (counted in a session's ``kv_bytes``).
+    linear_attention_layers: int = 0
+    linear_state_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -146,6 +146,9 @@ def model_to_pb(m: t.ModelDescription) -> pb.ModelInfo:
         revision=m.revision,
         dtype=m.dtype,
         kv_bytes_per_token=m.kv_bytes_per_token,
+        attention_layers=m.attention_layers,
+        linear_attention_layers=m.linear_attention_layers,
+        linear_state_bytes=m.linear_state_bytes,
     )
 
 

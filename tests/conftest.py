@@ -13,7 +13,7 @@ import pytest
 
 from tests import preflight
 
-FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-llava-onevision"]
+FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-llava-onevision", "tiny-qwen3-vl", "tiny-qwen3.5"]
 
 
 @pytest.fixture(scope="session")

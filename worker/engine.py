@@ -201,6 +201,9 @@ class Engine:
                 revision=lm.revision,
                 dtype=str(lm.dtype).removeprefix("torch."),
                 kv_bytes_per_token=lm.kv_bytes_per_token,
+                attention_layers=lm.num_layers,
+                linear_attention_layers=len(lm.layer_kinds.linear_layers),
+                linear_state_bytes=lm.linear_state_bytes,
             )
             for lm in self.models.values()
         ]
@@ -285,14 +288,15 @@ class Engine:
     def _reserve_for_prompt(self, lm, visual_tokens: int, prompt_tokens: int, method) -> int:
         """KV bytes a prefill may hold at its peak: the text, plus the visual entries the method
         keeps between chunks (slack x its budget) and one chunk when it compresses progressively,
-        else every visual token."""
+        else every visual token; and a hybrid model's linear-attention state twice (the session's,
+        and the copy a turn's checkpoint keeps)."""
         text = prompt_tokens - visual_tokens
         chunk = self.settings.prefill_chunk_tokens or visual_tokens
         if method.progressive and method.compresses and self.settings.prefill_chunk_frames:
             held = min(visual_tokens, method.slots_for(visual_tokens, self.settings.prefill_slack) + chunk)
         else:
             held = visual_tokens
-        return (text + held) * lm.kv_bytes_per_token
+        return (text + held) * lm.kv_bytes_per_token + 2 * lm.linear_state_bytes
 
     async def ask(
         self,
@@ -384,6 +388,7 @@ class Engine:
                 state.rope_delta,
                 not session.awaiting_question,
                 state.pending_token,
+                session.clock_s,
             )
             media.frames = media.frames[:0]
             timings.encode_s = time.perf_counter() - encoding

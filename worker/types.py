@@ -206,6 +206,11 @@ class ModelDescription:
     revision: str
     dtype: str
     kv_bytes_per_token: int
+    #: Layers with a KV cache (what pruning applies to), layers with linear attention (hybrid
+    #: models), and the bytes of a session's linear-attention state.
+    attention_layers: int = 0
+    linear_attention_layers: int = 0
+    linear_state_bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,12 @@ class Conversation:
         clip = clip if clip is not None else media(frames, seed=seed)
         state = self.state
         prompt = self.lm.adapter.prepare_segment(
-            clip, state.next_pos, state.rope_delta, not self.session.awaiting_question, state.pending_token
+            clip,
+            state.next_pos,
+            state.rope_delta,
+            not self.session.awaiting_question,
+            state.pending_token,
+            self.session.clock_s,  # (as the engine does: the session's clock continues)
         )
         pipeline = PrunedPrefill(self.runner, self.method, False, CHUNKS)
         seen = SessionMedia(self.session.frame_spans, self.session.visual_tokens_before)

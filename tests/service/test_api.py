@@ -107,8 +107,10 @@ def test_health_and_reflection(server):
 def test_describe_endpoints(stub):
     models = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
     assert [m.id for m in models] == FAMILIES and models[0].is_default
-    assert {m.family for m in models} == {"qwen2_vl", "qwen2_5_vl", "llava_onevision"}
+    assert {m.family for m in models} == {"qwen2_vl", "qwen2_5_vl", "llava_onevision", "qwen3_vl", "qwen3_5"}
     assert all(m.kv_bytes_per_token > 0 and m.revision for m in models)
+    layers = {m.family: (m.attention_layers, m.linear_attention_layers, m.linear_state_bytes > 0) for m in models}
+    assert layers["qwen3_vl"] == (2, 0, False) and layers["qwen3_5"] == (2, 2, True), "pruned: the KV layers"
     methods = stub.ListMethods(pb.ListMethodsRequest(), timeout=10).methods
     assert "full" in {m.name for m in methods}
     info = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10)

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import FAMILIES
 from videoqa.worker.model.generate import ModelRunner, TextStreamer
 from videoqa.worker.model.loader import LoadedModel
 from videoqa.worker.model.state import ConversationState
 from videoqa.worker.types import DecodedMedia, GenerationParams
 
-FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-llava-onevision"]
 GREEDY = GenerationParams(max_new_tokens=6)
 
 
@@ -88,18 +88,30 @@ def test_positions_are_exercised(model_id, tiny_model):
     assert not torch.allclose(right, wrong, atol=1e-3)
 
 
-def test_rollback_restores_state(tiny_model):
-    lm = tiny_model("tiny-qwen2-vl")
+@pytest.mark.parametrize("model_id", ["tiny-qwen2-vl", "tiny-qwen3.5"])
+def test_rollback_restores_state(tiny_model, model_id):
+    """A cancelled turn leaves the session exactly as before: the KV cache truncated back, and a
+    hybrid model's linear-attention states (changed in place by every token) copied back."""
+    lm = tiny_model(model_id)
     gen = ModelRunner(lm)
     state, logits = gen.prefill(lm.adapter.prepare(media(), "what?"))
     checkpoint = state.checkpoint()
     before = [layer.keys.clone() for layer in state.cache.layers]
+    linear = state.linear.to_tensors() if state.linear is not None else {}
     list(gen.stream(state, logits, GREEDY))
     gen.feed(state, gen.turn_input(state, "more?", first=False))
+    after = state.linear.to_tensors() if state.linear is not None else {}
+    assert (model_id == "tiny-qwen3.5") == bool(linear)
+    assert not linear or any(not torch.equal(after[k], linear[k]) for k in linear), "the turn moved the states"
     state.rollback(checkpoint)
     assert state.checkpoint() == checkpoint
     for layer, keys in zip(state.cache.layers, before, strict=True):
         assert torch.equal(layer.keys, keys)
+    restored = state.linear.to_tensors() if state.linear is not None else {}
+    assert restored.keys() == linear.keys() and all(torch.equal(restored[k], linear[k]) for k in linear)
+    again = [gen.feed(state, gen.turn_input(state, "more?", first=False))]
+    state.rollback(checkpoint)
+    assert torch.equal(again[0], gen.feed(state, gen.turn_input(state, "more?", first=False)))
 
 
 def test_sampling_is_reproducible_with_seed(tiny_model):

@@ -10,6 +10,11 @@ The stored prefix is never rewritten. A turn during which a cache extension move
 (``hae``'s recycle bin) stores each layer's whole cache instead (``base_lengths`` null), and
 restoring starts over from it. A pruning method's cache extension travels in the prefix, and in
 every record when it changes while decoding.
+
+A hybrid model's session (Qwen3.5) also has linear-attention states: fixed-size tensors that every
+token changes, so each record holds them whole (``lin.``-prefixed tensors, never quantized: the
+recurrent state is float32 and a turn builds on it exactly), and restoring takes the last record's.
+The header says which of the model's layers they belong to (``linear``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from transformers import DynamicCache
 
 from videoqa.worker.errors import CorruptSession, IncompatibleSession
 from videoqa.worker.kvcache.serde import decode, dequantize_int8, encode, quantize_int8
+from videoqa.worker.model.recurrent import LayerKinds, LinearStates
 from videoqa.worker.model.state import TEXT, ConversationState, LayerSlots, VisualSlots
 from videoqa.worker.pruning.extension import restore_extension
 from videoqa.worker.sessions import MediaSegment, Session
@@ -50,6 +56,28 @@ def _with_extension(state: ConversationState, header: dict[str, Any], tensors: d
         ext_header, ext_tensors = state.extension.to_record()
         header["extension"] = ext_header
         tensors.update({f"ext.{name}": t for name, t in ext_tensors.items()})
+
+
+def _with_linear(state: ConversationState, header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Add a hybrid model's linear-attention states (``lin.``-prefixed tensors) to a record."""
+    linear = state.linear
+    if linear is not None:
+        header["linear"] = list(linear.kinds.linear)
+        tensors.update({f"lin.{name}": t for name, t in linear.to_tensors().items()})
+
+
+def _linear_of(header: dict[str, Any], tensors: dict[str, torch.Tensor], device: torch.device) -> LinearStates | None:
+    """The linear-attention states a record holds (``None``: it holds none)."""
+    kinds = header.get("linear")
+    if kinds is None:
+        return None
+    if not isinstance(kinds, list) or not all(isinstance(k, bool) for k in kinds) or not any(kinds):
+        raise CorruptSession("stored linear-attention layout is malformed")
+    parts = {name.removeprefix("lin."): t for name, t in tensors.items() if name.startswith("lin.")}
+    try:
+        return LinearStates.from_tensors(LayerKinds(tuple(kinds)), parts, device)
+    except (KeyError, ValueError, RuntimeError) as error:
+        raise CorruptSession(f"stored linear-attention state is malformed ({error})") from None
 
 
 def _extension_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -183,6 +211,7 @@ def encode_prefix(session: Session, revision: str, dtype: str, quantize: str = "
         "layers": [list(layer.keys.shape[1:]) for layer in state.cache.layers],
     }
     _with_extension(state, header, tensors)
+    _with_linear(state, header, tensors)
     return encode(header, tensors)
 
 
@@ -265,6 +294,7 @@ def encode_delta(session: Session, quantize: str = "none", segment: MediaSegment
         header["segment"] = _segment_record(segment)
     if extension is not None and extension.mutable:
         _with_extension(state, header, tensors)
+    _with_linear(state, header, tensors)
     return encode(header, tensors)
 
 
@@ -298,6 +328,7 @@ def restore(
         "recycled_tokens": head["recycled_tokens"],
     }
     extension = (head.get("extension"), _extension_tensors(tensors))
+    linear = _linear_of(head, tensors, device)
     for expected, blob in enumerate(records, start=1):
         delta, parts = decode(blob)
         number = delta.get("record", delta.get("turn"))  # (records written before appends: by turn)
@@ -321,6 +352,10 @@ def restore(
             progress["awaiting_question"] = False
         if "extension" in delta:
             extension = (delta["extension"], _extension_tensors(parts))
+        if linear is not None:
+            linear = _linear_of(delta, parts, device)
+            if linear is None:
+                raise CorruptSession(f"stored record {expected} lacks the session's linear-attention state")
     cache = DynamicCache([(k.to(device), v.to(device)) for k, v in zip(keys, values, strict=True)])
     state = ConversationState(
         cache,
@@ -330,6 +365,7 @@ def restore(
         pending,
         {i: t.to(device) for i, t in bias.items()},
         slots=VisualSlots(slots) if slots is not None else None,
+        linear=linear,
     )
     state.extension = restore_extension(*extension, device)
     pruning = head["pruning"]

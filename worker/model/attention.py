@@ -341,7 +341,7 @@ def attention(module, query, key, value, attention_mask, **kwargs):
 
     if not getattr(module, "is_causal", False):  # vision tower: untouched
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    layer = getattr(module, "layer_idx", None)
+    layer = getattr(module, "videoqa_layer", getattr(module, "layer_idx", None))  # the KV layer's index
     active = _hooks.get()
     record = active.recording
     if record is not None and layer is not None and query.shape[2] > 1:
@@ -380,3 +380,6 @@ def install(model) -> None:
         AttentionMaskInterface.register(ATTENTION, sdpa_mask)
         _installed = True
     model.set_attn_implementation({"text_config": ATTENTION, "vision_config": "sdpa"})
+    from videoqa.worker.model.recurrent import number_attention_layers
+
+    number_attention_layers(model)

@@ -8,7 +8,9 @@ Every step writes one entry per row at column W + t, in place, so a row is
 carries each row's recycled-entry bias; positions are explicit per row (each session's own
 ``next_pos`` and ``rope_delta``). Sessions with a cache extension bring their retained memory (one
 stack per layer, zeros with a zero gate for the rows without: their output is untouched) and their
-decode observers (each sees only its own row's entries, in its own cache order).
+decode observers (each sees only its own row's entries, in its own cache order). A hybrid model's
+linear-attention states are stacked along the batch dimension too (one-token steps need no
+padding: each row's state advances by its own token).
 
 While in a batch, a session's K/V live only in the stack (one copy, no per-step copying): the
 session is *lent* to the batch. Reading its ``cache`` gives it back (its entries and steps are
@@ -25,6 +27,7 @@ from transformers.cache_utils import DynamicLayer
 from videoqa.worker.model.attention import RetainedLayer, decode_observers, retained_state, row_masks
 from videoqa.worker.model.clock import model_work
 from videoqa.worker.model.loader import LoadedModel
+from videoqa.worker.model.recurrent import LinearStates
 from videoqa.worker.model.state import ConversationState
 
 #: Steps of room made when the stack is built or full.
@@ -118,6 +121,8 @@ class DecodeBatch:
             self._mask_buffers.append(mask)
         self.cache = DynamicCache()
         self.cache.layers = layers
+        #: The rows' linear-attention states, stacked (hybrid models).
+        self.linear = LinearStates.stacked([s._linear for s in states]) if lm.layer_kinds.hybrid else None
         self._owns = owns
         self.steps = 0
         self._returned: set[int] = set()
@@ -196,6 +201,8 @@ class DecodeBatch:
         b = self._row(state)
         state.lender = None
         self._returned.add(b)
+        if self.linear is not None and state._linear is not None:
+            self.linear.row(b, state._linear)
         for own, layer, length, width in zip(
             self._owns[b].layers, self.cache.layers, self._own[b], self._width, strict=True
         ):
@@ -238,7 +245,7 @@ class DecodeBatch:
             out = self.lm.model(
                 input_ids=torch.tensor(tokens, device=device).view(self.size, 1),
                 position_ids=positions,
-                past_key_values=self.cache,
+                past_key_values=self.cache if self.linear is None else self.linear.model_cache(self.cache),
                 use_cache=True,
                 logits_to_keep=1,
             )

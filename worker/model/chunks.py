@@ -3,8 +3,9 @@
 A chunk is a range of prompt tokens that one forward runs. Chunk boundaries fall between frame
 spans (whole temporal patches for Qwen, whole frames for LLaVA-OneVision): the first chunk holds
 the text before the video and the first spans, the last one the last spans and the text after
-the video. A chunk holds at most ``frames`` frames and, when ``tokens`` is set, at most that many
-visual tokens, but always at least one span.
+the video; text between spans (Qwen3-VL's frame times) goes with the span after it. A chunk
+holds at most ``frames`` frames and, when ``tokens`` is set, at most that many visual tokens, but
+always at least one span.
 """
 
 from __future__ import annotations
@@ -82,7 +83,7 @@ def plan_chunks(layout: TokenLayout, chunking: Chunking) -> list[Chunk]:
         first = end
     chunks = []
     for index, (a, b) in enumerate(groups):
-        start = 0 if index == 0 else spans[a][0]
+        start = chunks[-1].end if chunks else 0  # (text between spans, e.g. a frame's time, joins the next)
         stop = layout.prompt_length if index == len(groups) - 1 else spans[b - 1][1]
         chunks.append(Chunk(start, stop, a, b))
     return chunks

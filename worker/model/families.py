@@ -13,6 +13,14 @@ Two position schemes cover the supported families:
 - **1-D RoPE** (LLaVA-OneVision): positions are the plain token index, shape (1, q), and
   ``rope_delta`` is 0.
 
+Qwen3-VL and Qwen3.5 write each temporal patch's time before it (``<1.5 seconds><|vision_start|>
+<|video_pad|>…<|vision_end|>``), so a video's visual tokens are one run per temporal patch with text
+between them; their M-RoPE gives each patch its own temporal id (the text index where it starts)
+and text after a patch continues past its largest position, the rule the released checkpoints use
+(the library's own, unchanged). Qwen3-VL also adds DeepStack features (vision-block outputs) to
+the hidden states of its first decoder layers at the visual tokens, which
+:class:`PromptEmbeds` carries through chunked prefill.
+
 ``rope_delta`` and the next text index are per-session state; nothing here reads the model's own
 ``rope_deltas`` attribute, which is shared by every session on the worker.
 """
@@ -22,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from videoqa.worker.errors import InvalidInput
@@ -51,6 +60,38 @@ class TokenLayout:
     @property
     def num_visual_tokens(self) -> int:
         return sum(end - start for start, end in self.frame_spans)
+
+
+@dataclass
+class VisualFeatures:
+    """What the vision tower makes of some frame spans: ``tokens`` [n, hidden], the language
+    model's embeddings of their n visual tokens, and ``deepstack`` (Qwen3-VL), one [n, hidden]
+    per decoder layer that adds it to its output at those tokens (empty for other families)."""
+
+    tokens: torch.Tensor
+    deepstack: tuple[torch.Tensor, ...] = ()
+
+
+@dataclass
+class PromptEmbeds:
+    """Input embeddings of a range of prompt tokens: ``embeds`` [1, q, hidden]; ``visual`` [q]
+    (bool) marks the visual tokens, and ``deepstack`` holds, per DeepStack layer, [n_visual,
+    hidden] rows for them in order (empty: the family has none, or the range holds no visual
+    token)."""
+
+    embeds: torch.Tensor
+    visual: torch.Tensor
+    deepstack: tuple[torch.Tensor, ...] = ()
+
+    def piece(self, start: int, end: int) -> PromptEmbeds:
+        """Tokens ``start`` to ``end`` of this range (relative), with their own DeepStack rows."""
+        before = int(self.visual[:start].sum())
+        inside = int(self.visual[start:end].sum())
+        return PromptEmbeds(
+            self.embeds[:, start:end],
+            self.visual[start:end],
+            tuple(rows[before : before + inside] for rows in self.deepstack) if inside else (),
+        )
 
 
 @dataclass
@@ -145,14 +186,22 @@ class FamilyAdapter:
         return self._segment_texts[0 if after_answer else 1]
 
     def prepare_segment(
-        self, media: DecodedMedia, next_pos: int, rope_delta: int, after_answer: bool, pending: int | None
+        self,
+        media: DecodedMedia,
+        next_pos: int,
+        rope_delta: int,
+        after_answer: bool,
+        pending: int | None,
+        start_s: float = 0.0,
     ) -> PreparedPrompt:
         """The prompt that appends ``media`` to a conversation whose next token has text index
         ``next_pos`` (and ``rope_delta``): the segment text of :meth:`segment_text` (preceded by
         the previous answer's last sampled token when the template does not write it), processed
         alone, at the positions it has in one prompt holding the whole conversation. Exact: the
-        families' position rules depend only on what came before through the next position."""
-        inputs = self._process(self.segment_text(after_answer), media)
+        families' position rules depend only on what came before through the next position.
+        ``start_s``: where the segment starts on the session's clock (families that write frame
+        times into the prompt continue it)."""
+        inputs = self._process(self.segment_text(after_answer), media, start_s)
         ids = inputs["input_ids"]
         if after_answer and pending is not None and int(ids[0, 0]) != pending:
             inputs = _prepend_token(inputs, pending)
@@ -169,11 +218,12 @@ class FamilyAdapter:
         """Process the frames and the prompt; with ``question`` None the prompt stops right after
         the video (question-agnostic), else it ends with the question and the assistant prefix."""
         text = self.video_prefix if question is None else self.video_prefix + question + self.question_suffix
-        inputs = self._process(text, media)
+        inputs = self._process(text, media, 0.0)
         position_ids, rope_delta = self.prefill_positions(inputs)
         return PreparedPrompt(inputs, position_ids, rope_delta, self.layout(inputs))
 
-    def _process(self, text: str, media: DecodedMedia) -> dict[str, torch.Tensor]:
+    def _process(self, text: str, media: DecodedMedia, start_s: float) -> dict[str, torch.Tensor]:
+        """The processor's output for ``text`` with ``media`` (frame times offset by ``start_s``)."""
         raise NotImplementedError
 
     def _video_token_id(self) -> int:
@@ -195,29 +245,43 @@ class FamilyAdapter:
 
     # --- chunked prefill ---------------------------------------------------------------------
 
-    def video_features(self, inputs: dict[str, torch.Tensor], first: int, end: int) -> torch.Tensor:
-        """The language-model embeddings [n, hidden] of the visual tokens of frame spans
-        ``first`` to ``end`` (exclusive), in prompt order, from those frames alone. Exact (equal
-        to the whole video's features at those tokens) because every supported vision tower
-        attends within one frame span: Qwen2-VL and Qwen2.5-VL within each temporal patch
-        (``cu_seqlens`` per grid row), LLaVA-OneVision's SigLIP per frame."""
+    def video_features(self, inputs: dict[str, torch.Tensor], first: int, end: int) -> VisualFeatures:
+        """What the vision tower makes of frame spans ``first`` to ``end`` (exclusive), in prompt
+        order, from those frames alone. Exact (equal to the whole video's features at those
+        tokens) because every supported vision tower attends within one frame span: the Qwen
+        families within each temporal patch (``cu_seqlens`` per grid row), LLaVA-OneVision's
+        SigLIP per frame."""
         raise NotImplementedError
 
-    def embed(self, prompt: PreparedPrompt, start: int, end: int, spans: tuple[int, int] | None) -> torch.Tensor:
-        """Input embeddings [1, end - start, hidden] of prompt tokens ``start`` to ``end``: text
-        embeddings, with the visual features of frame spans ``spans`` at the visual tokens (the
-        spans whose tokens lie in the range; ``None``: the range holds no visual token)."""
+    def embed(self, prompt: PreparedPrompt, start: int, end: int, spans: tuple[int, int] | None) -> PromptEmbeds:
+        """Input embeddings of prompt tokens ``start`` to ``end``: text embeddings, with the visual
+        features of frame spans ``spans`` at the visual tokens (the spans whose tokens lie in the
+        range; ``None``: the range holds no visual token)."""
         model = self.model.model
         ids = prompt.inputs["input_ids"][:, start:end].to(self.model.device)
         embeds = model.get_input_embeddings()(ids)
+        visual = (ids[0] == self.video_token_id).cpu()
         if spans is None:
-            return embeds
-        features = self.video_features(prompt.inputs, *spans).to(embeds.device, embeds.dtype)
-        where = (ids[0] == self.video_token_id).nonzero().flatten()
-        if where.numel() != features.shape[0]:
+            return PromptEmbeds(embeds, visual)
+        features = self.video_features(prompt.inputs, *spans)
+        where = visual.nonzero().flatten().to(embeds.device)
+        if where.numel() != features.tokens.shape[0]:
             raise InvalidInput("visual features do not match the visual tokens of a prefill chunk")
-        embeds[0, where] = features
-        return embeds
+        embeds[0, where] = features.tokens.to(embeds.device, embeds.dtype)
+        deepstack = tuple(rows.to(embeds.device, embeds.dtype) for rows in features.deepstack)
+        return PromptEmbeds(embeds, visual, deepstack)
+
+    def run(self, inputs: PromptEmbeds, position_ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        """One language-model forward of ``inputs`` at ``position_ids`` after what ``cache`` holds
+        (which it extends); the last position's logits [1, 1, vocab]."""
+        out = self.model(
+            inputs_embeds=inputs.embeds,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        return out.logits
 
     # --- positions ---------------------------------------------------------------------------
 
@@ -246,7 +310,7 @@ class QwenVLAdapter(FamilyAdapter):
 
     uses_mrope = True
 
-    def _process(self, text: str, media: DecodedMedia) -> dict[str, torch.Tensor]:
+    def _process(self, text: str, media: DecodedMedia, start_s: float) -> dict[str, torch.Tensor]:
         from transformers.video_utils import VideoMetadata
 
         height, width = media.frames.shape[1:3]
@@ -282,7 +346,8 @@ class QwenVLAdapter(FamilyAdapter):
         pixels = inputs["pixel_values_videos"][first * per_patch : end * per_patch].to(self.model.device)
         grid = torch.tensor([[end - first, h, w]], device=self.model.device)
         out = self.model.model.get_video_features(pixels, grid, return_dict=True)
-        return torch.cat(out.pooler_output, dim=0)
+        deepstack = tuple(torch.cat(rows, dim=0) for rows in getattr(out, "deepstack_features", None) or ())
+        return VisualFeatures(torch.cat(out.pooler_output, dim=0), deepstack)
 
     def prefill_positions(self, inputs):
         position_ids, _ = self._library_positions(inputs)
@@ -330,19 +395,90 @@ def qwen_text_after_vision(position_ids: torch.Tensor, token_types: torch.Tensor
     return fixed
 
 
+class Qwen3VLAdapter(QwenVLAdapter):
+    """Qwen3-VL (dense and MoE) and Qwen3.5: each temporal patch after its time in the prompt, one
+    visual run per patch, M-RoPE per patch (the library's rule is the released checkpoints': text
+    after a patch starts one past its largest position, so :func:`qwen_text_after_vision` would
+    change nothing), and Qwen3-VL's DeepStack features carried to the first decoder layers."""
+
+    def _process(self, text: str, media: DecodedMedia, start_s: float) -> dict[str, torch.Tensor]:
+        from transformers.video_utils import VideoMetadata
+
+        frames = media.frames
+        times = [start_s + float(t) for t in media.timestamps]
+        if len(frames) == 1:  # a temporal patch is two frames: a still is its one frame twice
+            frames, times = np.concatenate([frames, frames]), times * 2
+        height, width = frames.shape[1:3]
+        # The processor writes each patch's time as the mean of its first and last frame's
+        # ``frames_indices[i] / fps``: with fps 1, the session clock's own times in seconds.
+        metadata = VideoMetadata(
+            total_num_frames=len(frames),
+            fps=1.0,
+            frames_indices=times,
+            width=width,
+            height=height,
+            duration=max(times) - min(times) if times else 0.0,
+        )
+        return dict(
+            self.processor(
+                text=[text],
+                videos=[frames],
+                return_tensors="pt",
+                videos_kwargs={"video_metadata": [metadata], "do_sample_frames": False},
+            )
+        )
+
+    def layout(self, inputs: dict[str, torch.Tensor]) -> TokenLayout:
+        ids = inputs["input_ids"][0]
+        where = (ids == self.video_token_id).nonzero().flatten()
+        if where.numel() == 0:
+            raise InvalidInput("the processor produced no visual tokens for this media")
+        gaps = (where[1:] != where[:-1] + 1).nonzero().flatten()
+        starts = [int(where[0])] + [int(where[g + 1]) for g in gaps]
+        ends = [int(where[g]) + 1 for g in gaps] + [int(where[-1]) + 1]
+        t, h, w = (int(x) for x in inputs["video_grid_thw"][0])
+        merge = int(getattr(self.processor.video_processor, "merge_size", 2))
+        per_t = (h // merge) * (w // merge)
+        if len(starts) != t or any(e - s != per_t for s, e in zip(starts, ends, strict=True)):
+            raise InvalidInput("visual token runs do not match the video grid")
+        temporal = int(getattr(self.processor.video_processor, "temporal_patch_size", 2))
+        return TokenLayout(ids.numel(), starts[0], ends[-1], list(zip(starts, ends, strict=True)), temporal)
+
+    def prefill_positions(self, inputs):
+        position_ids, _ = self._library_positions(inputs)
+        length = position_ids.shape[-1]
+        return position_ids, int(position_ids[:, 0, -1].max()) + 1 - length
+
+    def run(self, inputs: PromptEmbeds, position_ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        if not inputs.deepstack:
+            return super().run(inputs, position_ids, cache)
+        # The full model only injects DeepStack features it computes from pixels; with embeddings
+        # made chunk by chunk the language model takes them directly.
+        out = self.model.model.language_model(
+            inputs_embeds=inputs.embeds,
+            position_ids=position_ids,
+            past_key_values=cache,
+            use_cache=True,
+            visual_pos_masks=inputs.visual[None].to(inputs.embeds.device),
+            deepstack_visual_embeds=list(inputs.deepstack),
+        )
+        return self.model.lm_head(out.last_hidden_state[:, -1:])
+
+
 class LlavaOnevisionAdapter(FamilyAdapter):
     """LLaVA-OneVision: ``<video>`` expanded to pooled patches per frame plus one newline token."""
 
     video_placeholder_attr = "video_token_index"
 
-    def _process(self, text, media):
+    def _process(self, text, media, start_s):
         return dict(self.processor(text=[text], videos=[media.frames], return_tensors="pt"))
 
     def video_features(self, inputs, first, end):
         frames = int(inputs["pixel_values_videos"].shape[1])
         pixels = inputs["pixel_values_videos"][:, first:end].to(self.model.device)
         out = self.model.model.get_video_features(pixels, return_dict=True).pooler_output[0]
-        return out if end == frames else out[:-1]  # the video's one newline token follows its last frame
+        # the video's one newline token follows its last frame
+        return VisualFeatures(out if end == frames else out[:-1])
 
     def _frame_spans(self, inputs, start, end):
         frames = int(inputs["pixel_values_videos"].shape[1])
@@ -358,6 +494,9 @@ ADAPTERS: dict[str, type[FamilyAdapter]] = {
     "qwen2_vl": QwenVLAdapter,
     "qwen2_5_vl": QwenVLAdapter,
     "llava_onevision": LlavaOnevisionAdapter,
+    "qwen3_vl": Qwen3VLAdapter,
+    "qwen3_vl_moe": Qwen3VLAdapter,
+    "qwen3_5": Qwen3VLAdapter,
 }
 
 

@@ -15,8 +15,9 @@ import torch
 from transformers import DynamicCache
 
 from videoqa.worker.model.clock import model_work
-from videoqa.worker.model.families import PreparedPrompt
+from videoqa.worker.model.families import PreparedPrompt, PromptEmbeds
 from videoqa.worker.model.loader import LoadedModel
+from videoqa.worker.model.recurrent import LinearStates
 from videoqa.worker.model.state import ConversationState
 from videoqa.worker.types import GenerationParams
 
@@ -102,8 +103,12 @@ class ModelRunner:
             use_cache=True,
             logits_to_keep=1,
         )
+        kv, linear = out.past_key_values, None
+        if self.lm.layer_kinds.hybrid:
+            kv, linear = LinearStates.split(self.lm.layer_kinds, kv)
         state = ConversationState(
-            cache=out.past_key_values,
+            cache=kv,
+            linear=linear,
             next_pos=prompt.layout.prompt_length,
             rope_delta=prompt.rope_delta,
             token_ids=prompt.input_ids,
@@ -112,13 +117,17 @@ class ModelRunner:
 
     def begin(self, prompt: PreparedPrompt) -> ConversationState:
         """An empty state that :meth:`prefill_range` fills with ``prompt`` chunk by chunk."""
+        kinds = self.lm.layer_kinds
+        if kinds.hybrid:
+            kv, linear = LinearStates.split(kinds, DynamicCache(config=self.lm.model.config))
+            return ConversationState(kv, prompt.first_index, prompt.rope_delta, [], linear=linear)
         return ConversationState(DynamicCache(config=self.lm.model.config), prompt.first_index, prompt.rope_delta, [])
 
     @torch.inference_mode()
     @model_work()
-    def embed(self, prompt: PreparedPrompt, start: int, end: int, spans: tuple[int, int] | None) -> torch.Tensor:
-        """Input embeddings [1, end - start, hidden] of prompt tokens ``start`` to ``end``, the
-        visual ones from the frames of spans ``spans`` alone (the vision tower runs here)."""
+    def embed(self, prompt: PreparedPrompt, start: int, end: int, spans: tuple[int, int] | None) -> PromptEmbeds:
+        """Input embeddings of prompt tokens ``start`` to ``end``, the visual ones from the frames
+        of spans ``spans`` alone (the vision tower runs here)."""
         return self.lm.adapter.embed(prompt, start, end, spans)
 
     @torch.inference_mode()
@@ -130,28 +139,22 @@ class ModelRunner:
         start: int,
         end: int,
         spans: tuple[int, int] | None,
-        embeds: torch.Tensor | None = None,
+        embeds: PromptEmbeds | None = None,
     ) -> torch.Tensor:
         """Run prompt tokens ``start`` to ``end`` (the chunk's visual tokens are those of frame
-        spans ``spans``, embedded from those frames alone; or ``embeds`` [1, end - start, hidden]
-        when given, from :meth:`embed`) after what ``state`` holds, at the prompt's own positions;
+        spans ``spans``, embedded from those frames alone; or ``embeds`` of those tokens when
+        given, from :meth:`embed`) after what ``state`` holds, at the prompt's own positions;
         returns the last logits [vocab]. The prompt's tokens before ``start`` must be in ``state``
         already (possibly compressed)."""
         device = self.lm.device
         if embeds is None:
             embeds = self.lm.adapter.embed(prompt, start, end, spans)
         with state.forward_context():
-            out = self.lm.model(
-                inputs_embeds=embeds,
-                position_ids=prompt.position_ids[..., start:end].to(device),
-                past_key_values=state.cache,
-                use_cache=True,
-                logits_to_keep=1,
-            )
+            logits = self.lm.adapter.run(embeds, prompt.position_ids[..., start:end].to(device), state.model_cache)
         state.next_pos = prompt.first_index + end
         state.rope_delta = prompt.rope_delta  # (positions are explicit while the prompt runs)
         state.token_ids.extend(prompt.input_ids[start:end])
-        return out.logits[0, -1].float()
+        return logits[0, -1].float()
 
     @torch.inference_mode()
     @model_work()
@@ -160,20 +163,24 @@ class ModelRunner:
         if not ids:
             raise ValueError("nothing to feed")
         device = self.lm.device
+        rereads = state.extension is not None and len(ids) > 1
+        before = state.linear.snapshot() if rereads and state.linear is not None else None
         with state.forward_context():
             out = self.lm.model(
                 input_ids=torch.tensor([ids], device=device),
                 position_ids=self.lm.adapter.text_positions(state.next_pos, len(ids), state.rope_delta).to(device),
-                past_key_values=state.cache,
+                past_key_values=state.model_cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
         state.next_pos += len(ids)
         state.token_ids.extend(ids)
-        if state.extension is not None and len(ids) > 1 and state.extension.reread(state, len(ids)):
+        if rereads and state.extension.reread(state, len(ids)):
             # Entries came back for this question (hae's bin): it is read again with them.
             state.next_pos -= len(ids)
             del state.token_ids[-len(ids) :]
+            if before is not None:  # a recurrent state cannot un-read them: back to before they were fed
+                state.linear.restore(before)
             return self.feed(state, ids)
         return out.logits[0, -1].float()
 

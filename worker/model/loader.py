@@ -15,6 +15,7 @@ import torch
 from videoqa.worker.errors import InvalidInput
 from videoqa.worker.model import tv_shim  # noqa: F401  (before transformers)
 from videoqa.worker.model.families import FamilyAdapter, adapter_for
+from videoqa.worker.model.recurrent import LayerKinds
 from videoqa.worker.model.tiny import TINY_MODELS, build_tiny
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,14 @@ class LoadedModel:
         return self.processor.tokenizer
 
     @property
+    def layer_kinds(self) -> LayerKinds:
+        """Which decoder layers have linear attention (hybrid models) and which a KV cache."""
+        return LayerKinds.of(self.text_config)
+
+    @property
     def num_layers(self) -> int:
-        return int(self.text_config.num_hidden_layers)
+        """Layers with a KV cache (a hybrid model's full-attention layers): what pruning sees."""
+        return len(self.layer_kinds.attention_layers)
 
     @property
     def text_config(self) -> Any:
@@ -73,11 +80,25 @@ class LoadedModel:
 
     @property
     def kv_bytes_per_token(self) -> int:
-        """Bytes of K and V per context token over all layers."""
+        """Bytes of K and V per context token over all KV layers."""
         cfg = self.text_config
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-        return int(cfg.num_hidden_layers * 2 * kv_heads * head_dim * torch.finfo(self.dtype).bits // 8)
+        return int(self.num_layers * 2 * kv_heads * head_dim * torch.finfo(self.dtype).bits // 8)
+
+    @property
+    def linear_state_bytes(self) -> int:
+        """Bytes of a session's linear-attention states (hybrid models; 0 otherwise): per linear
+        layer a convolution state (model dtype) and a recurrent state (float32), whatever the
+        context's length."""
+        cfg, linear = self.text_config, len(self.layer_kinds.linear_layers)
+        if not linear:
+            return 0
+        key = cfg.linear_num_key_heads * cfg.linear_key_head_dim
+        value = cfg.linear_num_value_heads * cfg.linear_value_head_dim
+        conv = (2 * key + value) * cfg.linear_conv_kernel_dim * torch.finfo(self.dtype).bits // 8
+        recurrent = cfg.linear_num_value_heads * cfg.linear_key_head_dim * cfg.linear_value_head_dim * 4
+        return int(linear * (conv + recurrent))
 
     @property
     def eos_token_ids(self) -> set[int]:

@@ -11,6 +11,10 @@
 - :class:`VisualSlots`: which cache entries are visual, of which frame, and how many tokens a
   recycled entry folds; what progressive compression (chunked prefill, appended media) needs to
   compress the visual entries of a cache it built earlier.
+
+A hybrid model's session (Qwen3.5) also has :class:`~videoqa.worker.model.recurrent.LinearStates`:
+its cache then holds the full-attention layers only, and every forward runs over
+:attr:`ConversationState.model_cache`, both in the model's layer order.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import torch
 from transformers import DynamicCache
 
 from videoqa.worker.model.attention import DecodeObserver, RetainedLayer, hooks
+from videoqa.worker.model.recurrent import LinearSnapshot, LinearStates
 
 if TYPE_CHECKING:
     from videoqa.worker.model.batch import DecodeBatch
@@ -200,6 +205,8 @@ class Checkpoint:
     tensors: tuple[tuple[torch.Tensor, torch.Tensor], ...] | None = field(default=None, compare=False)
     slots: VisualSlots | None = field(default=None, compare=False)
     bias: dict[int, torch.Tensor] = field(default_factory=dict, compare=False)
+    #: Copies of the linear-attention states (hybrid models).
+    linear: LinearSnapshot | None = field(default=None, compare=False)
 
 
 class ConversationState:
@@ -220,8 +227,10 @@ class ConversationState:
         attention_bias: dict[int, torch.Tensor] | None = None,
         extension: CacheExtension | None = None,
         slots: VisualSlots | None = None,
+        linear: LinearStates | None = None,
     ):
         self._cache = cache
+        self._linear = linear
         self.next_pos = next_pos
         self.rope_delta = rope_delta
         #: Every token fed so far, in order (the conversation's history).
@@ -252,7 +261,28 @@ class ConversationState:
         self._cache = cache
 
     @property
+    def linear(self) -> LinearStates | None:
+        """The session's linear-attention states (hybrid models; taken back from a batch first)."""
+        if self.lender is not None:
+            self.lender.give_back(self)
+        return self._linear
+
+    @linear.setter
+    def linear(self, linear: LinearStates | None) -> None:
+        if self.lender is not None:
+            self.lender.give_back(self)
+        self._linear = linear
+
+    @property
+    def model_cache(self) -> DynamicCache:
+        """The cache a forward of this session runs over: its own, with a hybrid model's linear
+        states in their layers (the same layer objects: the forward updates both)."""
+        cache = self.cache
+        return cache if self._linear is None else self._linear.model_cache(cache)
+
+    @property
     def num_layers(self) -> int:
+        """KV layers (a hybrid model's full-attention layers)."""
         return len(self._cache.layers)
 
     @property
@@ -268,12 +298,20 @@ class ConversationState:
         return [0 if layer.keys is None else int(layer.keys.shape[2]) for layer in self._cache.layers]
 
     def cache_bytes(self) -> int:
-        """K/V bytes of every layer, plus what the cache extension keeps on the device."""
+        """K/V bytes of every layer, plus what the cache extension and a hybrid model's linear
+        states keep on the device."""
         extra = self.extension.nbytes() if self.extension is not None else 0
+        extra += self._linear.nbytes() if self._linear is not None else 0
         if self.lender is not None:
             return sum(self.lender.lengths_of(self)) * self.lender.bytes_per_entry + extra
         layers = [layer for layer in self._cache.layers if layer.keys is not None]
         return sum(layer.keys.nbytes + layer.values.nbytes for layer in layers) + extra
+
+    def unpruned_bytes(self, kv_bytes_per_token: int) -> int:
+        """What :meth:`cache_bytes` would be with nothing pruned: every token's K/V in every KV
+        layer, plus a hybrid model's linear-attention states (their size does not depend on it)."""
+        linear = self._linear.nbytes() if self._linear is not None else 0
+        return self.next_pos * kv_bytes_per_token + linear
 
     def checkpoint(self, rewrites: bool = False) -> Checkpoint:
         """What ``rollback`` needs to undo everything fed after this point. ``rewrites``: what
@@ -292,6 +330,7 @@ class ConversationState:
             tensors,
             self.slots,
             dict(self.attention_bias),
+            self.linear.snapshot() if self.linear is not None else None,
         )
 
     def rollback(self, checkpoint: Checkpoint) -> None:
@@ -304,6 +343,8 @@ class ConversationState:
                 layer.values = layer.values[:, :, :length].contiguous()
         if self.extension is not None:
             self.extension.rollback(checkpoint.extension)
+        if checkpoint.linear is not None and self._linear is not None:
+            self._linear.restore(checkpoint.linear)
         self.next_pos, self.rope_delta = checkpoint.next_pos, checkpoint.rope_delta
         self.pending_token = checkpoint.pending_token
         self.slots, self.attention_bias = checkpoint.slots, dict(checkpoint.bias)

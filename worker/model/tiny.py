@@ -5,7 +5,9 @@ weights come from a seeded initialisation. Each model is a real transformers mod
 family (same classes, processors and chat-template conventions as the released checkpoints), just
 small: a forward pass over 8 frames takes milliseconds on a CPU.
 
-Ids: ``tiny-qwen2-vl``, ``tiny-qwen2.5-vl``, ``tiny-llava-onevision``.
+Ids: ``tiny-qwen2-vl``, ``tiny-qwen2.5-vl``, ``tiny-llava-onevision``, ``tiny-qwen3-vl`` (DeepStack,
+timestamps between frames), ``tiny-qwen3-vl-moe``, ``tiny-qwen3.5`` (hybrid: linear-attention layers
+with a convolution and a recurrent state, full attention every second layer).
 """
 
 from __future__ import annotations
@@ -198,17 +200,37 @@ class TinySpec:
     #: Vision tower width and depth (Qwen families).
     vision_hidden: int = 32
     vision_depth: int = 2
+    #: Attention head width (0: hidden / heads). Qwen3.5 rotates a quarter of it.
+    head_dim: int = 0
+    #: Mixture of experts (Qwen3-VL-MoE): experts, experts per token, expert MLP width.
+    experts: int = 0
+    experts_per_token: int = 2
+    expert_intermediate: int = 32
+    #: Qwen3.5: every this many layers one has full attention (the others linear attention), and
+    #: the linear attention's key/value heads and head widths.
+    full_attention_interval: int = 2
+    linear_key_heads: int = 2
+    linear_value_heads: int = 4
+    linear_head_dim: int = 16
+    #: Qwen3-VL: vision blocks whose merged outputs DeepStack adds to the first decoder layers.
+    deepstack: tuple[int, ...] = (0, 1)
 
 
 TINY_MODELS: dict[str, TinySpec] = {
     "tiny-qwen2-vl": TinySpec("qwen2_vl"),
     "tiny-qwen2.5-vl": TinySpec("qwen2_5_vl"),
     "tiny-llava-onevision": TinySpec("llava_onevision"),
+    "tiny-qwen3-vl": TinySpec("qwen3_vl", head_dim=16),
+    "tiny-qwen3-vl-moe": TinySpec("qwen3_vl_moe", head_dim=16, experts=4),
+    "tiny-qwen3.5": TinySpec("qwen3_5", layers=4, head_dim=32),
 }
+
+#: Families whose tiny models come from :func:`_build_qwen3` (Qwen3-VL's processor and clock).
+QWEN3_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5")
 
 
 def _text_config(spec: TinySpec, tok: Any) -> dict[str, Any]:
-    head_dim = spec.hidden // spec.heads
+    head_dim = spec.head_dim or spec.hidden // spec.heads
     return dict(
         vocab_size=len(tok),
         hidden_size=spec.hidden,
@@ -223,7 +245,7 @@ def _text_config(spec: TinySpec, tok: Any) -> dict[str, Any]:
         tie_word_embeddings=False,
         rope_parameters={"rope_type": "default", "rope_theta": 1e6}
         | ({"mrope_section": _mrope_section(head_dim)} if spec.family != "llava_onevision" else {}),
-    )
+    ) | ({"head_dim": head_dim} if spec.head_dim else {})
 
 
 def _mrope_section(head_dim: int) -> list[int]:
@@ -285,6 +307,95 @@ def _build_qwen(spec: TinySpec, tok: Any) -> tuple[Any, Any]:
     return model_cls(config), processor
 
 
+def _interleaved_mrope_section(rotary_half: int) -> list[int]:
+    """(t, h, w) frequency counts for Qwen3's interleaved M-RoPE (``t h w t h w ... t t``): h and w
+    each take a quarter of the ``rotary_half`` frequencies, t the rest (Qwen3-VL-8B: 24/20/20)."""
+    h = max(1, rotary_half // 4)
+    return [rotary_half - 2 * h, h, h]
+
+
+def _qwen3_text_config(spec: TinySpec, tok: Any) -> dict[str, Any]:
+    """Text config of Qwen3-VL (dense or MoE) and Qwen3.5 (hybrid linear/full attention)."""
+    text = _text_config(spec, tok)
+    head_dim = text["head_dim"]
+    if spec.family == "qwen3_5":
+        rotary = 0.25
+        text |= dict(
+            full_attention_interval=spec.full_attention_interval,
+            linear_num_key_heads=spec.linear_key_heads,
+            linear_num_value_heads=spec.linear_value_heads,
+            linear_key_head_dim=spec.linear_head_dim,
+            linear_value_head_dim=spec.linear_head_dim,
+            linear_conv_kernel_dim=4,
+        )
+    else:
+        rotary = 1.0
+    if spec.experts:
+        text |= dict(
+            num_experts=spec.experts,
+            num_experts_per_tok=spec.experts_per_token,
+            moe_intermediate_size=spec.expert_intermediate,
+            decoder_sparse_step=1,
+        )
+    text["rope_parameters"] = {
+        "rope_type": "default",
+        "rope_theta": 5e6,
+        "mrope_interleaved": True,
+        "mrope_section": _interleaved_mrope_section(int(head_dim * rotary) // 2),
+    } | ({"partial_rotary_factor": rotary} if rotary < 1 else {})
+    return text
+
+
+def _build_qwen3(spec: TinySpec, tok: Any) -> tuple[Any, Any]:
+    """Qwen3-VL (dense, MoE) or Qwen3.5: 16-pixel patches merged 2x2, frames paired into temporal
+    patches, each written into the prompt after its time (``<t seconds>``)."""
+    import transformers
+    from transformers import Qwen2VLImageProcessor, Qwen3VLProcessor, Qwen3VLVideoProcessor
+
+    classes = {
+        "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"),
+        "qwen3_vl_moe": ("Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration"),
+        "qwen3_5": ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration"),
+    }
+    config_name, model_name = classes[spec.family]
+    ids = {n: tok.convert_tokens_to_ids(n) for n in QWEN_SPECIALS}
+    vision = dict(
+        depth=spec.vision_depth,
+        hidden_size=spec.vision_hidden,
+        intermediate_size=2 * spec.vision_hidden,
+        num_heads=2,
+        patch_size=16,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        out_hidden_size=spec.hidden,
+        num_position_embeddings=(spec.image_size // 16) ** 2,
+    ) | ({"deepstack_visual_indexes": list(spec.deepstack)} if spec.family != "qwen3_5" else {})
+    config = getattr(transformers, config_name)(
+        text_config=_qwen3_text_config(spec, tok),
+        vision_config=vision,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    pixels = spec.image_size * spec.image_size
+    processor = Qwen3VLProcessor(
+        image_processor=Qwen2VLImageProcessor(
+            patch_size=16, merge_size=2, size={"shortest_edge": 32 * 32, "longest_edge": pixels}
+        ),
+        video_processor=Qwen3VLVideoProcessor(
+            size={"shortest_edge": 32 * 32, "longest_edge": 8 * pixels},
+            patch_size=16,
+            merge_size=2,
+            temporal_patch_size=2,
+            cap_pixels_per_frame=True,
+        ),
+        tokenizer=tok,
+        chat_template=tok.chat_template,
+    )
+    return getattr(transformers, model_name)(config), processor
+
+
 def _build_llava_onevision(spec: TinySpec, tok: Any) -> tuple[Any, Any]:
     from transformers import (
         LlavaOnevisionConfig,
@@ -327,6 +438,10 @@ def _build_llava_onevision(spec: TinySpec, tok: Any) -> tuple[Any, Any]:
     return LlavaOnevisionForConditionalGeneration(config), processor
 
 
+#: Linear-attention parameters left at the library's initialisation (the decay rates).
+_LINEAR_KEEP = ("A_log", "dt_bias")
+
+
 def build_tiny(model_id: str, seed: int = 0) -> tuple[Any, Any]:
     """Build ``(model, processor)`` for a tiny model id, deterministically from ``seed``.
 
@@ -347,12 +462,20 @@ def build_from_spec(spec: TinySpec, seed: int = 0, wide_init: bool = True) -> tu
     torch.manual_seed(seed)
     if spec.family == "llava_onevision":
         model, processor = _build_llava_onevision(spec, tok)
+    elif spec.family in QWEN3_FAMILIES:
+        model, processor = _build_qwen3(spec, tok)
     else:
         model, processor = _build_qwen(spec, tok)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters() if wide_init else ():
-            if param.dim() >= 2:
+            if ".linear_attn." in name and "norm" not in name and name.split(".")[-1] not in _LINEAR_KEEP:
+                # Linear attention's recurrence amplifies a wide init until chunked and one-shot
+                # prefill differ by 1e-4; at 0.05 they agree to float32 rounding.
+                param.normal_(0.0, 0.05, generator=generator)
+            elif ".linear_attn." in name:
+                continue  # decay (A_log, dt_bias) and norms: the library's initialisation
+            elif param.dim() >= 2:
                 param.normal_(0.0, 0.2, generator=generator)
             elif "norm" not in name:
                 param.normal_(0.0, 0.02, generator=generator)

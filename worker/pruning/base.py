@@ -81,7 +81,7 @@ class RowSets:
 
     def visual(self, limit: int | None = None) -> torch.Tensor:
         """Visual rows of the prefill, strided down to at most ``limit`` rows (this forward's part of it)."""
-        rows = torch.arange(self.layout.visual_start, self.layout.visual_end)
+        rows = torch.cat([torch.arange(s, e) for s, e in self.layout.frame_spans])
         if limit is not None and self.share < 1:
             limit = max(min(CHUNK_ROWS, rows.numel()), round(limit * self.share))
         if limit is not None and rows.numel() > limit:

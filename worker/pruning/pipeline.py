@@ -131,7 +131,7 @@ class PrunedPrefill:
                 layout=self.prompt.layout,
                 prefill=self.record,
                 window=window,
-                num_layers=int(cfg.num_hidden_layers),
+                num_layers=self.generator.lm.num_layers,
                 num_heads=int(cfg.num_attention_heads),
                 num_kv_heads=int(getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads),
                 question_aware=self.question_aware,
@@ -262,7 +262,7 @@ class PrunedPrefill:
         embeds = self.generator.embed(prompt, chunk.start, chunk.end, _spans(chunk)) if len(steps) > 1 else None
         seconds, logits = 0.0, None
         for index, (start, end) in enumerate(steps):
-            piece = None if embeds is None else embeds[:, start - chunk.start : end - chunk.start]
+            piece = None if embeds is None else embeds.piece(start - chunk.start, end - chunk.start)
             if record is not None:
                 record.offset = start
             with recording(record) if record is not None else contextlib.nullcontext():
@@ -285,7 +285,7 @@ class PrunedPrefill:
             layout=self.prompt.layout,
             prefill=prefill,
             window=window,
-            num_layers=int(cfg.num_hidden_layers),
+            num_layers=self.generator.lm.num_layers,
             num_heads=int(cfg.num_attention_heads),
             num_kv_heads=_kv_heads(cfg),
             question_aware=self.question_aware,

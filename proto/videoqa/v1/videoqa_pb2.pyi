@@ -333,20 +333,26 @@ class ListModelsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("id", "family", "is_default", "revision", "dtype", "kv_bytes_per_token")
+    __slots__ = ("id", "family", "is_default", "revision", "dtype", "kv_bytes_per_token", "attention_layers", "linear_attention_layers", "linear_state_bytes")
     ID_FIELD_NUMBER: _ClassVar[int]
     FAMILY_FIELD_NUMBER: _ClassVar[int]
     IS_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_PER_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    ATTENTION_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    LINEAR_ATTENTION_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    LINEAR_STATE_BYTES_FIELD_NUMBER: _ClassVar[int]
     id: str
     family: str
     is_default: bool
     revision: str
     dtype: str
     kv_bytes_per_token: int
-    def __init__(self, id: _Optional[str] = ..., family: _Optional[str] = ..., is_default: _Optional[bool] = ..., revision: _Optional[str] = ..., dtype: _Optional[str] = ..., kv_bytes_per_token: _Optional[int] = ...) -> None: ...
+    attention_layers: int
+    linear_attention_layers: int
+    linear_state_bytes: int
+    def __init__(self, id: _Optional[str] = ..., family: _Optional[str] = ..., is_default: _Optional[bool] = ..., revision: _Optional[str] = ..., dtype: _Optional[str] = ..., kv_bytes_per_token: _Optional[int] = ..., attention_layers: _Optional[int] = ..., linear_attention_layers: _Optional[int] = ..., linear_state_bytes: _Optional[int] = ...) -> None: ...
 
 class ListModelsResponse(_message.Message):
     __slots__ = ("models",)
