@@ -9,7 +9,7 @@ import copy
 import pytest
 import torch
 
-from tests.conftest import FAMILIES
+from tests.conftest import WITH_MOE
 from videoqa.worker.model.batch import DecodeBatch
 from videoqa.worker.types import GenerationParams
 
@@ -26,7 +26,7 @@ def alone(gen, state, logits, steps: int) -> tuple[list[int], list[torch.Tensor]
     return tokens, seen
 
 
-@pytest.mark.parametrize("model_id", FAMILIES)
+@pytest.mark.parametrize("model_id", WITH_MOE)
 def test_batched_steps_equal_unbatched(pruned, model_id):
     sessions = [
         pruned(model_id, method, budget, frames=frames, **params) for method, budget, frames, params in SESSIONS

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from tests.conftest import FAMILIES
+from tests.conftest import FAMILIES, WITH_MOE
 from tests.pruning.conftest import media
 from tests.pruning.test_invariants import ALL_METHODS, QUESTION, conversation
 from videoqa.worker.model.chunks import Chunking, plan_chunks, steps_of
@@ -63,7 +63,7 @@ def test_a_chunk_larger_than_the_video_is_the_one_shot_path_bit_for_bit(tiny_mod
 
 
 @pytest.mark.parametrize("aware", [True, False], ids=["aware", "agnostic"])
-@pytest.mark.parametrize("model_id", FAMILIES)
+@pytest.mark.parametrize("model_id", WITH_MOE)
 def test_chunked_keep_all_equals_one_shot(tiny_model, model_id, aware):
     """Frame span by frame span, each chunk's vision features from its own frames: the same cache,
     logits and positions as one forward over the whole prompt (and then the same conversation)."""

@@ -9,6 +9,7 @@ from tests.conftest import FAMILIES
 from tests.media import make_video
 from tests.service.helpers import events, spec, upload
 from videoqa.v1 import videoqa_pb2 as pb
+from videoqa.worker.pruning.registry import describe_methods
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,35 @@ def test_bad_method_parameters_are_invalid_argument(stub, video):
         with pytest.raises(grpc.RpcError) as err:
             list(stub.CreateSession(upload(spec(pruning=pruning), video=video), timeout=60))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+#: Every registered method (``full`` included).
+ALL_METHODS = sorted(m.name for m in describe_methods())
+
+
+@pytest.mark.parametrize("aware", [True, False], ids=["aware", "agnostic"])
+@pytest.mark.parametrize("method", ALL_METHODS)
+@pytest.mark.parametrize("model", ["tiny-qwen3-vl", "tiny-qwen3.5"])
+def test_every_method_serves_the_new_families(stub, video, model, method, aware):
+    """Through the service, every method on Qwen3-VL and on the hybrid Qwen3.5, question-aware
+    and agnostic: the session is built, pruned to its budget (the full-attention layers: what a
+    hybrid model has of a KV cache), answers, and answers a follow-up on the same cache."""
+    budget = 1.0 if method == "full" else 0.25
+    request = spec(
+        model=model, question="what moves?" if aware else "", pruning=pb.PruningSpec(method=method, budget=budget)
+    )
+    created = events(stub.CreateSession(upload(request, video=video), timeout=120))
+    session = created["session"][0].session
+    first = created["stats"][0] if aware else None
+    if not aware:
+        first = events(stub.Ask(pb.AskRequest(session_id=session.session_id, question="what moves?"), timeout=60))[
+            "stats"
+        ][0]
+    if method == "full":
+        assert first.visual_tokens_after == first.visual_tokens_before
+    else:
+        assert first.visual_tokens_after < first.visual_tokens_before and first.cache_length < first.context_length
+    assert first.kv_bytes_after <= first.kv_bytes_before and first.generated_tokens > 0
+    follow = events(stub.Ask(pb.AskRequest(session_id=session.session_id, question="and then?"), timeout=60))
+    assert follow["stats"][0].context_length > first.context_length and follow["stats"][0].generated_tokens > 0
+    stub.DeleteSession(pb.DeleteSessionRequest(session_id=session.session_id), timeout=10)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import FAMILIES
+from tests.conftest import WITH_MOE
 from videoqa.worker.model.generate import ModelRunner, TextStreamer
 from videoqa.worker.model.loader import LoadedModel
 from videoqa.worker.model.state import ConversationState
@@ -41,7 +41,7 @@ def one_shot(lm: LoadedModel, prompt, ids: list[int]) -> tuple[ConversationState
     return ModelRunner(lm).prefill(full)
 
 
-@pytest.mark.parametrize("model_id", FAMILIES)
+@pytest.mark.parametrize("model_id", WITH_MOE)
 def test_second_turn_equals_one_prefill(model_id, tiny_model):
     lm = tiny_model(model_id)
     gen = ModelRunner(lm)
@@ -61,7 +61,7 @@ def test_second_turn_equals_one_prefill(model_id, tiny_model):
         assert torch.allclose(live, ref, atol=1e-4), (live - ref).abs().max()
 
 
-@pytest.mark.parametrize("model_id", FAMILIES)
+@pytest.mark.parametrize("model_id", WITH_MOE)
 def test_question_agnostic_first_question_equals_question_aware(model_id, tiny_model):
     lm = tiny_model(model_id)
     gen = ModelRunner(lm)
@@ -72,7 +72,7 @@ def test_question_agnostic_first_question_equals_question_aware(model_id, tiny_m
     assert torch.allclose(logits, aware_logits, atol=1e-4)
 
 
-@pytest.mark.parametrize("model_id", FAMILIES)
+@pytest.mark.parametrize("model_id", WITH_MOE)
 def test_positions_are_exercised(model_id, tiny_model):
     """Feeding the follow-up at the wrong position changes the logits: positions matter."""
     lm = tiny_model(model_id)

@@ -18,6 +18,7 @@ from videoqa.worker.kvcache.records import encode_delta, encode_prefix, restore
 from videoqa.worker.model.families import qwen_text_after_vision
 from videoqa.worker.model.generate import ModelRunner
 from videoqa.worker.model.recurrent import LinearStates
+from videoqa.worker.model.state import CacheExtension
 from videoqa.worker.types import DecodedMedia, PruningSpec, SamplingSpec
 
 TIME = re.compile(r"<(\d+\.\d) seconds>")
@@ -180,3 +181,52 @@ def test_a_hybrid_sessions_linear_state_survives_redis_and_is_used(tiny_model, r
     pairs = ((back, with_state), (session, live_logits))
     answers = [list(runner.stream(each.state, logits, GREEDY)) for each, logits in pairs]
     assert answers[0] == answers[1]
+
+
+class _RereadsOnce(CacheExtension):
+    """Takes the question's entries out of the KV cache once and asks for it to be read again,
+    as ``hae``'s bin does when entries come back for a question."""
+
+    kind = "test-reread"
+
+    def __init__(self) -> None:
+        self.done = False
+
+    def reread(self, state, count: int) -> bool:
+        if self.done:
+            return False
+        self.done = True
+        for layer in state.cache.layers:
+            layer.keys, layer.values = layer.keys[:, :, :-count], layer.values[:, :, :-count]
+        return True
+
+    def checkpoint(self):
+        return self.done
+
+    def rollback(self, token) -> None:
+        self.done = token
+
+    def to_record(self):
+        return {}, {}
+
+    @classmethod
+    def from_record(cls, header, tensors, device):
+        return cls()
+
+
+def test_a_question_read_again_passes_the_recurrent_state_once(tiny_model):
+    """A recurrent state cannot un-read tokens: when a cache extension has a question read again,
+    the linear-attention states go back to before it first, so the session holds it once."""
+    lm = tiny_model("tiny-qwen3.5")
+    runner = ModelRunner(lm)
+    prompt = lm.adapter.prepare(_clip(4), None)
+    state, _ = runner.prefill(prompt)
+    twin, _ = runner.prefill(prompt)
+    state.extension = _RereadsOnce()
+    ids = runner.turn_input(state, "what is in the video?", first=True)
+    read_twice, read_once = runner.feed(state, ids), runner.feed(twin, ids)
+    assert state.extension.done and torch.equal(read_twice, read_once)
+    mine, theirs = state.linear.to_tensors(), twin.linear.to_tensors()
+    assert (
+        all(torch.equal(mine[name], theirs[name]) for name in theirs) and mine["seen"].tolist() == [state.next_pos] * 2
+    )
