@@ -235,3 +235,18 @@ def test_chunks_and_caps_multiply_the_grid_and_old_rows_still_load(tmp_path):
     rows = merge([tmp_path])
     assert [(r.chunk_frames, r.max_visual_tokens, r.correct) for r in rows] == [(0, 0, True), (16, 0, False)]
     assert [c["accuracy"] for c in summarize(rows)["configs"]] == [1.0, 0.0]  # two configurations
+
+
+def test_the_harness_runs_the_new_families(tmp_path):
+    """Qwen3-VL and the hybrid Qwen3.5 through the quality harness, one-shot and chunked (their
+    random weights answer nonsense; what is checked is that every configuration runs and keep-all
+    answers as full)."""
+    for model in ("tiny-qwen3-vl", "tiny-qwen3.5"):
+        out = tmp_path / model
+        argv = ["eval", "--model", model, "--count", "2", "--frames", "8", "--methods", "full,das,snapkv"]
+        argv += ["--budgets", "1,0.25", "--modes", "agnostic,followup", "--chunk-frames", "0,4"]
+        assert cli_main([*argv, "--max-new-tokens", "2", "--out", str(out)]) == 0
+        data = json.loads((out / "results.json").read_text())
+        assert data["summary"]["keep_all_equals_full"] is True, model
+        assert {(r["method"], r["budget"]) for r in data["rows"]} >= {("das", 0.25), ("snapkv", 0.25), ("full", 1.0)}
+        assert all(r["cache_length"] > 0 for r in data["rows"])
