@@ -9,6 +9,8 @@ configurations and medians taken; every comparison is a ratio within this run.
     python bench/decode.py                                  # CPU: tiny + a KV-heavy small config
     python bench/decode.py --quick                          # a seconds-long smoke run
     python bench/decode.py --device cuda:0 --dtype bfloat16 --model qwen2.5-vl-7b --model llava-video-7b
+    python bench/decode.py --device cuda:0 --dtype bfloat16 --model qwen3-vl-8b --model qwen3.5-9b
+    python bench/decode.py --quick --model qwen3-vl-8b --model qwen3.5-9b --scaled-down   # CPU check
 
 Reports per configuration: prefill, prune and time-to-first-token, KV bytes per session, decode
 ms/step and tokens/s per concurrency (and the unbatched single-session path), peak GPU memory
@@ -59,7 +61,71 @@ MODELS = {
     "llava-video-7b": tiny.TinySpec(
         "llava_onevision", layers=32, hidden=4096, heads=32, kv_heads=32, intermediate=11008, image_size=384
     ),
+    # Qwen3-VL-8B: 36 layers, GQA 32/8 with 128-wide heads, DeepStack from vision blocks 8/16/24 of a
+    # 27-block SigLIP-2-sized tower (16-pixel patches), frame times in the prompt.
+    "qwen3-vl-8b": tiny.TinySpec(
+        "qwen3_vl",
+        layers=36,
+        hidden=4096,
+        heads=32,
+        kv_heads=8,
+        head_dim=128,
+        intermediate=12288,
+        vision_hidden=1152,
+        vision_depth=27,
+        vision_heads=16,
+        vision_intermediate=4304,
+        deepstack=(8, 16, 24),
+        image_size=448,
+    ),
+    # A Qwen3.5 of similar size (the library's default text configuration, ~9B): 32 layers of which 8
+    # have full attention (GQA 16/4, 256-wide heads, a quarter of each rotated) and 24 a gated delta
+    # rule (16 key / 32 value heads of 128), the same vision tower without DeepStack.
+    "qwen3.5-9b": tiny.TinySpec(
+        "qwen3_5",
+        layers=32,
+        hidden=4096,
+        heads=16,
+        kv_heads=4,
+        head_dim=256,
+        intermediate=12288,
+        full_attention_interval=4,
+        linear_key_heads=16,
+        linear_value_heads=32,
+        linear_head_dim=128,
+        vision_hidden=1152,
+        vision_depth=27,
+        vision_heads=16,
+        vision_intermediate=4304,
+        image_size=448,
+    ),
 }
+
+
+def scaled_down(spec: tiny.TinySpec) -> tiny.TinySpec:
+    """``spec`` shrunk in width and depth for a CPU check of its code path: same family, image size,
+    attention layout (head groups, hybrid interval, DeepStack within the tower), 1/16 the width."""
+    from dataclasses import replace
+
+    heads, kv = max(2, spec.heads // 4), max(1, spec.kv_heads // 4)
+    depth = min(spec.vision_depth, 3)
+    return replace(
+        spec,
+        layers=2 * spec.full_attention_interval if spec.family == "qwen3_5" else 2,
+        hidden=spec.hidden // 16,
+        heads=heads,
+        kv_heads=kv,
+        head_dim=spec.head_dim // 4 if spec.head_dim else 0,
+        intermediate=(spec.intermediate or 2 * spec.hidden) // 16,
+        linear_key_heads=max(1, spec.linear_key_heads // 4),
+        linear_value_heads=max(1, spec.linear_value_heads // 4),
+        linear_head_dim=max(8, spec.linear_head_dim // 8),
+        vision_hidden=max(32, spec.vision_hidden // 16),
+        vision_depth=depth,
+        vision_heads=2,
+        vision_intermediate=0,
+        deepstack=tuple(range(depth))[: len(spec.deepstack)],
+    )
 
 
 def frames(count: int, size: int) -> DecodedMedia:
@@ -249,6 +315,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--quick", action="store_true", help="tiny model, 4 frames, 1 and 2 sessions, 1 repetition")
+    parser.add_argument(
+        "--scaled-down", action="store_true", help="the configurations shrunk in width and depth (a CPU check)"
+    )
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     parser.add_argument("--plots", type=Path, help="folder for the PNG plots")
@@ -264,11 +333,13 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         spec = MODELS[name]
         if spec is not None:
-            tiny.TINY_MODELS[name] = spec
+            tiny.TINY_MODELS[name] = scaled_down(spec) if args.scaled_down else spec
         lm = load_model(name, device=args.device, dtype=args.dtype)
         config = lm.model.config.get_text_config()
+        linear = len(lm.layer_kinds.linear_layers)
         description = (
-            f"{config.num_hidden_layers} layers, hidden {config.hidden_size}, "
+            f"{config.num_hidden_layers} layers{f' ({linear} linear attention)' if linear else ''}, "
+            f"hidden {config.hidden_size}, "
             f"{config.num_attention_heads}/{config.num_key_value_heads} heads"
         )
         runs = []

@@ -6,6 +6,11 @@
 #   run(command="bash bench/gpu.sh qwen")     # Qwen2.5-VL-7B language model (GQA 28/4), bf16
 #   run(command="bash bench/gpu.sh llava")    # LLaVA-NeXT-Video-7B-like (MHA 32/32), bf16
 #   run(command="bash bench/gpu.sh prune")    # pruning overhead at 7B width
+#   run(command="bash bench/gpu.sh qwen3")    # Qwen3-VL-8B (GQA 32/8, DeepStack), bf16
+#   run(command="bash bench/gpu.sh qwen3.5")  # a ~9B Qwen3.5 (8 full-attention + 24 linear-attention layers)
+#   run(command="bash bench/gpu.sh new")      # both of those, 1 repetition (one call)
+# The linear-attention layers run the library's PyTorch fallback unless flash-linear-attention and
+# causal-conv1d are installed in the image (the report's log says which).
 # Results come back under $OUT; copy them to bench/results/ and docs/benchmarks/.
 set -euo pipefail
 OUT=${OUT:-/tmp/videoqa-gpu}
@@ -28,5 +33,8 @@ case "${1:-all}" in
   qwen) decode qwen2.5-vl-7b ;;
   llava) decode llava-video-7b ;;
   prune) prune 5 ;;
-  *) echo "usage: bash bench/gpu.sh [all|qwen|llava|prune]" >&2; exit 2 ;;
+  qwen3) decode qwen3-vl-8b ;;
+  qwen3.5) decode qwen3.5-9b ;;
+  new) decode qwen3-vl-8b 1 && decode qwen3.5-9b 1 ;;
+  *) echo "usage: bash bench/gpu.sh [all|qwen|llava|prune|qwen3|qwen3.5|new]" >&2; exit 2 ;;
 esac

@@ -77,3 +77,33 @@ def test_long_video_quick(tmp_path):
     assert one_shot["chunk_frames"] == 0 and chunked["chunk_frames"] > 0 and chunked["gaps"] > 0
     assert {r["config"] for r in data["cost"]} == {"full", "das 20%"} and all(r["ratio"] > 0 for r in data["cost"])
     assert "**Stall**" in out_md.read_text() and list(plots.glob("long_video_memory_*.png"))
+
+
+def test_the_new_real_size_configurations_build_and_run_scaled_down(tmp_path):
+    """Qwen3-VL-8B and the ~9B Qwen3.5 of ``bench/gpu.sh``: built on the meta device (no memory),
+    their language models have the real models' size (vocabulary aside: the offline tokenizer's is
+    512); shrunk in width and depth, they run the GPU benchmark's code path here."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from decode import MODELS
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from videoqa.worker.model.tiny import build_from_spec
+
+    for name, family in (("qwen3-vl-8b", "qwen3_vl"), ("qwen3.5-9b", "qwen3_5")):
+        with torch.device("meta"):
+            model, _ = build_from_spec(MODELS[name], wide_init=False)
+        body = sum(p.numel() for n, p in model.named_parameters() if ".visual." not in n)
+        assert model.config.model_type == family and 6.5e9 < body < 7.5e9, (name, body)
+    out_json = tmp_path / "d.json"
+    run_quick(
+        "decode.py", "--model", "qwen3-vl-8b", "--model", "qwen3.5-9b", "--scaled-down",
+        "--methods", "das", "--budgets", "0.2", "--json", str(out_json),
+    )  # fmt: skip
+    results = {r["model"]: r for r in json.loads(out_json.read_text())["results"]}
+    for result in results.values():
+        (run,) = result["runs"]
+        assert run["configs"]["das@0.2"]["kv_bytes"] < run["configs"]["full@1"]["kv_bytes"]
+    assert "8 layers (6 linear attention)" in results["qwen3.5-9b"]["description"]

@@ -200,6 +200,9 @@ class TinySpec:
     #: Vision tower width and depth (Qwen families).
     vision_hidden: int = 32
     vision_depth: int = 2
+    #: Vision tower heads and MLP width (Qwen3 families; 0: 2 × vision_hidden).
+    vision_heads: int = 2
+    vision_intermediate: int = 0
     #: Attention head width (0: hidden / heads). Qwen3.5 rotates a quarter of it.
     head_dim: int = 0
     #: Mixture of experts (Qwen3-VL-MoE): experts, experts per token, expert MLP width.
@@ -362,8 +365,8 @@ def _build_qwen3(spec: TinySpec, tok: Any) -> tuple[Any, Any]:
     vision = dict(
         depth=spec.vision_depth,
         hidden_size=spec.vision_hidden,
-        intermediate_size=2 * spec.vision_hidden,
-        num_heads=2,
+        intermediate_size=spec.vision_intermediate or 2 * spec.vision_hidden,
+        num_heads=spec.vision_heads,
         patch_size=16,
         spatial_merge_size=2,
         temporal_patch_size=2,
