@@ -132,6 +132,7 @@ def test_a_hybrid_sessions_linear_state_survives_redis_and_is_used(tiny_model, r
     talk = Conversation(lm, PruningSpec("das", {}, 0.3), "what is in the video?")
     session = talk.session
     assert session.state.num_layers == lm.num_layers == 2 and len(session.state.linear.layers) == 2
+    assert session.state.linear.nbytes() == lm.linear_state_bytes > 0, "what ListModels reports"
     client = redis.Redis.from_url(redis_server.url)
     client.set("t:prefix", encode_prefix(session, lm.revision, "float32"))
     client.set("t:int8", encode_prefix(session, lm.revision, "float32", quantize="int8"))
