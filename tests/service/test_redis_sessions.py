@@ -37,11 +37,14 @@ def tokens(reply: dict) -> list[int]:
     return [t.token_id for t in reply["token"]]
 
 
-def test_session_continues_on_another_worker_like_a_live_one(start_pair, video):
-    address_a, (address_b, worker_b) = start_pair()[0], start_pair()
+@pytest.mark.parametrize("model", ["tiny-qwen2-vl", "tiny-qwen3-vl", "tiny-qwen3.5"])
+def test_session_continues_on_another_worker_like_a_live_one(start_pair, video, model):
+    """Restored from Redis on another worker, a session answers as the live one: its cache, and a
+    hybrid model's linear-attention states (Qwen3.5), exactly."""
+    address_a, (address_b, worker_b) = start_pair(models=[model])[0], start_pair(models=[model])
     a, _ = stub_for(address_a)
     b, _ = stub_for(address_b)
-    request = spec(question="what is in the video?", pruning=DAS, max_new_tokens=6)
+    request = spec(model=model, question="what is in the video?", pruning=DAS, max_new_tokens=6)
     # Reference: one worker keeps the session live for every turn.
     live = events(a.CreateSession(upload(request, video=video), timeout=60))
     live_id = live["session"][0].session.session_id
