@@ -16,7 +16,7 @@ from tests import preflight
 FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-llava-onevision", "tiny-qwen3-vl", "tiny-qwen3.5"]
 #: Qwen3-VL's mixture-of-experts variant: the invariants of the model code paths (its attention,
 #: positions and cache are Qwen3-VL's), not every pruning test again.
-WITH_MOE = [*FAMILIES, "tiny-qwen3-vl-moe"]
+WITH_MOE = [*FAMILIES, "tiny-qwen3-vl-moe", "tiny-qwen3.5-moe"]
 
 
 @pytest.fixture(scope="session")

@@ -497,6 +497,7 @@ ADAPTERS: dict[str, type[FamilyAdapter]] = {
     "qwen3_vl": Qwen3VLAdapter,
     "qwen3_vl_moe": Qwen3VLAdapter,
     "qwen3_5": Qwen3VLAdapter,
+    "qwen3_5_moe": Qwen3VLAdapter,
 }
 
 

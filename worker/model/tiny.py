@@ -7,7 +7,7 @@ small: a forward pass over 8 frames takes milliseconds on a CPU.
 
 Ids: ``tiny-qwen2-vl``, ``tiny-qwen2.5-vl``, ``tiny-llava-onevision``, ``tiny-qwen3-vl`` (DeepStack,
 timestamps between frames), ``tiny-qwen3-vl-moe``, ``tiny-qwen3.5`` (hybrid: linear-attention layers
-with a convolution and a recurrent state, full attention every second layer).
+with a convolution and a recurrent state, full attention every second layer), ``tiny-qwen3.5-moe``.
 """
 
 from __future__ import annotations
@@ -226,10 +226,13 @@ TINY_MODELS: dict[str, TinySpec] = {
     "tiny-qwen3-vl": TinySpec("qwen3_vl", head_dim=16),
     "tiny-qwen3-vl-moe": TinySpec("qwen3_vl_moe", head_dim=16, experts=4),
     "tiny-qwen3.5": TinySpec("qwen3_5", layers=4, head_dim=32),
+    "tiny-qwen3.5-moe": TinySpec("qwen3_5_moe", layers=4, head_dim=32, experts=4),
 }
 
 #: Families whose tiny models come from :func:`_build_qwen3` (Qwen3-VL's processor and clock).
-QWEN3_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5")
+QWEN3_FAMILIES = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe")
+#: Hybrid families (linear-attention layers between full-attention ones).
+HYBRID_FAMILIES = ("qwen3_5", "qwen3_5_moe")
 
 
 def _text_config(spec: TinySpec, tok: Any) -> dict[str, Any]:
@@ -321,7 +324,7 @@ def _qwen3_text_config(spec: TinySpec, tok: Any) -> dict[str, Any]:
     """Text config of Qwen3-VL (dense or MoE) and Qwen3.5 (hybrid linear/full attention)."""
     text = _text_config(spec, tok)
     head_dim = text["head_dim"]
-    if spec.family == "qwen3_5":
+    if spec.family in HYBRID_FAMILIES:
         rotary = 0.25
         text |= dict(
             full_attention_interval=spec.full_attention_interval,
@@ -338,7 +341,10 @@ def _qwen3_text_config(spec: TinySpec, tok: Any) -> dict[str, Any]:
             num_experts=spec.experts,
             num_experts_per_tok=spec.experts_per_token,
             moe_intermediate_size=spec.expert_intermediate,
-            decoder_sparse_step=1,
+        ) | (
+            {"shared_expert_intermediate_size": spec.expert_intermediate}
+            if spec.family in HYBRID_FAMILIES
+            else {"decoder_sparse_step": 1}
         )
     text["rope_parameters"] = {
         "rope_type": "default",
@@ -359,6 +365,7 @@ def _build_qwen3(spec: TinySpec, tok: Any) -> tuple[Any, Any]:
         "qwen3_vl": ("Qwen3VLConfig", "Qwen3VLForConditionalGeneration"),
         "qwen3_vl_moe": ("Qwen3VLMoeConfig", "Qwen3VLMoeForConditionalGeneration"),
         "qwen3_5": ("Qwen3_5Config", "Qwen3_5ForConditionalGeneration"),
+        "qwen3_5_moe": ("Qwen3_5MoeConfig", "Qwen3_5MoeForConditionalGeneration"),
     }
     config_name, model_name = classes[spec.family]
     ids = {n: tok.convert_tokens_to_ids(n) for n in QWEN_SPECIALS}
@@ -372,7 +379,7 @@ def _build_qwen3(spec: TinySpec, tok: Any) -> tuple[Any, Any]:
         temporal_patch_size=2,
         out_hidden_size=spec.hidden,
         num_position_embeddings=(spec.image_size // 16) ** 2,
-    ) | ({"deepstack_visual_indexes": list(spec.deepstack)} if spec.family != "qwen3_5" else {})
+    ) | ({"deepstack_visual_indexes": list(spec.deepstack)} if spec.family not in HYBRID_FAMILIES else {})
     config = getattr(transformers, config_name)(
         text_config=_qwen3_text_config(spec, tok),
         vision_config=vision,
