@@ -140,21 +140,19 @@ def test_a_hybrid_sessions_linear_state_survives_redis_and_is_used(tiny_model, r
     at_prefix_keys = session.state.cache.layers[0].keys.clone()
     talk.answer()
     client.set("t:1", encode_delta(session))
-    back = restore(
-        client.get("t:prefix"),
-        [client.get("t:1")],
-        model_id=lm.model_id,
-        revision=lm.revision,
-        device=lm.device,
-        dtype=lm.dtype,
-    )
+
+    def reload(prefix: str, *records: str):
+        blobs = [client.get(key) for key in records]
+        return restore(
+            client.get(prefix), blobs, model_id=lm.model_id, revision=lm.revision, device=lm.device, dtype=lm.dtype
+        )
+
+    back = reload("t:prefix", "t:1")
     live, mine = session.state.linear.to_tensors(), back.state.linear.to_tensors()
     assert live.keys() == mine.keys() and {"conv.0", "rec.0", "conv.1", "rec.1", "seen"} <= live.keys()
     assert all(torch.equal(live[name], mine[name]) for name in live), "bit for bit (never quantized)"
     assert live["rec.0"].dtype == torch.float32 and back.state.cache_bytes() == session.state.cache_bytes()
-    quantized = restore(
-        client.get("t:int8"), [], model_id=lm.model_id, revision=lm.revision, device=lm.device, dtype=lm.dtype
-    )
+    quantized = reload("t:int8")
     assert not torch.equal(quantized.state.cache.layers[0].keys, at_prefix_keys), "K/V quantized to int8"
     kept = quantized.state.linear.to_tensors()
     assert kept.keys() == at_prefix.keys() and all(torch.equal(kept[n], at_prefix[n]) for n in kept), "linear: exact"
@@ -164,14 +162,7 @@ def test_a_hybrid_sessions_linear_state_survives_redis_and_is_used(tiny_model, r
     with_state = runner.feed(back.state, question)
     live_logits = runner.feed(session.state, question)
     assert torch.equal(with_state, live_logits)
-    blank = restore(
-        client.get("t:prefix"),
-        [client.get("t:1")],
-        model_id=lm.model_id,
-        revision=lm.revision,
-        device=lm.device,
-        dtype=lm.dtype,
-    ).state
+    blank = reload("t:prefix", "t:1").state
     blank.linear = LinearStates.from_tensors(
         blank.linear.kinds,
         {name: torch.zeros_like(t) if name != "seen" else t for name, t in blank.linear.to_tensors().items()},
