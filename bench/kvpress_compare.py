@@ -629,7 +629,7 @@ def kept_comparison(ours_scores: dict, theirs: dict, layout) -> dict:
 
 
 def suite_sample(family: str, seed: int, frames: int, size: int) -> tuple[np.ndarray, str, str]:
-    from videoqa.worker.lab import suite
+    from videoqa.lab import suite
 
     scene, question, answer, _, _ = suite.build(family, seed, frames)
     return suite.render(scene, size, seed), question, answer
@@ -729,7 +729,7 @@ def measure(name: str, count: int, lm, directory: str, peer: Peer | None, workdi
     if peer is not None and len(contexts) > 1:  # back to the timed context
         peer_context(0)
 
-    from videoqa.worker.lab.sample import Sample, is_correct
+    from videoqa.lab.sample import Sample, is_correct
     from videoqa.worker.types import MediaKind
 
     answers: dict[str, list] = {}

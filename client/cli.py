@@ -57,7 +57,7 @@ SERVER_COMMANDS = {
     "frontend": "videoqa.service.app",
     "worker": "videoqa.service.app",
     "diagnose": "videoqa.worker.pruning.diagnose",
-    "eval": "videoqa.worker.lab.harness",
+    "eval": "videoqa.lab.harness",
 }
 _SERVER_HELP = {
     "serve": "run a frontend and a worker in one process",

@@ -31,7 +31,7 @@ print("client ok")
 
 #: What the videoqa wheel is built from. A copy, so that the build neither reads a stale build/ or
 #: *.egg-info of the checkout (setuptools reuses them) nor leaves its own behind.
-SOURCES = ["pyproject.toml", "README.md", "LICENSE", "proto", "client", "service", "worker"]
+SOURCES = ["pyproject.toml", "README.md", "LICENSE", "proto", "client", "service", "worker", "lab"]
 IGNORE = shutil.ignore_patterns("build", "*.egg-info", "__pycache__", "*.pyc")
 
 
@@ -55,6 +55,7 @@ def check_wheel(wheel: Path) -> None:
     for package in ("client", "v1", "internal/v1"):
         assert f"videoqa/{package}/py.typed" in names
     assert not [n for n in names if "/demo/" in n or n.endswith((".safetensors", ".bin"))]
+    assert "videoqa/lab/harness.py" in names and not [n for n in names if n.startswith("videoqa/worker/lab/")]
     assert wheel.stat().st_size < 2 << 20, f"{wheel.stat().st_size} bytes"
 
 

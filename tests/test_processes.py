@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import wait_serving
 from tests.media import make_video
-from videoqa.worker.lab.sample import normalize
+from videoqa.lab.sample import normalize
 
 VIDEOQA = str(Path(sys.executable).parent / "videoqa")
 
@@ -82,7 +82,7 @@ def test_serve_answers_the_readme_demo_right(tmp_path):
     """`make demo`: a suite video, its question, the embedded default model; the answer is right."""
     demo = tmp_path / "demo.mp4"
     made = subprocess.run(
-        [sys.executable, "-m", "videoqa.worker.lab.suite", str(demo), "--family", "needle", "--frames", "16"],
+        [sys.executable, "-m", "videoqa.lab.suite", str(demo), "--family", "needle", "--frames", "16"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -7,8 +7,8 @@ import json
 from PIL import Image
 
 from videoqa.client.cli import main as cli_main
-from videoqa.worker.lab.harness import Row, bucket, configurations, merge, parse_variant, summarize
-from videoqa.worker.lab.sample import Sample, is_correct, normalize
+from videoqa.lab.harness import Row, bucket, configurations, merge, parse_variant, summarize
+from videoqa.lab.sample import Sample, is_correct, normalize
 from videoqa.worker.types import MediaKind
 
 
@@ -127,8 +127,8 @@ def test_chunk_frames_zero_answers_as_the_one_shot_path_and_chunked_rows_carry_t
     """``--chunk-frames 0`` is the harness as it was (one forward, then one prune: the same answers,
     cache and peak); a chunked configuration really runs in chunks, compresses as it goes (a lower
     peak) and labels its rows with its chunk size."""
-    from videoqa.worker.lab.harness import Config, evaluate, markdown
-    from videoqa.worker.lab.suite import generate
+    from videoqa.lab.harness import Config, evaluate, markdown
+    from videoqa.lab.suite import generate
     from videoqa.worker.model.generate import ModelRunner
     from videoqa.worker.pruning.pipeline import PrunedPrefill
     from videoqa.worker.pruning.registry import build_method

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from videoqa.worker.lab.milebench import load, load_dataset, option_label
-from videoqa.worker.lab.sample import Sample, is_correct
+from videoqa.lab.milebench import load, load_dataset, option_label
+from videoqa.lab.sample import Sample, is_correct
 from videoqa.worker.types import MediaKind
 
 MC_INSTRUCTIONS = ["Watch the frames of the activity.", "Look at the images in order."]
@@ -248,7 +248,7 @@ def test_skips_items_without_images_or_unmatched_gold(tmp_path, caplog):
         {"sample_id": 3, "task_instance": {"context": "{image#1}", "images_path": ["x.png"]}, "response": "ok"},
     ]  # fmt: skip
     _write_json(folder, {"meta_data": {"task_instruction": ["I."]}, "data": data})
-    with caplog.at_level(logging.WARNING, logger="videoqa.worker.lab.milebench"):
+    with caplog.at_level(logging.WARNING, logger="videoqa.lab.milebench"):
         samples = load_dataset(folder)
     assert [s.sample_id for s in samples] == ["D/3"]
     assert "skipped 2 item(s) without images and 1 " in caplog.text

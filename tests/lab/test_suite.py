@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from videoqa.worker.lab.suite import BACKGROUND, COLORS, FAMILIES, MAX_COUNT, build, generate, render, sample
+from videoqa.lab.suite import BACKGROUND, COLORS, FAMILIES, MAX_COUNT, build, generate, render, sample
 from videoqa.worker.types import SamplingSpec
 
 
@@ -100,7 +100,7 @@ def test_rendered_colours_and_decoded_video():
 
 
 def test_suite_command_writes_a_video_and_prints_its_question(tmp_path, capsys):
-    from videoqa.worker.lab.suite import main
+    from videoqa.lab.suite import main
 
     out = tmp_path / "demo.mp4"
     assert main([str(out), "--family", "retrieval", "--index", "3", "--frames", "8"]) == 0

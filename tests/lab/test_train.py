@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import torch
 
-from videoqa.worker.lab.suite import COLORS, SHAPES, build, questions_about
-from videoqa.worker.lab.train import SPEC, Evidence, collate, evidence_loss, example, media_of, watch_layers
-from videoqa.worker.lab.train import main as train_main
+from videoqa.lab.suite import COLORS, SHAPES, build, questions_about
+from videoqa.lab.train import SPEC, Evidence, collate, evidence_loss, example, media_of, watch_layers
+from videoqa.lab.train import main as train_main
 from videoqa.worker.model import tiny
 from videoqa.worker.model.families import adapter_for
 from videoqa.worker.model.loader import load_model

@@ -49,7 +49,7 @@ def test_unknown_dtype_is_refused():
 
 def test_the_embedded_demo_model_ships_in_the_package_and_answers(monkeypatch):
     """`videoqa-demo` (the default) loads from the package, offline, and answers a suite question."""
-    from videoqa.worker.lab.suite import build, render
+    from videoqa.lab.suite import build, render
     from videoqa.worker.model.loader import BUILTIN_CHECKPOINTS, DEFAULT_MODEL
     from videoqa.worker.settings import WorkerSettings
     from videoqa.worker.types import DecodedMedia, GenerationParams

@@ -36,7 +36,7 @@ def _demo_checkpoint() -> Path:
 
 
 #: Checkpoints that ship with the server install, by id. ``videoqa-demo`` is the demo model trained
-#: on the synthetic suite by ``python -m videoqa.worker.lab.train`` (see docs/quality.md).
+#: on the synthetic suite by ``python -m videoqa.lab.train`` (see docs/quality.md).
 BUILTIN_CHECKPOINTS = {"videoqa-demo": _demo_checkpoint()}
 BUILTIN_DISTRIBUTIONS = {"videoqa-demo": "videoqa-demo-model"}
 DEFAULT_MODEL = "videoqa-demo"

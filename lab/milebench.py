@@ -46,7 +46,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from videoqa.worker.lab.sample import Sample
+from videoqa.lab.sample import Sample
 from videoqa.worker.types import MediaKind
 
 log = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from fractions import Fraction
 import numpy as np
 from PIL import Image, ImageDraw
 
-from videoqa.worker.lab.sample import Sample
+from videoqa.lab.sample import Sample
 from videoqa.worker.types import MediaKind
 
 COLORS: dict[str, tuple[int, int, int]] = {

@@ -38,7 +38,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from videoqa.worker.lab.sample import Sample, is_correct
+from videoqa.lab.sample import Sample, is_correct
 
 BUCKETS = ("0-25%", "25-50%", "50-75%", "75-100%")
 MODES = ("aware", "agnostic", "followup")
@@ -496,11 +496,11 @@ def run(opts: argparse.Namespace) -> list[Row]:
     from videoqa.worker.model.loader import load_model
 
     if opts.milebench:
-        from videoqa.worker.lab.milebench import load
+        from videoqa.lab.milebench import load
 
         samples = load(opts.milebench, [d for d in opts.datasets.split(",") if d] or None, opts.count)
     else:
-        from videoqa.worker.lab.suite import generate
+        from videoqa.lab.suite import generate
 
         samples = generate(opts.split, opts.count, tuple(int(f) for f in opts.frames.split(",")))
     configs = configurations(

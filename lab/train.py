@@ -1,6 +1,6 @@
 """Train the demo video-QA model on the synthetic suite (deterministic; CPU or GPU).
 
-    python -m videoqa.worker.lab.train --out models/videoqa-demo
+    python -m videoqa.lab.train --out models/videoqa-demo
 
 A Qwen2-VL-architecture model is built from a config (library initialisation) and trained in two
 stages, both on the suite's train split:
@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from videoqa.worker.lab.sample import Sample, is_correct
-from videoqa.worker.lab.suite import (
+from videoqa.lab.sample import Sample, is_correct
+from videoqa.lab.suite import (
     COLORS,
     FAMILIES,
     SHAPES,
