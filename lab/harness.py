@@ -41,6 +41,8 @@ from pathlib import Path
 from videoqa.lab.sample import Sample, is_correct
 
 BUCKETS = ("0-25%", "25-50%", "50-75%", "75-100%")
+#: The configuration that keeps exactly each sample's evidence tokens (suite v2), then random ones.
+ORACLE = "oracle"
 MODES = ("aware", "agnostic", "followup")
 #: The first turn of ``followup`` mode: a suite question that draws the pruning to the last frames.
 FIRST_QUESTION = "What shape is in the last frame?"
@@ -175,13 +177,16 @@ def evaluate(
             spec = SamplingSpec(num_frames=item.num_frames, max_frames=item.num_frames, max_resolution=max_resolution)
             media = decoder.decode(item.kind, item.media, spec, 1.0)
             for config in configs:
-                spec = PruningSpec(config.method, dict(config.params), config.budget, config.max_visual_tokens)
                 chunking = Chunking(frames=config.chunk_frames, slack=config.prefill_slack or Chunking().slack)
-                pipeline = PrunedPrefill(
-                    gen, build_method(spec), question_aware=config.mode != "agnostic", chunking=chunking
-                )
                 asked = {"aware": item.question, "agnostic": None, "followup": first_question}[config.mode]
-                done = run_to_end(pipeline.steps(lm.adapter.prepare(media, asked)))
+                prompt = lm.adapter.prepare(media, asked)
+                if config.method == ORACLE:
+                    method = oracle_for(item, prompt, config)
+                else:
+                    spec = PruningSpec(config.method, dict(config.params), config.budget, config.max_visual_tokens)
+                    method = build_method(spec)
+                pipeline = PrunedPrefill(gen, method, question_aware=config.mode != "agnostic", chunking=chunking)
+                done = run_to_end(pipeline.steps(prompt))
                 state, logits = done.state, done.logits
                 kv_bytes, cache_length = state.cache_bytes(), state.cache_length
                 if config.mode == "agnostic":
@@ -214,6 +219,17 @@ def evaluate(
             if progress:
                 progress(index + 1, len(samples))
     return rows
+
+
+def oracle_for(item: Sample, prompt, config: Config):
+    """The ``oracle`` bound for one sample: its evidence tokens (suite v2), then random ones."""
+    from videoqa.lab.oracle import EvidenceOracle, evidence_positions
+    from videoqa.lab.suite_v2 import DEMO_GRID
+
+    if not item.evidence:
+        raise ValueError(f"{item.sample_id}: the oracle needs samples that know their evidence (suite v2)")
+    positions = evidence_positions(prompt.layout, item.evidence, DEMO_GRID.per_patch, prompt.first_index)
+    return EvidenceOracle(config.budget, positions, config.max_visual_tokens, **dict(config.params))
 
 
 def merge(paths: list[Path]) -> list[Row]:
@@ -405,7 +421,7 @@ def configurations(
     configs = []
     fractions = [float(b) for b in budgets.split(",")]
     for name, method, params in entries:
-        progressive = method in METHODS and METHODS[method].progressive and method != "full"
+        progressive = (method in METHODS and METHODS[method].progressive and method != "full") or method == ORACLE
         for budget in [1.0] if method == "full" else fractions:
             for mode in modes.split(","):
                 for chunk in chunks:
@@ -437,10 +453,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
     parser.add_argument("--count", type=int, default=60)
-    parser.add_argument("--frames", default="8,16")
+    parser.add_argument("--frames", default="8,16", help="frame counts, comma separated (suite v2: 16 or more)")
+    parser.add_argument(
+        "--suite",
+        default="v1",
+        choices=["v1", "v2"],
+        help="the synthetic suite: v1 (one object per frame) or v2 (shots with the redundancy of real video, "
+        "evidence known: the oracle configuration needs it)",
+    )
     parser.add_argument("--milebench", type=Path, help="a MileBench-format data root instead of the synthetic suite")
     parser.add_argument("--datasets", default="", help="MileBench datasets (comma separated; default all)")
-    parser.add_argument("--methods", default="full,das,snapkv,h2o,fastv", help="comma separated, or 'all'")
+    parser.add_argument(
+        "--methods",
+        default="full,das,snapkv,h2o,fastv",
+        help="comma separated, or 'all' (every registered method); 'oracle' (suite v2) keeps the evidence",
+    )
     parser.add_argument(
         "--variant",
         action="append",
@@ -500,8 +527,9 @@ def run(opts: argparse.Namespace) -> list[Row]:
 
         samples = load(opts.milebench, [d for d in opts.datasets.split(",") if d] or None, opts.count)
     else:
-        from videoqa.lab.suite import generate
+        from videoqa.lab import suite, suite_v2
 
+        generate = suite_v2.generate if opts.suite == "v2" else suite.generate
         samples = generate(opts.split, opts.count, tuple(int(f) for f in opts.frames.split(",")))
     configs = configurations(
         opts.methods,

@@ -27,6 +27,10 @@ class Sample:
     needle: float | None = None
     #: Accepted answers besides ``answer`` (e.g. a multiple-choice letter and its text).
     aliases: list[str] = field(default_factory=list)
+    #: Ordinals, among the video's visual tokens in prompt order, of the tokens that show the
+    #: answer (suite v2, for the model grid it was built for; empty when unknown): what the
+    #: ``oracle`` configuration keeps.
+    evidence: tuple[int, ...] = ()
 
 
 def normalize(text: str) -> str:
