@@ -7,8 +7,8 @@ one token per object, nothing repeated), so no method could keep the evidence at
 - a video is a sequence of **shots** of 2 to 8 frames (even lengths, so that a shot fills whole
   temporal patches: Qwen merges frames two by two), each on its own textured background, showing
   nothing (a fifth of them), one object, or two;
-- an object (a colour and a shape) **moves gradually** through its shot, and is large enough to
-  span about 2×2 merged tokens of a 4×4 grid per frame pair;
+- an object (a colour and a shape) **moves gradually** through its shot, and spans 2×2 to 3×3
+  merged tokens of a 4×4 grid per frame pair;
 - questions name content, as in v1: ``needle``, ``retrieval``, ``ordering``, ``counting`` (of
   shots), ``state_change`` and ``last_frames``; every answer is re-derivable from the scene
   (:func:`questions_about`);
@@ -39,8 +39,9 @@ from videoqa.worker.types import MediaKind
 FAMILIES = ("needle", "retrieval", "ordering", "counting", "state_change", "last_frames")
 #: Shot lengths in frames (whole temporal patches of two frames).
 SHOT_FRAMES = (2, 4, 6, 8)
-#: Object radius, as a fraction of the frame side: 0.28 across, about 2 merged tokens of a 4×4 grid.
-RADIUS = 0.14
+#: Object radius, as a fraction of the frame side: 0.4 across, 2 to 3 merged tokens of a 4×4 grid
+#: on each axis (under 0.5 even while it moves: never more than 3).
+RADIUS = 0.2
 #: Most an object moves per frame, as a fraction of the frame side.
 SPEED = 0.025
 #: Share of shots with no object, and of shots with two.
@@ -134,19 +135,15 @@ def starts(scene: Scene) -> list[int]:
 
 
 def _thing(rng: random.Random, color: str, shape: str, side: int | None = None) -> Thing:
-    """A thing whose whole path stays inside the frame (``side`` 0/1: the left/right half, for two
-    things that must not overlap)."""
+    """A thing whose whole path stays inside the frame. ``side`` 0/1: one of two things side by
+    side, centred in the left/right half and moving only up or down, so they never overlap."""
     low, high = RADIUS + 8 * SPEED, 1 - RADIUS - 8 * SPEED
-    if side is None:
-        x = rng.uniform(low, high)
-    else:
-        x = rng.uniform(low, 0.5 - RADIUS) if side == 0 else rng.uniform(0.5 + RADIUS, high)
-    angle = rng.uniform(0, 2 * math.pi)
     speed = rng.uniform(0.3, 1.0) * SPEED
-    dx, dy = speed * math.cos(angle), speed * math.sin(angle)
-    if side is not None:  # two things side by side move apart, never into each other
-        dx = abs(dx) if side else -abs(dx)
-    return Thing(color, shape, x, rng.uniform(low, high), dx, dy)
+    if side is not None:
+        return Thing(color, shape, 0.25 + 0.5 * side, rng.uniform(low, high), 0.0, rng.choice((-1, 1)) * speed)
+    angle = rng.uniform(0, 2 * math.pi)
+    x, y = rng.uniform(low, high), rng.uniform(low, high)
+    return Thing(color, shape, x, y, speed * math.cos(angle), speed * math.sin(angle))
 
 
 def _shot(rng: random.Random, pairs: list[tuple[str, str]], frames: int | None = None) -> Shot:
@@ -185,7 +182,7 @@ def _background(rng: random.Random, frames: int, allowed: list[tuple[str, str]])
 def _evidence_patches(frames: int) -> int:
     """How many temporal patches may show evidence so that it stays within
     :data:`MAX_EVIDENCE_SHARE` of the visual tokens (a thing covers at most 3×3 tokens of a 4×4
-    grid in a patch: 0.28 of the frame across, moving less than a token in two frames)."""
+    grid in a patch: 0.4 of the frame across plus under 0.05 of motion in two frames)."""
     patches = frames // DEMO_GRID.frames
     return int(MAX_EVIDENCE_SHARE * patches * DEMO_GRID.per_patch) // 9
 

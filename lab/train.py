@@ -25,8 +25,10 @@ import argparse
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -238,8 +240,57 @@ class VisionCapture:
         self.tokens = pooled if torch.is_tensor(pooled) else torch.cat(pooled)
 
 
+@dataclass(frozen=True)
+class Curriculum:
+    """What a demo model trains on: its architecture, its suite's families and default frame counts
+    and frame size, and how to make a training conversation, a validation question and its media."""
+
+    spec: tiny.TinySpec
+    families: tuple[str, ...]
+    frames: str
+    size: int
+    #: ``example(adapter, family, seed, frames, size, turns, count_sink) -> Example``
+    example: Callable[..., Example]
+    #: ``question(family, seed, frames) -> (scene, question, answer, aliases)``
+    question: Callable[[str, int, int], tuple[Any, str, str, list[str]]]
+    #: ``media(scene, seed, size) -> DecodedMedia``
+    media: Callable[[Any, int, int], DecodedMedia]
+
+
+def _v1_question(family: str, seed: int, frames: int) -> tuple[Any, str, str, list[str]]:
+    scene, question, answer, _, aliases = build(family, seed, frames)
+    return scene, question, answer, aliases
+
+
+def curricula() -> dict[str, Curriculum]:
+    """``v1``: suite v1 on a Qwen2-VL-architecture model (56×56 frames, 2×2 tokens per pair);
+    ``v2``: suite v2 on a Qwen3-VL-architecture model (128×128 frames, 4×4 tokens per pair)."""
+    from videoqa.lab import curriculum_v2, suite_v2
+
+    return {
+        "v1": Curriculum(SPEC, FAMILIES, "8,16,32,64", 112, example, _v1_question, media_of),
+        "v2": Curriculum(
+            curriculum_v2.SPEC_V2,
+            suite_v2.FAMILIES,
+            "16,32,64",
+            curriculum_v2.SIZE,
+            curriculum_v2.example,
+            curriculum_v2.question_of,
+            curriculum_v2.media_of,
+        ),
+    }
+
+
 @torch.no_grad()
-def validate(model, processor, count: int, frames: tuple[int, ...], size: int, families: tuple[str, ...]) -> dict:
+def validate(
+    model,
+    processor,
+    count: int,
+    frames: tuple[int, ...],
+    size: int,
+    families: tuple[str, ...],
+    curriculum: Curriculum | None = None,
+) -> dict:
     """Greedy accuracy per family on the validation split (the service's prefill + decode path)."""
     from videoqa.worker.model.generate import ModelRunner
     from videoqa.worker.model.loader import LoadedModel
@@ -250,10 +301,12 @@ def validate(model, processor, count: int, frames: tuple[int, ...], size: int, f
     gen = ModelRunner(lm)
     results: dict[str, list[bool]] = {f: [] for f in families}
     base = SPLITS["validation"]
+    question_of = curriculum.question if curriculum is not None else _v1_question
+    media = curriculum.media if curriculum is not None else media_of
     for i in range(count):
         family, length = families[i % len(families)], frames[(i // len(families)) % len(frames)]
-        scene, question, answer, _, aliases = build(family, base + i, length)
-        state, logits = gen.prefill(adapter.prepare(media_of(scene, base + i, size), question))
+        scene, question, answer, aliases = question_of(family, base + i, length)
+        state, logits = gen.prefill(adapter.prepare(media(scene, base + i, size), question))
         text = processor.tokenizer.decode(
             list(gen.stream(state, logits, GenerationParams(6))), skip_special_tokens=True
         )
@@ -346,7 +399,16 @@ def _format(accuracy: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--suite", default="v1", choices=["v1", "v2"])
+    curriculum = curricula()[first.parse_known_args(argv)[0].suite]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--suite",
+        default="v1",
+        choices=["v1", "v2"],
+        help="v1: suite v1 on a Qwen2-VL-architecture model; v2: suite v2 on a Qwen3-VL-architecture model",
+    )
     parser.add_argument("--out", type=Path, default=Path("models/videoqa-demo"))
     parser.add_argument("--vision-steps", type=int, default=400)
     parser.add_argument("--steps", type=int, default=6000)
@@ -357,8 +419,8 @@ def main(argv: list[str] | None = None) -> int:
         default=256,
         help="at most this many frames per batch: longer videos come in smaller batches (64 frames: 4)",
     )
-    parser.add_argument("--frames", default="8,16,32,64", help="frame counts to train on (one per batch, cycled)")
-    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--frames", default=curriculum.frames, help="frame counts to train on (one per batch, cycled)")
+    parser.add_argument("--size", type=int, default=curriculum.size)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--vision-lr", type=float, default=2e-3)
     parser.add_argument("--probe-weight", type=float, default=0.3)
@@ -375,20 +437,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--eval-count", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--families", default=",".join(FAMILIES), help="question families to train and validate on")
+    parser.add_argument(
+        "--families", default=",".join(curriculum.families), help="question families to train and validate on"
+    )
     args = parser.parse_args(argv)
     families = tuple(f for f in args.families.split(",") if f)
     frame_counts = tuple(int(f) for f in args.frames.split(","))
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
-    model, processor = tiny.build_from_spec(SPEC, args.seed, wide_init=False)
+    model, processor = tiny.build_from_spec(curriculum.spec, args.seed, wide_init=False)
     widen_query_key(model, args.qk_init)
     attend_layers = [int(x) for x in args.attend_layers.split(",") if x] if args.attend_weight > 0 else []
     watched = watch_layers(model, attend_layers)
     model.train()
     adapter = adapter_for(model, processor)
     vision_config = model.config.vision_config
-    probe = TokenProbe(SPEC.hidden, vision_config.temporal_patch_size)
+    probe = TokenProbe(curriculum.spec.hidden, vision_config.temporal_patch_size)
     capture = VisionCapture(model.model.visual)
     started = time.time()
 
@@ -398,7 +462,9 @@ def main(argv: list[str] | None = None) -> int:
         frames = frame_counts[step % len(frame_counts)]
         n = max(1, min(n, args.batch_frames * n // (args.batch * frames)))
         return [
-            example(adapter, family, rng.randrange(SPLITS["validation"]), frames, args.size, args.turns, sink)
+            curriculum.example(
+                adapter, family, rng.randrange(SPLITS["validation"]), frames, args.size, args.turns, sink
+            )
             for family in [rng.choice(families) for _ in range(n)]
         ]
 
@@ -420,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label} step {step} {shown} ({time.time() - started:.0f}s)", flush=True)
                 running = {}
             if label == "qa" and (step % args.eval_every == 0 or step == steps):
-                accuracy = validate(model, processor, args.eval_count, frame_counts, args.size, families)
+                accuracy = validate(model, processor, args.eval_count, frame_counts, args.size, families, curriculum)
                 print(f"qa step {step} validation {_format(accuracy)}", flush=True)
 
     def vision_loss(step: int) -> dict[str, torch.Tensor]:

@@ -217,6 +217,10 @@ class TinySpec:
     linear_head_dim: int = 16
     #: Qwen3-VL: vision blocks whose merged outputs DeepStack adds to the first decoder layers.
     deepstack: tuple[int, ...] = (0, 1)
+    #: Qwen3 video processor: total pixels a video may keep over all its frames (0: 8 frames of
+    #: ``image_size``²), and the most merged tokens a frame may have (the per-frame cap).
+    video_pixels: int = 0
+    frame_tokens: int = 768
 
 
 TINY_MODELS: dict[str, TinySpec] = {
@@ -394,11 +398,12 @@ def _build_qwen3(spec: TinySpec, tok: Any) -> tuple[Any, Any]:
             patch_size=16, merge_size=2, size={"shortest_edge": 32 * 32, "longest_edge": pixels}
         ),
         video_processor=Qwen3VLVideoProcessor(
-            size={"shortest_edge": 32 * 32, "longest_edge": 8 * pixels},
+            size={"shortest_edge": 32 * 32, "longest_edge": spec.video_pixels or 8 * pixels},
             patch_size=16,
             merge_size=2,
             temporal_patch_size=2,
             cap_pixels_per_frame=True,
+            max_video_tokens=spec.frame_tokens,
         ),
         tokenizer=tok,
         chat_template=tok.chat_template,
