@@ -482,3 +482,45 @@ def generate(
         sample(families[i % len(families)], base + i, frames[(i // len(families)) % len(frames)], size)
         for i in range(count)
     ]
+
+
+def share_table(seeds: int = 60, frames: tuple[int, ...] = FRAME_COUNTS) -> str:
+    """Markdown: the mean (and largest) evidence share per family and frame count over ``seeds``."""
+    lines = ["| frames | " + " | ".join(f.replace("_", " ") for f in FAMILIES) + " |"]
+    lines.append("|---" * (len(FAMILIES) + 1) + "|")
+    for count in frames:
+        cells = []
+        for family in FAMILIES:
+            shares = [evidence_share(*build(family, seed, count)) for seed in range(seeds)]
+            cells.append(f"{sum(shares) / len(shares):.1%} (max {max(shares):.1%})")
+        lines.append(f"| {count} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m videoqa.lab.suite_v2 demo.mp4``: write one video and print its question;
+    ``--shares``: print the evidence-share table instead."""
+    import argparse
+    import sys
+    from pathlib import Path
+
+    parser = argparse.ArgumentParser(description="Suite v2: write one video, or print the evidence shares.")
+    parser.add_argument("out", type=Path, nargs="?", help="where to write the MP4")
+    parser.add_argument("--family", default="needle", choices=FAMILIES)
+    parser.add_argument("--split", default="test", choices=list(SPLITS))
+    parser.add_argument("--index", type=int, default=0, help="sample index within the split")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--shares", action="store_true", help="print the evidence share per family and frame count")
+    args = parser.parse_args(argv)
+    if args.shares or args.out is None:
+        print(share_table())
+        return 0
+    item = sample(args.family, SPLITS[args.split] + args.index, args.frames)
+    args.out.write_bytes(item.media)
+    print(item.question)
+    print(f"{args.out}: {args.frames} frames; expected answer: {item.answer}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
