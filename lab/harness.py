@@ -64,6 +64,9 @@ class Config:
     chunk_frames: int = 0
     max_visual_tokens: int = 0
     prefill_slack: float = 0.0
+    #: Attention heads whose statistics the method does not score with (``"1:0"``: layer 1's head
+    #: 0; see ``lab/heads.py``); empty: all heads.
+    left_out: str = ""
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -162,6 +165,7 @@ def evaluate(
 ) -> list[Row]:
     """Answer every sample under every configuration (greedy), each prefilled as the worker does
     (``PrunedPrefill.steps`` under the configuration's chunking)."""
+    from videoqa.lab.heads import leave_out, parse_heads
     from videoqa.worker.model.chunks import Chunking
     from videoqa.worker.model.generate import ModelRunner
     from videoqa.worker.pruning.pipeline import PrunedPrefill, run_to_end
@@ -185,6 +189,8 @@ def evaluate(
                 else:
                     spec = PruningSpec(config.method, dict(config.params), config.budget, config.max_visual_tokens)
                     method = build_method(spec)
+                if config.left_out:
+                    method = leave_out(method, parse_heads(config.left_out))
                 pipeline = PrunedPrefill(gen, method, question_aware=config.mode != "agnostic", chunking=chunking)
                 done = run_to_end(pipeline.steps(prompt))
                 state, logits = done.state, done.logits
@@ -230,6 +236,22 @@ def oracle_for(item: Sample, prompt, config: Config):
         raise ValueError(f"{item.sample_id}: the oracle needs samples that know their evidence (suite v2)")
     positions = evidence_positions(prompt.layout, item.evidence, DEMO_GRID.per_patch, prompt.first_index)
     return EvidenceOracle(config.budget, positions, config.max_visual_tokens, **dict(config.params))
+
+
+def without_heads(configs: list[Config], heads: str) -> list[Config]:
+    """A variant of every configuration that scores with attention (not ``full``, ``random`` or
+    ``oracle``) that leaves ``heads`` out of its statistics."""
+    from dataclasses import replace
+
+    from videoqa.lab.heads import parse_heads
+
+    tag = "-".join(f"L{layer}H{head}" for layer, chosen in parse_heads(heads).items() for head in chosen)
+    unscored = {"full", "random", ORACLE}
+    return [
+        replace(c, name=f"{c.name or c.method}-without-{tag}", left_out=heads)
+        for c in configs
+        if c.method not in unscored
+    ]
 
 
 def merge(paths: list[Path]) -> list[Row]:
@@ -494,6 +516,13 @@ def main(argv: list[str] | None = None) -> int:
         "(default: the worker's default)",
     )
     parser.add_argument("--first-question", default=FIRST_QUESTION, help="the first turn of followup mode")
+    parser.add_argument(
+        "--leave-out-heads",
+        default="",
+        metavar="LAYER:HEAD,...",
+        help="also run every scoring method without these heads' statistics (e.g. the demo model's "
+        "supervised head, 1:0), as a variant named METHOD-without-LxHy",
+    )
     parser.add_argument("--max-new-tokens", type=int, default=6)
     parser.add_argument("--out", type=Path, default=Path("eval"))
     parser.add_argument(
@@ -540,6 +569,8 @@ def run(opts: argparse.Namespace) -> list[Row]:
         opts.max_visual_tokens,
         opts.prefill_slack,
     )
+    if opts.leave_out_heads:
+        configs += without_heads(configs, opts.leave_out_heads)
     lm = load_model(opts.model, device=opts.device)
     rows = evaluate(
         lm,
