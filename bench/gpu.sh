@@ -9,6 +9,7 @@
 #   run(command="bash bench/gpu.sh qwen3")    # Qwen3-VL-8B (GQA 32/8, DeepStack), bf16
 #   run(command="bash bench/gpu.sh qwen3.5")  # a ~9B Qwen3.5 (8 full-attention + 24 linear-attention layers)
 #   run(command="bash bench/gpu.sh new")      # both of those, 1 repetition (one call)
+#   run(command="bash bench/gpu.sh qwen 1")   # a part with another number of repetitions
 # The linear-attention layers run the library's PyTorch fallback unless flash-linear-attention and
 # causal-conv1d are installed in the image (the report's log says which).
 # Results come back under $OUT; copy them to bench/results/ and docs/benchmarks/.
@@ -30,11 +31,11 @@ prune() {  # prune REPS
 }
 case "${1:-all}" in
   all) decode qwen2.5-vl-7b 1 && decode llava-video-7b 1 && prune 3 ;;
-  qwen) decode qwen2.5-vl-7b ;;
-  llava) decode llava-video-7b ;;
-  prune) prune 5 ;;
-  qwen3) decode qwen3-vl-8b ;;
-  qwen3.5) decode qwen3.5-9b ;;
+  qwen) decode qwen2.5-vl-7b "${2:-2}" ;;
+  llava) decode llava-video-7b "${2:-2}" ;;
+  prune) prune "${2:-5}" ;;
+  qwen3) decode qwen3-vl-8b "${2:-2}" ;;
+  qwen3.5) decode qwen3.5-9b "${2:-2}" ;;
   new) decode qwen3-vl-8b 1 && decode qwen3.5-9b 1 ;;
   *) echo "usage: bash bench/gpu.sh [all|qwen|llava|prune|qwen3|qwen3.5|new]" >&2; exit 2 ;;
 esac
