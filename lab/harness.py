@@ -35,6 +35,8 @@ import argparse
 import json
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -165,12 +167,8 @@ def evaluate(
 ) -> list[Row]:
     """Answer every sample under every configuration (greedy), each prefilled as the worker does
     (``PrunedPrefill.steps`` under the configuration's chunking)."""
-    from videoqa.lab.heads import leave_out, parse_heads
-    from videoqa.worker.model.chunks import Chunking
     from videoqa.worker.model.generate import ModelRunner
-    from videoqa.worker.pruning.pipeline import PrunedPrefill, run_to_end
-    from videoqa.worker.pruning.registry import build_method
-    from videoqa.worker.types import GenerationParams, PruningSpec, SamplingSpec
+    from videoqa.worker.types import GenerationParams, SamplingSpec
     from videoqa.worker.video.decode import MediaDecoder
 
     gen = ModelRunner(lm)
@@ -180,50 +178,84 @@ def evaluate(
         for index, item in enumerate(samples):
             spec = SamplingSpec(num_frames=item.num_frames, max_frames=item.num_frames, max_resolution=max_resolution)
             media = decoder.decode(item.kind, item.media, spec, 1.0)
-            for config in configs:
-                chunking = Chunking(frames=config.chunk_frames, slack=config.prefill_slack or Chunking().slack)
-                asked = {"aware": item.question, "agnostic": None, "followup": first_question}[config.mode]
-                prompt = lm.adapter.prepare(media, asked)
-                if config.method == ORACLE:
-                    method = oracle_for(item, prompt, config)
-                else:
-                    spec = PruningSpec(config.method, dict(config.params), config.budget, config.max_visual_tokens)
-                    method = build_method(spec)
-                if config.left_out:
-                    method = leave_out(method, parse_heads(config.left_out))
-                pipeline = PrunedPrefill(gen, method, question_aware=config.mode != "agnostic", chunking=chunking)
-                done = run_to_end(pipeline.steps(prompt))
-                state, logits = done.state, done.logits
-                kv_bytes, cache_length = state.cache_bytes(), state.cache_length
-                if config.mode == "agnostic":
-                    logits = gen.feed(state, gen.turn_input(state, item.question, first=True))
-                elif config.mode == "followup":  # answer the first question, then ask this one
-                    list(gen.stream(state, logits, greedy))
-                    logits = gen.feed(state, gen.turn_input(state, item.question, first=False))
-                tokens = list(gen.stream(state, logits, greedy))
-                text = lm.tokenizer.decode(tokens, skip_special_tokens=True)
-                rows.append(
-                    Row(
-                        item.sample_id,
-                        item.family,
-                        item.needle,
-                        config.name or config.method,
-                        config.budget,
-                        config.mode,
-                        text,
-                        item.answer,
-                        is_correct(text, item),
-                        kv_bytes,
-                        cache_length,
-                        config.chunk_frames,
-                        config.max_visual_tokens,
-                        done.peak_kv_bytes,
-                        done.chunks,
-                        chunking.slack if config.chunk_frames else 0.0,
-                    )
-                )
+            with vision_once(lm.adapter):
+                rows.extend(_answer(lm, gen, greedy, item, media, configs, first_question))
             if progress:
                 progress(index + 1, len(samples))
+    return rows
+
+
+@contextmanager
+def vision_once(adapter) -> Iterator[None]:
+    """Within one sample every configuration prefills the same frames, so the vision tower runs
+    once per frame range (its features are a function of the frames alone, tested equal to the
+    worker's path), not once per configuration: most of a small model's prefill."""
+    compute = adapter.video_features
+    memo = {}
+
+    def reused(inputs, first: int, end: int):
+        if (first, end) not in memo:
+            memo[first, end] = compute(inputs, first, end)
+        return memo[first, end]
+
+    adapter.video_features = reused
+    try:
+        yield
+    finally:
+        del adapter.video_features  # the class's method again
+
+
+def _answer(lm, gen, greedy, item: Sample, media, configs: list[Config], first_question: str) -> list[Row]:
+    """Every configuration's answer to one sample."""
+    from videoqa.lab.heads import leave_out, parse_heads
+    from videoqa.worker.model.chunks import Chunking
+    from videoqa.worker.pruning.pipeline import PrunedPrefill, run_to_end
+    from videoqa.worker.pruning.registry import build_method
+    from videoqa.worker.types import PruningSpec
+
+    rows = []
+    for config in configs:
+        chunking = Chunking(frames=config.chunk_frames, slack=config.prefill_slack or Chunking().slack)
+        asked = {"aware": item.question, "agnostic": None, "followup": first_question}[config.mode]
+        prompt = lm.adapter.prepare(media, asked)
+        if config.method == ORACLE:
+            method = oracle_for(item, prompt, config)
+        else:
+            spec = PruningSpec(config.method, dict(config.params), config.budget, config.max_visual_tokens)
+            method = build_method(spec)
+        if config.left_out:
+            method = leave_out(method, parse_heads(config.left_out))
+        pipeline = PrunedPrefill(gen, method, question_aware=config.mode != "agnostic", chunking=chunking)
+        done = run_to_end(pipeline.steps(prompt))
+        state, logits = done.state, done.logits
+        kv_bytes, cache_length = state.cache_bytes(), state.cache_length
+        if config.mode == "agnostic":
+            logits = gen.feed(state, gen.turn_input(state, item.question, first=True))
+        elif config.mode == "followup":  # answer the first question, then ask this one
+            list(gen.stream(state, logits, greedy))
+            logits = gen.feed(state, gen.turn_input(state, item.question, first=False))
+        tokens = list(gen.stream(state, logits, greedy))
+        text = lm.tokenizer.decode(tokens, skip_special_tokens=True)
+        rows.append(
+            Row(
+                item.sample_id,
+                item.family,
+                item.needle,
+                config.name or config.method,
+                config.budget,
+                config.mode,
+                text,
+                item.answer,
+                is_correct(text, item),
+                kv_bytes,
+                cache_length,
+                config.chunk_frames,
+                config.max_visual_tokens,
+                done.peak_kv_bytes,
+                done.chunks,
+                chunking.slack if config.chunk_frames else 0.0,
+            )
+        )
     return rows
 
 

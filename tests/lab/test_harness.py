@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from PIL import Image
 
 from videoqa.client.cli import main as cli_main
@@ -123,10 +124,12 @@ def test_runs_split_over_processes_merge_into_one_report(tmp_path, capsys):
         raise AssertionError("two runs that disagree on full were merged")
 
 
-def test_chunk_frames_zero_answers_as_the_one_shot_path_and_chunked_rows_carry_their_chunk(tiny_model):
+@pytest.mark.parametrize("model_id", ["tiny-qwen2-vl", "tiny-qwen3-vl"])
+def test_chunk_frames_zero_answers_as_the_one_shot_path_and_chunked_rows_carry_their_chunk(tiny_model, model_id):
     """``--chunk-frames 0`` is the harness as it was (one forward, then one prune: the same answers,
-    cache and peak); a chunked configuration really runs in chunks, compresses as it goes (a lower
-    peak) and labels its rows with its chunk size."""
+    cache and peak; the vision tower run once per sample, not per configuration, changes nothing,
+    DeepStack included); a chunked configuration really runs in chunks, compresses as it goes (a
+    lower peak) and labels its rows with its chunk size."""
     from videoqa.lab.harness import Config, evaluate, markdown
     from videoqa.lab.suite import generate
     from videoqa.worker.model.generate import ModelRunner
@@ -135,7 +138,7 @@ def test_chunk_frames_zero_answers_as_the_one_shot_path_and_chunked_rows_carry_t
     from videoqa.worker.types import GenerationParams, PruningSpec, SamplingSpec
     from videoqa.worker.video.decode import MediaDecoder
 
-    lm = tiny_model("tiny-qwen2-vl")
+    lm = tiny_model(model_id)
     samples = generate("test", 2, (16,), size=56)
     modes = ("aware", "agnostic", "followup")
     configs = [Config(m, b, mode) for m, b in (("full", 1.0), ("das", 0.2), ("h2o", 0.2)) for mode in modes]
