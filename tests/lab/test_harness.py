@@ -253,3 +253,22 @@ def test_the_harness_runs_the_new_families(tmp_path):
         assert data["summary"]["keep_all_equals_full"] is True, model
         assert {(r["method"], r["budget"]) for r in data["rows"]} >= {("das", 0.25), ("snapkv", 0.25), ("full", 1.0)}
         assert all(r["cache_length"] > 0 for r in data["rows"])
+
+
+def test_suite_v2_with_its_bounds_end_to_end(tmp_path):
+    """``videoqa eval --suite v2``: every method placed between the oracle and random, the
+    left-out-heads variant beside its method, keep-all answering as full, the report naming them."""
+    out = tmp_path / "eval"
+    argv = ["eval", "--suite", "v2", "--model", "tiny-qwen3-vl", "--count", "2", "--frames", "16"]
+    argv += ["--methods", "full,oracle,random,das", "--budgets", "1,0.2", "--modes", "agnostic"]
+    assert cli_main([*argv, "--leave-out-heads", "1:0", "--max-new-tokens", "2", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    labels = {(r["method"], r["budget"]) for r in data["rows"]}
+    methods = ("oracle", "random", "das", "das-without-L1H0")
+    assert labels == {("full", 1.0)} | {(m, b) for m in methods for b in (1.0, 0.2)}
+    assert len(data["rows"]) == 2 * len(labels) and {r["sample_id"][:3] for r in data["rows"]} == {"v2-"}
+    assert data["summary"]["keep_all_equals_full"] is True
+    at_20 = [r for r in data["rows"] if r["budget"] == 0.2]
+    assert len({r["cache_length"] for r in at_20 if r["method"] != "full"}) == 1  # one budget, one cache size
+    report = (out / "results.md").read_text()
+    assert all(f"| {m} |" in report for m in methods)
