@@ -507,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--split", default="test", choices=["train", "validation", "test"])
     parser.add_argument("--count", type=int, default=60)
-    parser.add_argument("--frames", default="8,16", help="frame counts, comma separated (suite v2: 16 or more)")
+    parser.add_argument(
+        "--frames", help="frame counts, comma separated (default: 16,64 for suite v2, 8,16 for v1; v2 needs 16 or more)"
+    )
     parser.add_argument(
         "--suite",
         default="v1",
@@ -591,7 +593,8 @@ def run(opts: argparse.Namespace) -> list[Row]:
         from videoqa.lab import suite, suite_v2
 
         generate = suite_v2.generate if opts.suite == "v2" else suite.generate
-        samples = generate(opts.split, opts.count, tuple(int(f) for f in opts.frames.split(",")))
+        frames = opts.frames or ("16,64" if opts.suite == "v2" else "8,16")
+        samples = generate(opts.split, opts.count, tuple(int(f) for f in frames.split(",")))
     configs = configurations(
         opts.methods,
         opts.variant,
