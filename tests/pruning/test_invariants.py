@@ -111,7 +111,7 @@ def test_window_recompute_matches_eager_attention(model_id):
 
 def test_das_without_subsidy_or_bin_is_plain_alpha_mixed_topk(pruned):
     unpruned = copy.deepcopy(pruned("tiny-qwen2-vl", "full", 1.0).state.cache)
-    run = pruned("tiny-qwen2-vl", "das", 0.3, gamma=1.0, bins_per_frame=0, alpha=0.5)
+    run = pruned("tiny-qwen2-vl", "das", 0.3, gamma=1.0, bins_per_frame=0, alpha=0.5, quota=0)
     das_pipeline, das_state = run.pipeline, run.state
     ctx = das_pipeline.context(das_state)
     layout = das_pipeline.prompt.layout
@@ -156,7 +156,7 @@ def test_subsidy_moves_kept_tokens_toward_later_frames(pruned):
 @pytest.mark.parametrize("per_head", [0, 1])
 def test_recycled_entry_is_the_weighted_mean_of_its_frames_evicted_tokens(pruned, per_head):
     unpruned = copy.deepcopy(pruned("tiny-qwen2-vl", "full", 1.0).state.cache)
-    run = pruned("tiny-qwen2-vl", "das", 0.3, per_head=per_head, bins_per_frame=1)
+    run = pruned("tiny-qwen2-vl", "das", 0.3, per_head=per_head, bins_per_frame=1, quota=0)  # global top-k
     das, das_state, result = run.pipeline, run.state, run.result
     ctx = das.context(das_state)
     method = das.method

@@ -541,7 +541,7 @@ def test_das_frame_score_divides_by_the_rows_that_see_a_token():
     {8..11} have the most per row, early ones the largest raw sums (seen by more rows). α 0, no
     subsidy: {8, 9, 10, 11}. Catches a DAS whose frame score is the raw column sum (H2O's bias)."""
     r = tensor([0.15, 0.15, 0.15, 0.15, 0.14, 0.14, 0.14, 0.14, 0.3, 0.29, 0.28, 0.27])
-    state, _, _ = prune(method("das", 1 / 3, alpha=0, gamma=1), das_context(r=r))
+    state, _, _ = prune(method("das", 1 / 3, quota=0, alpha=0, gamma=1), das_context(r=r))
     assert kept(state) == [[{8, 9, 10, 11}] * KV_HEADS] * LAYERS
 
 
@@ -563,12 +563,13 @@ DAS_R = DAS_C.flip(0) / 100
     ids=["mixed", "question-only", "frames-only", "agnostic-question", "agnostic-frames"],
 )
 def test_das_mixes_normalised_question_and_frame_scores(params, aware, expected):
-    """With γ 1, DAS keeps the top-k of α·c/Σc + (1−α)·r/Σr, one set for every KV head; α is
-    ``agnostic_alpha`` when the question is not in the prefill. At α 0.5 each term brings its two
-    favourites although c is a hundred times larger than r. Catches a mix without the normalisation
-    (c would win all four slots), with α applied the wrong way round, or ignoring the mode."""
+    """With γ 1 and one global ranking (``quota`` 0), DAS keeps the top-k of α·c/Σc + (1−α)·r/Σr,
+    one set for every KV head; α is ``agnostic_alpha`` when the question is not in the prefill. At
+    α 0.5 each term brings its two favourites although c is a hundred times larger than r. Catches
+    a mix without the normalisation (c would win all four slots), with α applied the wrong way
+    round, or ignoring the mode."""
     ctx = das_context(DAS_C, DAS_R, aware)
-    state, _, _ = prune(method("das", 1 / 3, gamma=1, **params), ctx)
+    state, _, _ = prune(method("das", 1 / 3, quota=0, gamma=1, **params), ctx)
     assert kept(state) == [[expected] * KV_HEADS] * LAYERS
 
 
@@ -579,9 +580,9 @@ def test_das_position_prior_subsidises_later_frames():
     earlier frames."""
     c = tensor([1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.45, 0.4, 0.56, 0.48, 0.3, 0.2])
     ctx = das_context(c)
-    state, _, _ = prune(method("das", 1 / 3, alpha=1, gamma=1), ctx)
+    state, _, _ = prune(method("das", 1 / 3, quota=0, alpha=1, gamma=1), ctx)
     assert kept(state) == [[{0, 1, 2, 3}] * KV_HEADS] * LAYERS
-    state, _, _ = prune(method("das", 1 / 3, alpha=1, gamma=2, subsidy=0), ctx)
+    state, _, _ = prune(method("das", 1 / 3, quota=0, alpha=1, gamma=2, subsidy=0), ctx)
     assert kept(state) == [[{0, 1, 8, 9}] * KV_HEADS] * LAYERS
 
 
@@ -611,18 +612,20 @@ def test_das_fitted_decay_subsidy(rate, params, expected):
     third token; γ 10 lifts frame 2 too; ``lambda_max`` 0.3 caps that; rising scores (λ < 0) get
     no subsidy at all. Catches a DAS without its subsidy toward later frames, one that ignores γ
     or ``lambda_max``, and one that penalises later frames when attention rises."""
-    state, _, _ = prune(method("das", 1 / 3, alpha=1, subsidy=1, **params), das_context(decaying(rate)))
+    state, _, _ = prune(method("das", 1 / 3, quota=0, alpha=1, subsidy=1, **params), das_context(decaying(rate)))
     assert kept(state) == [[expected] * KV_HEADS] * LAYERS
 
 
 def test_das_quota_splits_slots_by_frame_mass():
     """``quota`` 1: frame masses 0.5, 0.25, 0.25 split 4 slots 2, 1, 1, each frame its best:
-    {0, 1, 6, 8}; the global top-4 would be {0, 1, 2, 6}. Catches a quota that is ignored or not
-    proportional to mass."""
+    {0, 1, 6, 8}; the global top-4 (``quota`` 0) is {0, 1, 2, 6}. Catches a quota that is ignored or
+    not proportional to mass, and a default that is not the quota."""
     c = tensor([0.2, 0.15, 0.13, 0.02, 0.01, 0.04, 0.12, 0.08, 0.11, 0.08, 0.03, 0.03])
     state, _, _ = prune(method("das", 1 / 3, alpha=1, gamma=1, quota=1), das_context(c))
     assert kept(state) == [[{0, 1, 6, 8}] * KV_HEADS] * LAYERS
-    state, _, _ = prune(method("das", 1 / 3, alpha=1, gamma=1), das_context(c))
+    state, _, _ = prune(method("das", 1 / 3, alpha=1, gamma=1), das_context(c))  # the default
+    assert kept(state) == [[{0, 1, 6, 8}] * KV_HEADS] * LAYERS
+    state, _, _ = prune(method("das", 1 / 3, quota=0, alpha=1, gamma=1), das_context(c))
     assert kept(state) == [[{0, 1, 2, 6}] * KV_HEADS] * LAYERS
 
 
@@ -631,9 +634,9 @@ def test_das_per_head_and_shared_selection():
     set from all heads' mean (frame 0 weighs more). Catches ``per_head`` ignored either way."""
     c = torch.stack([tensor([0.4, 0.39, 0.38, 0.37, *[0.01] * 8]), tensor([*[0.01] * 8, 0.2, 0.19, 0.18, 0.17])])
     ctx = das_context(c, heads=split_groups)
-    state, _, _ = prune(method("das", 1 / 3, alpha=1, gamma=1, per_head=1), ctx)
+    state, _, _ = prune(method("das", 1 / 3, quota=0, alpha=1, gamma=1, per_head=1), ctx)
     assert kept(state) == [[{0, 1, 2, 3}, {8, 9, 10, 11}]] * LAYERS
-    state, _, _ = prune(method("das", 1 / 3, alpha=1, gamma=1), ctx)
+    state, _, _ = prune(method("das", 1 / 3, quota=0, alpha=1, gamma=1), ctx)
     assert kept(state) == [[{0, 1, 2, 3}] * KV_HEADS] * LAYERS
 
 
@@ -643,7 +646,7 @@ def test_das_pools_within_frame_spans_only():
     pooled across the boundary, {3, 4}. The first ``skip_first`` layers keep every token. Catches
     pooling that crosses frames or is ignored, and ``skip_first`` ignored."""
     c = tensor([0.005, 0.01, 0.02, 1.0, 0.05, 0.04, 0.006, 0.007, 0.008, 0.3, 0.009, 0.004])
-    state, _, _ = prune(method("das", 1 / 6, alpha=1, gamma=1, kernel=3, skip_first=1), das_context(c))
+    state, _, _ = prune(method("das", 1 / 6, quota=0, alpha=1, gamma=1, kernel=3, skip_first=1), das_context(c))
     assert kept(state) == [[set(range(N))] * KV_HEADS] + [[{2, 3}] * KV_HEADS] * (LAYERS - 1)
 
 

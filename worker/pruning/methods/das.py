@@ -86,7 +86,7 @@ class DynamicAttentionSubsidy(ScoredMethod):
         ),
         MethodParam("kernel", "Pooling of scores within a frame span (1: none)", 1, 1, 63, integer=True),
         MethodParam(
-            "quota", "0: global top-k across frames, 1: per-frame quota from subsidised mass", 0, 0, 1, integer=True
+            "quota", "0: global top-k across frames, 1: per-frame quota from subsidised mass", 1, 0, 1, integer=True
         ),
         MethodParam("per_head", "0: one kept set per layer (head-averaged), 1: per KV head", 0, 0, 1, integer=True),
         MethodParam("skip_first", "Leading layers kept unpruned", 0, 0, 256, integer=True),
