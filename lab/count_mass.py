@@ -37,7 +37,8 @@ def read(model, processor, seeds: list[int], frames: int, layer: int = 1, sink: 
     model loaded with transformers (its attention is routed through the training attention for
     the reading and set back to plain sdpa after)."""
     from videoqa.lab import curriculum_v2
-    from videoqa.lab.train import collate, watch_layers
+    from videoqa.lab.suite_v2 import build
+    from videoqa.lab.train import collate, unwatch, watch_layers
     from videoqa.worker.model.families import adapter_for
 
     adapter = adapter_for(model, processor)
@@ -50,11 +51,10 @@ def read(model, processor, seeds: list[int], frames: int, layer: int = 1, sink: 
             with torch.no_grad():
                 model(**collate([example], processor.tokenizer.pad_token_id))
             mass = float(watched.videoqa_head0[0, evidence.position, evidence.tokens].sum())
-            n = round(sink * evidence.share / (1 - evidence.share))
+            n = int(build("counting", seed, frames)[1].answer)
             readings.append(Reading(frames, n, len(evidence.tokens), mass, evidence.share))
     finally:
-        del watched.videoqa_watch, watched.videoqa_head0
-        model.set_attn_implementation("sdpa")
+        unwatch(model, [watched])
     return readings
 
 

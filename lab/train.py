@@ -359,6 +359,14 @@ def watch_layers(model, layers: list[int]) -> list[nn.Module]:
     return watched
 
 
+def unwatch(model, watched: list[nn.Module]) -> None:
+    """Undo :func:`watch_layers`: the marks and kept probabilities gone, plain sdpa again."""
+    for module in watched:
+        module.__dict__.pop("videoqa_head0", None)
+        del module.videoqa_watch
+    model.set_attn_implementation("sdpa")
+
+
 def evidence_loss(heads: list[torch.Tensor], batch: list[Example]) -> torch.Tensor:
     """Mean over questions and supervised heads of the evidence term; ``heads`` holds one head's
     attention probabilities [B, L, L] per supervised layer.
@@ -512,9 +520,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps:
         optimise([*model.parameters(), *probe.parameters()], args.lr, args.steps, qa_loss, "qa")
     args.out.mkdir(parents=True, exist_ok=True)
-    for module in watched:
-        del module.videoqa_watch, module.videoqa_head0
-    model.set_attn_implementation("sdpa")
+    unwatch(model, watched)
     model.eval().save_pretrained(args.out)
     processor.save_pretrained(args.out)
     print(f"saved {args.out} after {time.time() - started:.0f}s")
