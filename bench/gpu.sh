@@ -37,5 +37,5 @@ case "${1:-all}" in
   qwen3) decode qwen3-vl-8b "${2:-2}" ;;
   qwen3.5) decode qwen3.5-9b "${2:-2}" ;;
   new) decode qwen3-vl-8b 1 && decode qwen3.5-9b 1 ;;
-  *) echo "usage: bash bench/gpu.sh [all|qwen|llava|prune|qwen3|qwen3.5|new]" >&2; exit 2 ;;
+  *) echo "usage: bash bench/gpu.sh [all|qwen|llava|prune|qwen3|qwen3.5|new] [REPS]" >&2; exit 2 ;;
 esac

@@ -593,8 +593,10 @@ def run(opts: argparse.Namespace) -> list[Row]:
         from videoqa.lab import suite, suite_v2
 
         generate = suite_v2.generate if opts.suite == "v2" else suite.generate
-        frames = opts.frames or ("16,64" if opts.suite == "v2" else "8,16")
-        samples = generate(opts.split, opts.count, tuple(int(f) for f in frames.split(",")))
+        if opts.frames:
+            samples = generate(opts.split, opts.count, tuple(int(f) for f in opts.frames.split(",")))
+        else:  # the suite's own frame counts
+            samples = generate(opts.split, opts.count)
     configs = configurations(
         opts.methods,
         opts.variant,

@@ -470,7 +470,7 @@ def sample(family: str, seed: int, frames: int, size: int = 128) -> Sample:
 def generate(
     split: str,
     count: int,
-    frames: tuple[int, ...] = (16, 32),
+    frames: tuple[int, ...] = (16, 64),
     size: int = 128,
     families: tuple[str, ...] = FAMILIES,
 ) -> list[Sample]:
