@@ -53,12 +53,16 @@ def question_of(family: str, seed: int, frames: int) -> tuple[Scene, str, str, l
 
 
 def conversation(scene: Scene, family: str, first_text: str, turns: int, rng: random.Random) -> list[Question]:
-    """The family's question first, then up to ``turns - 1`` other questions the scene answers."""
+    """The family's question first, then up to ``turns - 1`` other questions the scene answers.
+
+    No counting follow-ups: a background scene's shots of one shape vary in length and size (4 to
+    36 tokens each), and the counting question's attention share only carries the count when every
+    counted shot is the same amount of evidence, as a counting question's own shots are."""
     questions = questions_about(scene, rng)
     first = next((q for q in questions if q.text == first_text), None) or next(
         q for q in questions if q.family == family
     )
-    others = [q for q in questions if q is not first]
+    others = [q for q in questions if q is not first and q.family != "counting"]
     rng.shuffle(others)
     return [first, *others[: turns - 1]]
 

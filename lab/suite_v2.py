@@ -11,7 +11,8 @@ one token per object, nothing repeated), so no method could keep the evidence at
   merged tokens of a 4×4 grid per frame pair;
 - questions name content, as in v1: ``needle``, ``retrieval``, ``ordering``, ``counting`` (of
   shots), ``state_change`` and ``last_frames``; every answer is re-derivable from the scene
-  (:func:`questions_about`);
+  (:func:`questions_about`). The shots a counting question counts are all alike (one temporal
+  patch, the thing still on 2×2 tokens), so each is the same amount of evidence;
 - the **evidence** of a question is the set of merged tokens that show its answer's objects
   (:func:`evidence_tokens`, for a model's token grid); by construction it is at most
   :data:`MAX_EVIDENCE_SHARE` of the video's visual tokens, so a 20% budget can keep all of it, and
@@ -49,6 +50,8 @@ EMPTY_SHOTS = 0.2
 TWO_OBJECTS = 0.25
 #: Counting questions ask about 1 to MAX_COUNT shots.
 MAX_COUNT = 4
+#: Merged tokens a counted shot covers (one temporal patch, its thing still on 2×2 tokens).
+COUNTED_TOKENS = 4
 #: The evidence of any question is at most this share of the visual tokens (for :data:`DEMO_GRID`).
 MAX_EVIDENCE_SHARE = 0.15
 #: Frame counts the suite draws from.
@@ -156,6 +159,15 @@ def _shot(rng: random.Random, pairs: list[tuple[str, str]], frames: int | None =
     return Shot(frames, things, rng.randrange(1 << 30))
 
 
+def _still(rng: random.Random, color: str, shape: str) -> Shot:
+    """A counted shot: one temporal patch long, its thing still and centred on a corner of the
+    token grid, so that it covers exactly :data:`COUNTED_TOKENS` merged tokens. Every counted shot
+    is the same amount of evidence: a count is a number of equal groups, not a number of tokens."""
+    corners = [k / DEMO_GRID.columns for k in range(1, DEMO_GRID.columns)]
+    thing = Thing(color, shape, rng.choice(corners), rng.choice(corners), 0.0, 0.0)
+    return Shot(DEMO_GRID.frames, (thing,), rng.randrange(1 << 30))
+
+
 def _filler(rng: random.Random, allowed: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """What a background shot shows: nothing, one or two (colour, shape) pairs from ``allowed``."""
     roll = rng.random()
@@ -208,7 +220,7 @@ def _insert(rng: random.Random, shots: list[Shot], special: list[Shot], apart: b
         else:
             del background[victim]
     need = len(special)
-    while apart and len(background) < 2 * need - 2:  # room to keep them apart: split a background shot
+    while apart and len(background) < need - 1:  # room to keep them apart: split a background shot
         longest = max(range(len(background)), key=lambda i: background[i].frames)
         shot = background[longest]
         if shot.frames < 4:
@@ -219,10 +231,8 @@ def _insert(rng: random.Random, shots: list[Shot], special: list[Shot], apart: b
             Shot(shot.frames - half, shot.things, rng.randrange(1 << 30)),
         ]
     slots = len(background) + 1
-    if apart:
-        chosen = sorted(rng.sample(range(slots - need + 1), need))
-        chosen = [c + i for i, c in enumerate(chosen)]  # spread: at least one background shot between
-        positions = chosen
+    if apart:  # distinct slots: at least one background shot between any two
+        positions = sorted(rng.sample(range(slots), need))
     else:
         positions = sorted(rng.sample(range(slots + need - 1), need))
         positions = [p - i for i, p in enumerate(positions)]
@@ -276,10 +286,10 @@ def _compose(family: str, rng: random.Random, frames: int) -> tuple[Scene, Quest
         return scene, Question(family, f"Which appears first, the {named[0]} or the {named[1]}?", a, ((i, 0), (j, 0)))
     if family == "counting":
         shape = rng.choice(SHAPES)
-        count = rng.randint(1, min(MAX_COUNT, _evidence_patches(frames)))
-        length = _evidence_frames(frames, count)
+        tokens = frames // DEMO_GRID.frames * DEMO_GRID.per_patch
+        count = rng.randint(1, min(MAX_COUNT, int(MAX_EVIDENCE_SHARE * tokens) // COUNTED_TOKENS))
         back = _background(rng, frames, _pairs(shapes=[s for s in SHAPES if s != shape]))
-        special = [_shot(rng, [(rng.choice(list(COLORS)), shape)], rng.choice(_upto(length))) for _ in range(count)]
+        special = [_still(rng, rng.choice(list(COLORS)), shape) for _ in range(count)]
         scene, where = _insert(rng, back, special, apart=True)
         return scene, Question(family, f"How many scenes show a {shape}?", str(count), tuple((k, 0) for k in where))
     if family == "state_change":

@@ -402,6 +402,22 @@ def widen_query_key(model: nn.Module, std: float) -> None:
                 param.normal_(0.0, std)
 
 
+def family_weights(families: tuple[str, ...], oversample: str) -> list[float]:
+    """How often each family's question is drawn, from ``family=weight,...`` (others: 1)."""
+    weights = dict.fromkeys(families, 1.0)
+    for item in filter(None, oversample.split(",")):
+        family, _, weight = item.partition("=")
+        if family not in weights:
+            raise SystemExit(f"--oversample: {family!r} is not a trained family ({', '.join(families)})")
+        try:
+            weights[family] = float(weight)
+        except ValueError:
+            raise SystemExit(f"--oversample: {item!r} is not family=weight") from None
+        if not 0 < weights[family] <= 100:
+            raise SystemExit(f"--oversample: the weight of {family} must be in (0, 100]")
+    return [weights[f] for f in families]
+
+
 def _format(accuracy: dict) -> str:
     return " ".join(f"{k} {v:.2f}" for k, v in accuracy.items())
 
@@ -442,6 +458,11 @@ def main(argv: list[str] | None = None) -> int:
         default=4.0,
         help="counting questions teach the evidence head the share n/(n+K) on their n frames (K; 0: leave it free)",
     )
+    parser.add_argument(
+        "--oversample",
+        default="",
+        help="family=weight,...: draw these families that many times as often as the others (e.g. counting=2)",
+    )
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--eval-count", type=int, default=60)
     parser.add_argument("--seed", type=int, default=0)
@@ -450,6 +471,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     families = tuple(f for f in args.families.split(",") if f)
+    weights = family_weights(families, args.oversample)
     frame_counts = tuple(int(f) for f in args.frames.split(","))
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
@@ -473,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
             curriculum.example(
                 adapter, family, rng.randrange(SPLITS["validation"]), frames, args.size, args.turns, sink
             )
-            for family in [rng.choice(families) for _ in range(n)]
+            for family in rng.choices(families, weights, k=n)
         ]
 
     def optimise(params: list, lr: float, steps: int, loss_of, label: str) -> None:

@@ -94,6 +94,20 @@ def test_the_evidence_is_at_most_15_percent_of_the_visual_tokens():
     assert all(means[f, 16] > means[f, 256] for f in FAMILIES), "longer videos: a smaller share"
 
 
+def test_counted_shots_are_equal_amounts_of_evidence():
+    """Every shot a counting question counts is one temporal patch with its thing on exactly 4
+    merged tokens, so the evidence is 4 tokens per counted shot; counts up to 4 occur at 16 frames."""
+    seen = set()
+    for frames in (16, 64):
+        for seed in range(30):
+            scene, question = build("counting", seed, frames)
+            shots = [i for i, _ in question.evidence]
+            assert all(scene[i].frames == 2 for i in shots)
+            assert len(evidence_tokens(scene, question)) == 4 * int(question.answer) == 4 * len(shots)
+            seen.add((frames, int(question.answer)))
+    assert {(16, n) for n in range(1, 5)} <= seen
+
+
 def test_evidence_tokens_show_the_answer_in_the_pixels():
     """The evidence tokens' regions hold the answer's colour in the rendered frames (before and
     after H.264 and the worker's decoder); the video's other tokens of those frames do not."""
