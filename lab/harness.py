@@ -517,6 +517,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the synthetic suite: v1 (one object per frame) or v2 (shots with the redundancy of real video, "
         "evidence known: the oracle configuration needs it)",
     )
+    parser.add_argument(
+        "--families",
+        default="",
+        help="question families of the synthetic suite, comma separated (default: its content families; "
+        "suite v2 also has time_at,time_when for models that read frame times)",
+    )
     parser.add_argument("--milebench", type=Path, help="a MileBench-format data root instead of the synthetic suite")
     parser.add_argument("--datasets", default="", help="MileBench datasets (comma separated; default all)")
     parser.add_argument(
@@ -593,10 +599,16 @@ def run(opts: argparse.Namespace) -> list[Row]:
         from videoqa.lab import suite, suite_v2
 
         generate = suite_v2.generate if opts.suite == "v2" else suite.generate
+        known = suite_v2.ALL_FAMILIES if opts.suite == "v2" else suite.FAMILIES
+        kwargs = {}
+        if opts.families:
+            kwargs["families"] = tuple(f for f in opts.families.split(",") if f)
+            unknown = [f for f in kwargs["families"] if f not in known]
+            if unknown or not kwargs["families"]:
+                raise SystemExit(f"--families: unknown {', '.join(unknown)}; suite {opts.suite} has {', '.join(known)}")
         if opts.frames:
-            samples = generate(opts.split, opts.count, tuple(int(f) for f in opts.frames.split(",")))
-        else:  # the suite's own frame counts
-            samples = generate(opts.split, opts.count)
+            kwargs["frames"] = tuple(int(f) for f in opts.frames.split(","))
+        samples = generate(opts.split, opts.count, **kwargs)  # without --frames: the suite's own counts
     configs = configurations(
         opts.methods,
         opts.variant,

@@ -31,6 +31,9 @@ class Sample:
     #: answer (suite v2, for the model grid it was built for; empty when unknown): what the
     #: ``oracle`` configuration keeps.
     evidence: tuple[int, ...] = ()
+    #: For a numeric answer (seconds): a prediction whose first number is within this of the
+    #: answer is right. None: the answer is matched as text.
+    tolerance: float | None = None
 
 
 def normalize(text: str) -> str:
@@ -43,7 +46,11 @@ def normalize(text: str) -> str:
 
 
 def is_correct(prediction: str, sample: Sample) -> bool:
-    """Exact match after normalisation, or the prediction starts with an accepted answer."""
+    """Exact match after normalisation, or the prediction starts with an accepted answer; for a
+    sample with a ``tolerance``, the prediction's first number within it of the answer."""
+    if sample.tolerance is not None:
+        number = re.search(r"-?\d+(?:\.\d+)?", prediction)
+        return number is not None and abs(float(number.group()) - float(sample.answer)) <= sample.tolerance
     guess = normalize(prediction)
     for accepted in [sample.answer, *sample.aliases]:
         want = normalize(accepted)

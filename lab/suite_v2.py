@@ -18,9 +18,17 @@ one token per object, nothing repeated), so no method could keep the evidence at
   :data:`MAX_EVIDENCE_SHARE` of the video's visual tokens, so a 20% budget can keep all of it, and
   an ``oracle`` that keeps exactly it bounds what pruning can reach.
 
-Videos are 16 to 256 frames. Splits come from disjoint seed ranges as in v1 (``train`` 0…,
-``validation`` 10⁶…, ``test`` 2·10⁶…), and generation is deterministic per seed.
-Time questions ("what is on screen at 12 seconds?") are not in it yet.
+Videos are 16 to 256 frames at :data:`FPS` frames a second. Splits come from disjoint seed ranges
+as in v1 (``train`` 0…, ``validation`` 10⁶…, ``test`` 2·10⁶…), and generation is deterministic per
+seed.
+
+**Time questions** (:data:`TIME_FAMILIES`) are for models whose prompt carries each frame's time
+(Qwen3-VL and Qwen3.5 write ``<12.2 seconds>`` before each temporal patch): ``time_at`` ("What
+shape is on screen at 12 seconds?", a one-object shot covers that second ±0.5 s, so any frame time
+within that tolerance has the same answer) and ``time_when`` ("When does the red square appear?",
+answered in whole seconds from the shot's first frame, correct within ±1 s:
+:data:`WHEN_TOLERANCE`). They are opt-in (``families=ALL_FAMILIES``): a model that is not shown the
+clock cannot answer them.
 """
 
 from __future__ import annotations
@@ -38,6 +46,13 @@ from videoqa.lab.suite import COLORS, SHAPES, SPLITS, encode_mp4
 from videoqa.worker.types import MediaKind
 
 FAMILIES = ("needle", "retrieval", "ordering", "counting", "state_change", "last_frames")
+#: Questions about time, for models that read each frame's time in their prompt.
+TIME_FAMILIES = ("time_at", "time_when")
+ALL_FAMILIES = FAMILIES + TIME_FAMILIES
+#: Frames a second of every suite v2 video (frame i is at i / FPS seconds).
+FPS = 2
+#: A ``time_when`` answer (seconds) is right within this many seconds of the shot's start.
+WHEN_TOLERANCE = 1.0
 #: Shot lengths in frames (whole temporal patches of two frames).
 SHOT_FRAMES = (2, 4, 6, 8)
 #: Object radius, as a fraction of the frame side: 0.4 across, 2 to 3 merged tokens of a 4×4 grid
@@ -251,8 +266,8 @@ def _insert(rng: random.Random, shots: list[Shot], special: list[Shot], apart: b
 
 def build(family: str, seed: int, frames: int) -> tuple[Scene, Question]:
     """A scene of ``frames`` frames and its question of ``family`` (deterministic per arguments)."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; families: {', '.join(FAMILIES)}")
+    if family not in ALL_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; families: {', '.join(ALL_FAMILIES)}")
     if frames < 16 or frames % DEMO_GRID.frames:
         raise ValueError(f"frames must be an even number of at least 16, not {frames}")
     rng = random.Random(f"v2:{family}:{seed}:{frames}")
@@ -301,6 +316,8 @@ def _compose(family: str, rng: random.Random, frames: int) -> tuple[Scene, Quest
         scene, (i, j) = _insert(rng, back, special, apart=True)
         text = f"What color does the {shape} turn into?"
         return scene, Question(family, text, after, ((i, 0), (j, 0)))
+    if family in TIME_FAMILIES:
+        return _compose_time(family, rng, frames, length)
     # last_frames: the last shot shows one thing
     color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
     back = _background(rng, frames, _pairs())
@@ -308,6 +325,40 @@ def _compose(family: str, rng: random.Random, frames: int) -> tuple[Scene, Quest
     back = _trim(back, frames - last.frames)
     scene = (*back, last)
     return scene, Question(family, "What shape is in the last frame?", shape, ((len(scene) - 1, 0),))
+
+
+def _compose_time(family: str, rng: random.Random, frames: int, length: int) -> tuple[Scene, Question]:
+    """A one-object shot of at least 4 frames among shots that never show its colour and shape
+    together; ``time_at`` asks what is on screen one second into it, ``time_when`` when it starts."""
+    color, shape = rng.choice(list(COLORS)), rng.choice(SHAPES)
+    back = _background(rng, frames, [p for p in _pairs() if p != (color, shape)])
+    shot = _shot(rng, [(color, shape)], rng.choice(tuple(f for f in _upto(length) if f >= 4) or (4,)))
+    scene, (k,) = _insert(rng, back, [shot])
+    question = next(q for q in time_questions(scene) if q.family == family and q.evidence == ((k, 0),))
+    return scene, question
+
+
+def time_questions(scene: Scene) -> list[Question]:
+    """The time questions ``scene`` answers unambiguously, from the scene alone: ``time_at`` one
+    second into every one-object shot of 4 frames or more (its frames cover that second ±0.5 s),
+    ``time_when`` for every colour and shape shown together in exactly one shot."""
+    found: list[Question] = []
+    first = starts(scene)
+    for i, shot in enumerate(scene):
+        if len(shot.things) == 1 and shot.frames >= 2 * FPS:
+            at = first[i] // FPS + 1
+            text = f"What shape is on screen at {at} second{'s' if at != 1 else ''}?"
+            found.append(Question("time_at", text, shot.things[0].shape, ((i, 0),)))
+    shown: dict[tuple[str, str], list[tuple[int, int]]] = {}
+    for i, shot in enumerate(scene):
+        for j, thing in enumerate(shot.things):
+            shown.setdefault((thing.color, thing.shape), []).append((i, j))
+    for (color, shape), where in shown.items():
+        if len(where) == 1:
+            i, j = where[0]
+            text = f"When does the {color} {shape} appear?"
+            found.append(Question("time_when", text, str(first[i] // FPS), ((i, j),)))
+    return found
 
 
 def _upto(length: int) -> tuple[int, ...]:
@@ -463,7 +514,7 @@ def render(scene: Scene, size: int = 128, seed: int = 0) -> np.ndarray:
 def sample(family: str, seed: int, frames: int, size: int = 128) -> Sample:
     """One suite item: the encoded video (2 fps), the question, its answer and its evidence."""
     scene, question = build(family, seed, frames)
-    video = encode_mp4(render(scene, size, seed), fps=2)
+    video = encode_mp4(render(scene, size, seed), fps=FPS)
     return Sample(
         f"v2-{family}-{frames}-{seed}",
         family,
@@ -474,6 +525,7 @@ def sample(family: str, seed: int, frames: int, size: int = 128) -> Sample:
         frames,
         needle_position(scene, question),
         evidence=tuple(evidence_tokens(scene, question)),
+        tolerance=WHEN_TOLERANCE if family == "time_when" else None,
     )
 
 
@@ -496,11 +548,11 @@ def generate(
 
 def share_table(seeds: int = 60, frames: tuple[int, ...] = FRAME_COUNTS) -> str:
     """Markdown: the mean (and largest) evidence share per family and frame count over ``seeds``."""
-    lines = ["| frames | " + " | ".join(f.replace("_", " ") for f in FAMILIES) + " |"]
-    lines.append("|---" * (len(FAMILIES) + 1) + "|")
+    lines = ["| frames | " + " | ".join(f.replace("_", " ") for f in ALL_FAMILIES) + " |"]
+    lines.append("|---" * (len(ALL_FAMILIES) + 1) + "|")
     for count in frames:
         cells = []
-        for family in FAMILIES:
+        for family in ALL_FAMILIES:
             shares = [evidence_share(*build(family, seed, count)) for seed in range(seeds)]
             cells.append(f"{sum(shares) / len(shares):.1%} (max {max(shares):.1%})")
         lines.append(f"| {count} | " + " | ".join(cells) + " |")
@@ -516,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description="Suite v2: write one video, or print the evidence shares.")
     parser.add_argument("out", type=Path, nargs="?", help="where to write the MP4")
-    parser.add_argument("--family", default="needle", choices=FAMILIES)
+    parser.add_argument("--family", default="needle", choices=ALL_FAMILIES)
     parser.add_argument("--split", default="test", choices=list(SPLITS))
     parser.add_argument("--index", type=int, default=0, help="sample index within the split")
     parser.add_argument("--frames", type=int, default=16)

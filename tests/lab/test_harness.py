@@ -20,6 +20,13 @@ def test_answer_matching():
     assert not is_correct("reddish", item) and not is_correct("blue", item) and not is_correct("", item)
 
 
+def test_a_time_answer_is_right_within_its_tolerance():
+    item = Sample("t", "time_when", "When does the red square appear?", "12", MediaKind.VIDEO, b"", 64, tolerance=1.0)
+    assert is_correct("12", item) and is_correct("11 seconds", item) and is_correct("At 13.0 s", item)
+    assert not is_correct("14", item) and not is_correct("10.5", item) and not is_correct("red", item)
+    assert not is_correct("", item)
+
+
 def test_summary_groups_and_checks_keep_all():
     rows = [
         Row("a", "needle", 0.1, "full", 1.0, "aware", "red", "red", True, 100, 10),
@@ -272,3 +279,15 @@ def test_suite_v2_with_its_bounds_end_to_end(tmp_path):
     assert len({r["cache_length"] for r in at_20 if r["method"] != "full"}) == 1  # one budget, one cache size
     report = (out / "results.md").read_text()
     assert all(f"| {m} |" in report for m in methods)
+
+
+def test_suite_v2_time_families_through_the_harness(tmp_path, capsys):
+    """``--families`` picks suite v2's time questions (opt-in); an unknown family is refused."""
+    out = tmp_path / "eval"
+    argv = ["eval", "--suite", "v2", "--model", "tiny-qwen3-vl", "--count", "2", "--frames", "16"]
+    argv += ["--families", "time_at,time_when", "--methods", "full", "--budgets", "1", "--modes", "agnostic"]
+    assert cli_main([*argv, "--max-new-tokens", "2", "--out", str(out)]) == 0
+    data = json.loads((out / "results.json").read_text())
+    assert sorted(r["family"] for r in data["rows"]) == ["time_at", "time_when"]
+    with pytest.raises(SystemExit, match="unknown time_of_day"):
+        cli_main([*argv[:-6], "--families", "time_of_day", "--out", str(out)])

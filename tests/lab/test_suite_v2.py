@@ -14,10 +14,13 @@ import torch
 
 from videoqa.lab import suite_v2
 from videoqa.lab.suite_v2 import (
+    ALL_FAMILIES,
     DEMO_GRID,
     FAMILIES,
+    FPS,
     FRAME_COUNTS,
     MAX_EVIDENCE_SHARE,
+    TIME_FAMILIES,
     build,
     evidence_share,
     evidence_tokens,
@@ -26,6 +29,7 @@ from videoqa.lab.suite_v2 import (
     questions_about,
     render,
     starts,
+    time_questions,
 )
 
 
@@ -79,11 +83,36 @@ def test_answers_are_rederived_from_the_scene(family):
                 assert [t.shape for t in scene[-1].things] == [question.answer]
 
 
+@pytest.mark.parametrize("family", TIME_FAMILIES)
+def test_time_answers_are_rederived_from_the_frames(family):
+    """``time_at``: every frame within ±0.5 s of the asked second shows one thing, of the answer's
+    shape; ``time_when``: the named colour and shape are shown in one shot only, starting at the
+    answer (seconds). Both agree with :func:`time_questions`, and the default suite leaves them out."""
+    assert not set(TIME_FAMILIES) & set(FAMILIES)
+    for frames in (16, 64, 256):
+        for seed in range(12):
+            scene, question = build(family, seed, frames)
+            assert question in time_questions(scene)
+            shot_of = [i for i, shot in enumerate(scene) for _ in range(shot.frames)]  # frame -> shot
+            if family == "time_at":
+                second = int(_named(question.text, " at ", " second"))
+                near = {shot_of[f] for f in range(len(shot_of)) if abs(f / FPS - second) <= 0.5}
+                assert len(near) == 1 and [t.shape for t in scene[near.pop()].things] == [question.answer]
+            else:
+                color, shape = _named(question.text, "the ", " appear").split()
+                shown = [
+                    f
+                    for f in range(len(shot_of))
+                    if any((t.color, t.shape) == (color, shape) for t in scene[shot_of[f]].things)
+                ]
+                assert len({shot_of[f] for f in shown}) == 1 and shown[0] / FPS == float(question.answer)
+
+
 def test_the_evidence_is_at_most_15_percent_of_the_visual_tokens():
     """Per family and frame count, over 40 seeds each: the share of visual tokens (4×4 merged tokens
     per pair of frames) that show the answer. A 20% budget can keep all of it."""
     shares: dict[tuple[str, int], list[float]] = defaultdict(list)
-    for family in FAMILIES:
+    for family in ALL_FAMILIES:
         for frames in FRAME_COUNTS:
             for seed in range(40):
                 scene, question = build(family, seed, frames)
@@ -91,7 +120,7 @@ def test_the_evidence_is_at_most_15_percent_of_the_visual_tokens():
     worst = max(max(values) for values in shares.values())
     assert 0 < worst <= MAX_EVIDENCE_SHARE == 0.15, worst
     means = {key: sum(v) / len(v) for key, v in shares.items()}
-    assert all(means[f, 16] > means[f, 256] for f in FAMILIES), "longer videos: a smaller share"
+    assert all(means[f, 16] > means[f, 256] for f in ALL_FAMILIES), "longer videos: a smaller share"
 
 
 def test_counted_shots_are_equal_amounts_of_evidence():

@@ -4,8 +4,10 @@ probe targets and evidence tokens follow from the scene."""
 from __future__ import annotations
 
 import math
+import random
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from videoqa.lab.suite import COLORS, SHAPES, build, questions_about
@@ -141,3 +143,16 @@ def test_training_is_deterministic(tmp_path):
     first, second = (load_file(tmp_path / n / "model.safetensors") for n in ("a", "b"))
     assert first.keys() == second.keys()
     assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_oversampled_families_are_drawn_by_their_weight():
+    from videoqa.lab.train import family_weights
+
+    families = ("needle", "counting", "ordering")
+    weights = family_weights(families, "counting=3")
+    assert weights == [1.0, 3.0, 1.0] and family_weights(families, "") == [1.0, 1.0, 1.0]
+    drawn = random.Random(0).choices(families, weights, k=5000)
+    assert abs(drawn.count("counting") / 5000 - 0.6) < 0.03
+    for bad in ("time_at=2", "counting=0", "counting=x"):
+        with pytest.raises(SystemExit):
+            family_weights(families, bad)
