@@ -3,8 +3,9 @@
 For suite v2 counting questions, the demo model's supervised head (head 0 of ``--layer``) is
 trained to put n / (n + K) of its attention, from the position that answers, on the tokens of the
 n counted scenes. This reads that mass back on a trained model, per count, with the number of
-evidence tokens (a scene is 1 to 4 frame pairs of 4 to 9 tokens) and the correlation of mass
-with that number within one count:
+evidence tokens, how often the mass is nearer its own count's target than any other count's (the
+share a reader of the mass alone would count right), and the correlation of mass with the number
+of tokens within one count (none where every counted scene is the same size):
 
     python -m videoqa.lab.count_mass --model models/demo-v2 --count 30 --frames 16,64
 """
@@ -58,24 +59,28 @@ def read(model, processor, seeds: list[int], frames: int, layer: int = 1, sink: 
     return readings
 
 
-def correlation(a: list[float], b: list[float]) -> float:
+def correlation(a: list[float], b: list[float]) -> str:
     if len(a) < 3 or statistics.pstdev(a) == 0 or statistics.pstdev(b) == 0:
-        return float("nan")
-    return statistics.correlation(a, b)
+        return "–"
+    return f"{statistics.correlation(a, b):.2f}"
 
 
 def table(readings: list[Reading]) -> str:
     lines = [
-        "| counted scenes n | target share | mass: mean (min-max) | evidence tokens | corr(mass, tokens) within n |",
-        "|---|---|---|---|---|",
+        "| counted scenes n | target share | mass: mean (min-max) | evidence tokens | nearest its target "
+        "| corr(mass, tokens) within n (questions) |",
+        "|---|---|---|---|---|---|",
     ]
-    for n in sorted({r.n for r in readings}):
+    targets = {r.n: r.target for r in readings}
+    for n in sorted(targets):
         group = [r for r in readings if r.n == n]
         mass = [r.mass for r in group]
         tokens = [r.tokens for r in group]
+        nearest = sum(min(targets, key=lambda k: abs(targets[k] - r.mass)) == n for r in group) / len(group)
         lines.append(
             f"| {n} | {group[0].target:.2f} | {statistics.mean(mass):.2f} ({min(mass):.2f}-{max(mass):.2f}) | "
-            f"{min(tokens)}-{max(tokens)} | {correlation(mass, [float(t) for t in tokens]):.2f} ({len(group)}) |"
+            f"{min(tokens)}-{max(tokens)} | {nearest:.2f} | {correlation(mass, [float(t) for t in tokens])} "
+            f"({len(group)}) |"
         )
     return "\n".join(lines)
 

@@ -28,5 +28,6 @@ def test_reads_the_head_mass_on_each_counting_question_and_leaves_the_model_as_i
 def test_table_groups_by_count():
     readings = [Reading(16, 1, 4, 0.2, 0.2), Reading(16, 1, 8, 0.3, 0.2), Reading(64, 2, 20, 0.35, 1 / 3)]
     lines = table(readings).splitlines()
-    assert len(lines) == 4 and lines[2].startswith("| 1 | 0.20 | 0.25 (0.20-0.30) | 4-8 |")
-    assert lines[3].startswith("| 2 | 0.33 | 0.35 (0.35-0.35) | 20-20 | nan (1)")
+    # n=1: 0.2 is nearest its target, 0.3 nearer n=2's 0.33; n=2: 0.35 nearest its own
+    assert len(lines) == 4 and lines[2].startswith("| 1 | 0.20 | 0.25 (0.20-0.30) | 4-8 | 0.50 |")
+    assert lines[3] == "| 2 | 0.33 | 0.35 (0.35-0.35) | 20-20 | 1.00 | – (1) |"
