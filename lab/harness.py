@@ -139,6 +139,9 @@ class Row:
     chunks: int = 1
     #: The prefill slack of a chunked row (0: no chunks, or a run before the harness recorded it).
     prefill_slack: float = 0.0
+    #: Share of the sample's evidence tokens the cache still held as tokens after the prefill
+    #: (mean over layers and KV heads; None: the sample does not know its evidence, or an older run).
+    evidence_kept: float | None = None
 
     @property
     def label(self) -> str:
@@ -229,6 +232,7 @@ def _answer(lm, gen, greedy, item: Sample, media, configs: list[Config], first_q
         done = run_to_end(pipeline.steps(prompt))
         state, logits = done.state, done.logits
         kv_bytes, cache_length = state.cache_bytes(), state.cache_length
+        kept = _evidence_kept(item, prompt, state)
         if config.mode == "agnostic":
             logits = gen.feed(state, gen.turn_input(state, item.question, first=True))
         elif config.mode == "followup":  # answer the first question, then ask this one
@@ -254,9 +258,25 @@ def _answer(lm, gen, greedy, item: Sample, media, configs: list[Config], first_q
                 done.peak_kv_bytes,
                 done.chunks,
                 chunking.slack if config.chunk_frames else 0.0,
+                kept,
             )
         )
     return rows
+
+
+def _evidence_kept(item: Sample, prompt, state) -> float | None:
+    """:func:`~videoqa.lab.oracle.evidence_recall` of a pruned prefill; None when the sample does
+    not know its evidence or the model's token grid is not the one it was computed for."""
+    from videoqa.lab.oracle import evidence_positions, evidence_recall
+    from videoqa.lab.suite_v2 import DEMO_GRID
+
+    if not item.evidence:
+        return None
+    try:
+        positions = evidence_positions(prompt.layout, item.evidence, DEMO_GRID.per_patch, prompt.first_index)
+    except ValueError:
+        return None
+    return evidence_recall(state.slots, positions)
 
 
 def oracle_for(item: Sample, prompt, config: Config):
@@ -336,6 +356,7 @@ def summarize(rows: list[Row]) -> dict:
                 "needle_buckets": {b: accuracy(buckets[b]) for b in BUCKETS if buckets[b]},
                 "kv_bytes": sum(r.kv_bytes for r in items) / len(items),
                 "peak_kv_bytes": sum(r.peak_kv_bytes for r in items) / len(items),
+                "evidence_kept": mean_of([r.evidence_kept for r in items if r.evidence_kept is not None]),
             }
         )
     reference = {(r.sample_id, r.mode, r.chunk_frames): r.prediction for r in rows if r.method == "full"}
@@ -349,6 +370,10 @@ def summarize(rows: list[Row]) -> dict:
     ]
     equal = all(r.prediction == reference[(r.sample_id, r.mode, r.chunk_frames)] for r in at_full_budget)
     return {"configs": configs, "keep_all_equals_full": equal if at_full_budget else None}
+
+
+def mean_of(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
 
 
 def varied(configs: list[dict]) -> tuple[bool, bool, bool]:
@@ -369,7 +394,8 @@ def markdown(summary: dict) -> str:
     chunked, capped, slacked = varied(configs)
     extra = (["chunk frames"] if chunked else []) + (["cap"] if capped else []) + (["slack"] if slacked else [])
     peak = ["peak KV bytes"] if chunked or capped else []
-    header = ["method", "budget", "mode", *extra, "n", "accuracy", *families, *BUCKETS, "KV bytes", *peak]
+    recall = ["evidence kept"] if any(c.get("evidence_kept") is not None for c in configs) else []
+    header = ["method", "budget", "mode", *extra, "n", "accuracy", *recall, *families, *BUCKETS, "KV bytes", *peak]
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for c in configs:
         fam = " | ".join(f"{c['families'].get(f, float('nan')):.2f}" for f in families)
@@ -380,10 +406,12 @@ def markdown(summary: dict) -> str:
             + ([f"{c['prefill_slack']:g}" if c.get("prefill_slack") else "—"] if slacked else [])
         )
         lead = "".join(f"{value} | " for value in columns)
+        kept = c.get("evidence_kept")
+        shown = (f"{kept:.2f} | " if kept is not None else "— | ") if recall else ""
         tail = f" {c.get('peak_kv_bytes', 0) / 1024:.0f} KiB |" if peak else ""
         lines.append(
             f"| {c['method']} | {c['budget']:.0%} | {c['mode']} | {lead}{c['samples']} | {c['accuracy']:.3f} | "
-            f"{fam} | {buc} | {c['kv_bytes'] / 1024:.0f} KiB |{tail}"
+            f"{shown}{fam} | {buc} | {c['kv_bytes'] / 1024:.0f} KiB |{tail}"
         )
     if summary["keep_all_equals_full"] is not None:
         lines.append(f"\nAt 100% every method answers exactly as `full`: **{summary['keep_all_equals_full']}**")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from videoqa.worker.model.families import TokenLayout
+from videoqa.worker.model.state import TOKEN, VisualSlots
 from videoqa.worker.pruning.base import SHARED_PARAMS, PruneContext, ScoredMethod
 from videoqa.worker.types import MethodParam
 
@@ -39,6 +40,21 @@ class EvidenceOracle(ScoredMethod):
         noise = torch.rand(1, view.size, generator=generator)
         evidence = torch.isin(view.order[0].round().long(), self.evidence)
         return noise + 2.0 * evidence.float()[None]
+
+
+def evidence_recall(slots: VisualSlots | None, evidence: torch.Tensor) -> float:
+    """The share of the evidence tokens (conversation token indices ``evidence`` [k]) still in the
+    cache as tokens, averaged over layers and KV heads; a token folded into a recycled entry does
+    not count. ``slots`` None: nothing was pruned, all of it is there. What separates "the method
+    dropped the evidence" from "the model needed more than the evidence"."""
+    if slots is None or evidence.numel() == 0:
+        return 1.0
+    shares = []
+    for layer in slots.layers:
+        for kind, order in zip(layer.kind, layer.order, strict=True):
+            kept = order[kind == TOKEN].round().long()
+            shares.append(torch.isin(evidence, kept).float().mean())
+    return float(torch.stack(shares).mean())
 
 
 def evidence_positions(

@@ -278,7 +278,13 @@ def test_suite_v2_with_its_bounds_end_to_end(tmp_path):
     at_20 = [r for r in data["rows"] if r["budget"] == 0.2]
     assert len({r["cache_length"] for r in at_20 if r["method"] != "full"}) == 1  # one budget, one cache size
     report = (out / "results.md").read_text()
-    assert all(f"| {m} |" in report for m in methods)
+    assert all(f"| {m} |" in report for m in methods) and "evidence kept" in report
+    kept = {(r["method"], r["budget"]): [] for r in data["rows"]}
+    for r in data["rows"]:
+        kept[r["method"], r["budget"]].append(r["evidence_kept"])
+    assert all(v == 1.0 for key, values in kept.items() for v in values if key[1] == 1.0)
+    assert kept["oracle", 0.2] == [1.0, 1.0] and sum(kept["random", 0.2]) < 2  # evidence <= 15% of the tokens
+    assert all(0 <= v <= 1 for v in kept["das", 0.2])
 
 
 def test_suite_v2_time_families_through_the_harness(tmp_path, capsys):

@@ -176,7 +176,7 @@ def test_the_oracle_keeps_exactly_the_evidence_then_random_tokens(tiny_model):
     """Through the worker's progressive pipeline (chunks of 4 frames): after the prune, the visual
     entries are every evidence token plus a seeded random fill up to the budget; another seed
     changes the fill, never the evidence."""
-    from videoqa.lab.oracle import EvidenceOracle, evidence_positions
+    from videoqa.lab.oracle import EvidenceOracle, evidence_positions, evidence_recall
     from videoqa.worker.model.chunks import Chunking
     from videoqa.worker.model.generate import ModelRunner
     from videoqa.worker.model.state import TOKEN
@@ -199,7 +199,17 @@ def test_the_oracle_keeps_exactly_the_evidence_then_random_tokens(tiny_model):
         tokens = layer.order[0][layer.kind[0] == TOKEN].round().long()
         assert tokens.numel() == round(0.2 * visual) and set(evidence.tolist()) <= set(tokens.tolist())
         kept.append(set(tokens.tolist()) - set(evidence.tolist()))
+        assert evidence_recall(done.state.slots, evidence) == 1.0
     assert kept[0] != kept[1], "the fill is random (seeded)"
+    # the recall of a fill that misses a third of the evidence, counted per layer and KV head
+    random_fill = EvidenceOracle(0.2, evidence[: len(evidence) * 2 // 3], seed=0)
+    done = run_to_end(PrunedPrefill(ModelRunner(lm), random_fill, True).steps(prompt))
+    layer = done.state.slots.layer(0, done.state.cache_lengths[0])
+    held = set(layer.order[0][layer.kind[0] == TOKEN].round().long().tolist())
+    share = sum(int(e) in held for e in evidence) / len(evidence)
+    recall = evidence_recall(done.state.slots, evidence)
+    assert recall == pytest.approx(share) and 2 / 3 - 0.1 < recall < 1
+    assert evidence_recall(None, evidence) == 1.0  # nothing pruned
     with pytest.raises(ValueError):
         evidence_positions(prompt.layout, item.evidence, 4)  # evidence for another grid
     assert torch.equal(evidence, evidence_positions(prompt.layout, item.evidence, 16))
