@@ -264,16 +264,25 @@ def _answer(lm, gen, greedy, item: Sample, media, configs: list[Config], first_q
     return rows
 
 
-def _evidence_kept(item: Sample, prompt, state) -> float | None:
-    """:func:`~videoqa.lab.oracle.evidence_recall` of a pruned prefill; None when the sample does
-    not know its evidence or the model's token grid is not the one it was computed for."""
-    from videoqa.lab.oracle import evidence_positions, evidence_recall
+def _evidence_at(item: Sample, prompt):
+    """Conversation token indices [k] of the sample's evidence tokens in ``prompt`` (suite v2's
+    grid). Raises ``ValueError`` when the sample does not know its evidence, or the model's token
+    grid is not the one it was computed for."""
+    from videoqa.lab.oracle import evidence_positions
     from videoqa.lab.suite_v2 import DEMO_GRID
 
     if not item.evidence:
-        return None
+        raise ValueError(f"{item.sample_id}: the oracle needs samples that know their evidence (suite v2)")
+    return evidence_positions(prompt.layout, item.evidence, DEMO_GRID.per_patch, prompt.first_index)
+
+
+def _evidence_kept(item: Sample, prompt, state) -> float | None:
+    """:func:`~videoqa.lab.oracle.evidence_recall` of a pruned prefill; None where
+    :func:`_evidence_at` cannot place the evidence."""
+    from videoqa.lab.oracle import evidence_recall
+
     try:
-        positions = evidence_positions(prompt.layout, item.evidence, DEMO_GRID.per_patch, prompt.first_index)
+        positions = _evidence_at(item, prompt)
     except ValueError:
         return None
     return evidence_recall(state.slots, positions)
@@ -281,13 +290,9 @@ def _evidence_kept(item: Sample, prompt, state) -> float | None:
 
 def oracle_for(item: Sample, prompt, config: Config):
     """The ``oracle`` bound for one sample: its evidence tokens (suite v2), then random ones."""
-    from videoqa.lab.oracle import EvidenceOracle, evidence_positions
-    from videoqa.lab.suite_v2 import DEMO_GRID
+    from videoqa.lab.oracle import EvidenceOracle
 
-    if not item.evidence:
-        raise ValueError(f"{item.sample_id}: the oracle needs samples that know their evidence (suite v2)")
-    positions = evidence_positions(prompt.layout, item.evidence, DEMO_GRID.per_patch, prompt.first_index)
-    return EvidenceOracle(config.budget, positions, config.max_visual_tokens, **dict(config.params))
+    return EvidenceOracle(config.budget, _evidence_at(item, prompt), config.max_visual_tokens, **dict(config.params))
 
 
 def without_heads(configs: list[Config], heads: str) -> list[Config]:
