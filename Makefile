@@ -60,7 +60,7 @@ proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I proto --python_out=proto --pyi_out=proto --grpc_python_out=proto $(PROTOS)
 
 demo: $(STAMP)
-	$(BIN)/python -m videoqa.lab.suite demo.mp4 --family needle --frames 16 > demo.question
+	$(BIN)/python -m videoqa.lab.suite_v2 demo.mp4 --family needle --frames 16 > demo.question
 	$(BIN)/videoqa ask demo.mp4 "$$(cat demo.question)" --frames 16
 
 clean:

@@ -69,10 +69,18 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_VENV = ROOT / ".bench" / "kvpress-venv"
 KVPRESS_SPEC = "kvpress==0.5.5"
 TRANSFORMERS_SPEC = "transformers>=5.0,<5.3"
-#: Models by name: the committed demo checkpoint (trained: real answers) or a tiny.TinySpec's
-#: arguments (random weights, built and saved to a temporary directory), frame side, frames.
+#: Models by name: a trained checkpoint (real answers) or a tiny.TinySpec's arguments (random
+#: weights, built and saved to a temporary directory), frame side, frames. kvpress's Qwen2-VL
+#: class needs a Qwen2-VL checkpoint: the first demo model (suite v1), read from the commit that
+#: last shipped it (the demo model is Qwen3-VL since 0.2.0), so a clone with its history is needed.
 MODELS = {
-    "videoqa-demo": {"checkpoint": "worker/model/demo", "size": 112, "frames": "32", "samples": 12},
+    "videoqa-demo-v1": {
+        "checkpoint": "worker/model/demo",
+        "commit": "41fb5f4",
+        "size": 112,
+        "frames": "32",
+        "samples": 12,
+    },
     # As bench/decode.py's kv-heavy-small: multi-head attention, so KV reads dominate decode.
     "kv-heavy-small": {
         "spec": dict(family="qwen2_vl", layers=2, hidden=512, heads=8, kv_heads=8, intermediate=1024),
@@ -635,13 +643,29 @@ def suite_sample(family: str, seed: int, frames: int, size: int) -> tuple[np.nda
     return suite.render(scene, size, seed), question, answer
 
 
+def checkpoint_at(commit: str, folder: str, out: Path, repo: Path = ROOT) -> Path:
+    """The files of ``folder`` as of ``commit`` of ``repo`` (this one), written to ``out``."""
+    listed = subprocess.run(["git", "-C", str(repo), "ls-tree", f"{commit}:{folder}"], capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise SystemExit(f"{folder} at {commit} is not in this clone's history ({listed.stderr.strip()})")
+    out.mkdir(parents=True, exist_ok=True)
+    for line in listed.stdout.splitlines():
+        kind, name = line.split()[1], line.split("\t", 1)[1]
+        if kind == "blob":
+            blob = ["git", "-C", str(repo), "show", f"{commit}:{folder}/{name}"]
+            (out / name).write_bytes(subprocess.run(blob, capture_output=True, check=True).stdout)
+    return out
+
+
 def load_for(name: str, workdir: Path, args) -> tuple[str, object]:
     """The model directory both stacks load, and our LoadedModel of it."""
     from videoqa.worker.model import tiny
     from videoqa.worker.model.loader import load_model
 
     entry = MODELS[name]
-    if "checkpoint" in entry:
+    if "commit" in entry:
+        directory = checkpoint_at(entry["commit"], entry["checkpoint"], workdir / name)
+    elif "checkpoint" in entry:
         directory = ROOT / entry["checkpoint"]
     else:
         directory = workdir / name
@@ -1014,7 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="kvpress-compare-") as tmp:
             workdir = Path(tmp)
-            for name in args.model or ["videoqa-demo", "kv-heavy-small"]:
+            for name in args.model or ["videoqa-demo-v1", "kv-heavy-small"]:
                 directory, lm = load_for(name, workdir, args)
                 if peer is not None:
                     versions = peer(

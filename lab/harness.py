@@ -21,7 +21,7 @@ are left out of capped configurations). ``--prefill-slack S``: between chunks a 
 method keeps S times its budget (the worker's ``VIDEOQA_PREFILL_SLACK``; default: the worker's
 default). All three take comma lists and multiply the grid.
 
-    videoqa eval --model videoqa-demo --split test --count 60 --frames 8,16 \\
+    videoqa eval --model videoqa-demo --split test --count 60 --frames 16,64 \\
         --methods full,das,snapkv --budgets 1,0.5,0.2,0.1 --modes aware,agnostic --out eval/
     videoqa eval --milebench /data/MileBench --datasets ActionSequence --out eval-milebench/
     videoqa eval --merge eval-a/ eval-b/ --out eval/      # one report from runs split over processes
@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--suite",
-        default="v1",
+        default="v2",
         choices=["v1", "v2"],
         help="the synthetic suite: v1 (one object per frame) or v2 (shots with the redundancy of real video, "
         "evidence known: the oracle configuration needs it)",

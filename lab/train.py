@@ -1,9 +1,13 @@
 """Train the demo video-QA model on the synthetic suite (deterministic; CPU or GPU).
 
-    python -m videoqa.lab.train --out models/videoqa-demo
+    # videoqa-demo 0.2.0, the embedded default (suite v2, Qwen3-VL architecture; 40 min on 2 cores)
+    python -m videoqa.lab.train --suite v2 --vision-steps 300 --steps 3400 --frames 16,16,32,64 \
+        --batch-frames 128 --eval-every 850 --oversample counting=2 --out models/videoqa-demo
+    # the first demo model, 0.1.0 (suite v1, Qwen2-VL architecture)
+    python -m videoqa.lab.train --out models/videoqa-demo-v1
 
-A Qwen2-VL-architecture model is built from a config (library initialisation) and trained in two
-stages, both on the suite's train split:
+A Qwen2-VL- (``--suite v1``) or Qwen3-VL-architecture (``--suite v2``) model is built from a config
+(library initialisation) and trained in two stages, both on the suite's train split:
 
 1. **Vision warm-up** (``--vision-steps``): the vision tower alone, with a linear probe that reads
    from each merged token the colour and shape of the object under it (or "no object"), as a
@@ -14,8 +18,8 @@ stages, both on the suite's train split:
    (loss on the answer and the end-of-turn token), in padded batches, with the probe loss kept as an
    auxiliary term (``--probe-weight``) so the tower keeps encoding what the questions ask about.
 
-The probe is dropped afterwards: the checkpoint (weights, processor, tokenizer) is a plain Qwen2-VL
-model written with ``save_pretrained``, loading through the normal model path (``--model DIR``).
+The probe is dropped afterwards: the checkpoint (weights, processor, tokenizer) is a plain
+Qwen2-VL or Qwen3-VL model written with ``save_pretrained``, loading through the normal model path (``--model DIR``).
 Greedy validation accuracy per family is logged as it trains.
 """
 

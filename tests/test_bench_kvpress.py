@@ -109,3 +109,35 @@ def test_quick_with_kvpress(tmp_path):
     assert kept["score_max_diff_inside"] < 1e-5
     assert not run["kvpress_unmodified_sdpa"]["runs"]  # the finding: kvpress alone fails on M-RoPE
     assert len(run["targets"]) == 2 and "Target" in text
+
+
+def test_a_checkpoint_is_read_from_the_commit_that_shipped_it(tmp_path):
+    """kvpress's model class is Qwen2-VL's, so the compare reads the first demo checkpoint from the
+    commit that last shipped it (``videoqa-demo-v1``): a folder's files as of a commit, byte for
+    byte, later changes not seen, subfolders left out; a commit without that folder is refused."""
+    kc = load_script()
+    assert set(kc.MODELS["videoqa-demo-v1"]) >= {"commit", "checkpoint"}
+    repo = tmp_path / "repo"
+    (repo / "model" / "sub").mkdir(parents=True)
+
+    def git(*args: str) -> str:
+        identity = ["-c", "user.name=t", "-c", "user.email=t@t"]
+        return subprocess.run(
+            ["git", "-C", str(repo), *identity, *args], capture_output=True, text=True, check=True
+        ).stdout
+
+    git("init", "-q")
+    (repo / "model" / "model.safetensors").write_bytes(bytes(range(256)) * 4)
+    (repo / "model" / "config.json").write_text('{"model_type": "qwen2_vl"}')
+    (repo / "model" / "sub" / "x.txt").write_text("x")
+    git("add", ".")
+    git("commit", "-q", "-m", "v1")
+    commit = git("rev-parse", "HEAD").strip()
+    (repo / "model" / "config.json").write_text('{"model_type": "qwen3_vl"}')
+    git("commit", "-q", "-am", "v2")
+    out = kc.checkpoint_at(commit, "model", tmp_path / "v1", repo=repo)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert json.loads((out / "config.json").read_text())["model_type"] == "qwen2_vl"
+    assert (out / "model.safetensors").read_bytes() == bytes(range(256)) * 4
+    with pytest.raises(SystemExit, match="not in this clone's history"):
+        kc.checkpoint_at(commit, "no/such/folder", tmp_path / "none", repo=repo)

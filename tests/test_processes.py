@@ -82,7 +82,7 @@ def test_serve_answers_the_readme_demo_right(tmp_path):
     """`make demo`: a suite video, its question, the embedded default model; the answer is right."""
     demo = tmp_path / "demo.mp4"
     made = subprocess.run(
-        [sys.executable, "-m", "videoqa.lab.suite", str(demo), "--family", "needle", "--frames", "16"],
+        [sys.executable, "-m", "videoqa.lab.suite_v2", str(demo), "--family", "needle", "--frames", "16"],
         capture_output=True,
         text=True,
         timeout=60,

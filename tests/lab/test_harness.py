@@ -51,7 +51,7 @@ def test_eval_command_on_a_tiny_split(tmp_path, capsys):
             "--count",
             "3",
             "--frames",
-            "8",
+            "16",
             "--methods",
             "full,das",
             "--budgets",
@@ -253,7 +253,8 @@ def test_the_harness_runs_the_new_families(tmp_path):
     answers as full)."""
     for model in ("tiny-qwen3-vl", "tiny-qwen3.5"):
         out = tmp_path / model
-        argv = ["eval", "--model", model, "--count", "2", "--frames", "8", "--methods", "full,das,snapkv"]
+        argv = ["eval", "--suite", "v1", "--model", model, "--count", "2", "--frames", "8"]
+        argv += ["--methods", "full,das,snapkv"]
         argv += ["--budgets", "1,0.25", "--modes", "agnostic,followup", "--chunk-frames", "0,4"]
         assert cli_main([*argv, "--max-new-tokens", "2", "--out", str(out)]) == 0
         data = json.loads((out / "results.json").read_text())

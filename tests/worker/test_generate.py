@@ -145,7 +145,7 @@ def test_text_after_a_video_starts_past_its_largest_position():
     any axis (transformers >= 5.3 starts it max(h, w) past the block's start, which for videos with
     more temporal than spatial steps lands inside the video's time range). A checkpoint trained on
     the library's positions says so in its config (``videoqa_positions: "transformers"``) and keeps
-    them; the demo checkpoint follows Qwen's rule."""
+    them; Qwen2.5-VL follows the same rule."""
     import numpy as np
 
     from videoqa.worker.model.families import qwen_text_after_vision
@@ -159,7 +159,7 @@ def test_text_after_a_video_starts_past_its_largest_position():
     assert fixed[:, :7].tolist() == library[:, :7].tolist() and fixed[:, 7:].tolist() == [[7, 8]] * 3
 
     media = DecodedMedia.from_array((np.random.RandomState(0).rand(64, 112, 112, 3) * 255).astype(np.uint8))
-    for model_id, follows_library in (("tiny-qwen2-vl", False), ("videoqa-demo", False), ("tiny-qwen2-vl", True)):
+    for model_id, follows_library in (("tiny-qwen2-vl", False), ("tiny-qwen2.5-vl", False), ("tiny-qwen2-vl", True)):
         lm = load_model(model_id)
         if follows_library:
             lm.model.config.videoqa_positions = "transformers"

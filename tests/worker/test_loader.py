@@ -49,23 +49,24 @@ def test_unknown_dtype_is_refused():
 
 def test_the_embedded_demo_model_ships_in_the_package_and_answers(monkeypatch):
     """`videoqa-demo` (the default) loads from the package, offline, and answers a suite question."""
-    from videoqa.lab.suite import build, render
+    from videoqa.lab.curriculum_v2 import media_of
+    from videoqa.lab.suite_v2 import build
     from videoqa.worker.model.loader import BUILTIN_CHECKPOINTS, DEFAULT_MODEL
     from videoqa.worker.settings import WorkerSettings
-    from videoqa.worker.types import DecodedMedia, GenerationParams
+    from videoqa.worker.types import GenerationParams
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert WorkerSettings().models[0] == DEFAULT_MODEL == "videoqa-demo"
     assert (BUILTIN_CHECKPOINTS[DEFAULT_MODEL] / "model.safetensors").is_file()
     lm = load_model(DEFAULT_MODEL)
-    assert lm.family == "qwen2_vl" and lm.num_layers == 4
+    assert lm.family == "qwen3_vl" and lm.num_layers == 4
     right = 0
     for seed in range(2_000_000, 2_000_012):
-        scene, question, answer, *_ = build("last_frames", seed, 16)
+        scene, question = build("last_frames", seed, 16)
         gen = ModelRunner(lm)
-        state, logits = gen.prefill(lm.adapter.prepare(DecodedMedia.from_array(render(scene, 112, seed)), question))
+        state, logits = gen.prefill(lm.adapter.prepare(media_of(scene, seed), question.text))
         text = lm.tokenizer.decode(list(gen.stream(state, logits, GenerationParams(4))), skip_special_tokens=True)
-        right += text.strip() == answer
+        right += text.strip() == question.answer
     assert right >= 9, f"{right}/12 last-frame questions answered right"
 
 

@@ -35,8 +35,9 @@ def _demo_checkpoint() -> Path:
     return PATH
 
 
-#: Checkpoints that ship with the server install, by id. ``videoqa-demo`` is the demo model trained
-#: on the synthetic suite by ``python -m videoqa.lab.train`` (see docs/quality.md).
+#: Checkpoints that ship with the server install, by id. ``videoqa-demo`` is the demo model v2 (a
+#: Qwen3-VL-architecture model) trained on synthetic suite v2 by ``python -m videoqa.lab.train
+#: --suite v2`` (see docs/quality.md).
 BUILTIN_CHECKPOINTS = {"videoqa-demo": _demo_checkpoint()}
 BUILTIN_DISTRIBUTIONS = {"videoqa-demo": "videoqa-demo-model"}
 DEFAULT_MODEL = "videoqa-demo"
