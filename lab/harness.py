@@ -232,7 +232,7 @@ def _answer(lm, gen, greedy, item: Sample, media, configs: list[Config], first_q
         done = run_to_end(pipeline.steps(prompt))
         state, logits = done.state, done.logits
         kv_bytes, cache_length = state.cache_bytes(), state.cache_length
-        kept = _evidence_kept(item, prompt, state)
+        kept = _evidence_kept(item, prompt, state, pruned=config.budget < 1 or bool(config.max_visual_tokens))
         if config.mode == "agnostic":
             logits = gen.feed(state, gen.turn_input(state, item.question, first=True))
         elif config.mode == "followup":  # answer the first question, then ask this one
@@ -276,11 +276,15 @@ def _evidence_at(item: Sample, prompt):
     return evidence_positions(prompt.layout, item.evidence, DEMO_GRID.per_patch, prompt.first_index)
 
 
-def _evidence_kept(item: Sample, prompt, state) -> float | None:
+def _evidence_kept(item: Sample, prompt, state, pruned: bool) -> float | None:
     """:func:`~videoqa.lab.oracle.evidence_recall` of a pruned prefill; None where
-    :func:`_evidence_at` cannot place the evidence."""
+    :func:`_evidence_at` cannot place the evidence, or where a method pruned without a slot map
+    saying which tokens each layer kept (``hae`` evicts one index set from the cache itself): not
+    knowing is not keeping everything."""
     from videoqa.lab.oracle import evidence_recall
 
+    if pruned and state.slots is None:
+        return None
     try:
         positions = _evidence_at(item, prompt)
     except ValueError:

@@ -288,6 +288,18 @@ def test_suite_v2_with_its_bounds_end_to_end(tmp_path):
     assert all(0 <= v <= 1 for v in kept["das", 0.2])
 
 
+def test_evidence_kept_is_unknown_where_a_method_keeps_no_slot_map(tmp_path):
+    """``hae`` evicts from the cache without a per-layer slot map: its rows say the evidence kept
+    is unknown (None, no column value), not 1.0, while a slot-map method's rows measure it."""
+    out = tmp_path / "eval"
+    argv = ["eval", "--suite", "v2", "--model", "tiny-qwen3-vl", "--count", "1", "--frames", "16"]
+    argv += ["--methods", "full,hae,random", "--budgets", "0.2", "--modes", "agnostic", "--max-new-tokens", "1"]
+    assert cli_main([*argv, "--out", str(out)]) == 0
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows["hae"]["evidence_kept"] is None and rows["hae"]["cache_length"] < rows["full"]["cache_length"]
+    assert 0 <= rows["random"]["evidence_kept"] < 1
+
+
 def test_suite_v2_time_families_through_the_harness(tmp_path, capsys):
     """``--families`` picks suite v2's time questions (opt-in); an unknown family is refused."""
     out = tmp_path / "eval"
