@@ -8,10 +8,11 @@ safetensors, tokenizers; videoqa is not installed there). This script runs in ou
 itself a second time in the kvpress venv as a worker (``--worker``, JSON lines over stdin/stdout),
 so the repetitions of both stacks interleave in one run.
 
-Same model: both stacks load one directory written by ``save_pretrained`` (the committed demo
-checkpoint, or a random-weight config built by ``videoqa.worker.model.tiny`` and saved to a
-temporary directory) with ``from_pretrained``. Same context: one synthetic suite video (frames as
-an array, handed to both processors identically) and its question; the script checks that both
+Same model: both stacks load one directory written by ``save_pretrained`` (the first demo
+checkpoint, Qwen2-VL, read from git history; or a random-weight config built by
+``videoqa.worker.model.tiny`` and saved to a temporary directory) with ``from_pretrained``. Same
+context: one synthetic suite video (frames as an array, handed to both processors identically)
+and its question; the script checks that both
 sides produce the same ``input_ids``, ``video_grid_thw``, ``pixel_values_videos`` and M-RoPE
 position ids, and stops if they differ.
 
