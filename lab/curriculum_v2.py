@@ -128,4 +128,6 @@ def example(adapter, family: str, seed: int, frames: int, size: int, turns: int,
     continued = adapter.text_positions(len(prompt.input_ids), len(ids) - len(prompt.input_ids), prompt.rope_delta)
     positions = torch.cat([prompt.position_ids, continued], dim=-1)[:, 0]
     patches = len(prompt.layout.frame_spans)
-    return Example(prompt.inputs, ids, supervised, probe_targets(scene, patches), evidence, positions)
+    return Example(
+        prompt.inputs, ids, supervised, probe_targets(scene, patches), evidence, positions, prompt.layout.frame_spans
+    )

@@ -26,6 +26,7 @@ Greedy validation accuracy per family is logged as it trains.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 import time
@@ -123,6 +124,20 @@ class Example:
     evidence: list[Evidence]
     #: Rotary positions [3, len(ids)]: the prompt's as served, then the conversation's text.
     positions: torch.Tensor
+    #: The prompt's frame spans (half-open token index ranges of the visual tokens).
+    spans: list[tuple[int, int]]
+    #: Visual token indices the text after the video does not see (a pruned cache); empty: none.
+    hidden: tuple[int, ...] = ()
+
+    @property
+    def visual(self) -> list[int]:
+        """Token indices of every visual token, in prompt order."""
+        return [i for start, end in self.spans for i in range(start, end)]
+
+    @property
+    def video_end(self) -> int:
+        """The index after the last visual token: from there on the text reads a pruned cache."""
+        return self.spans[-1][1]
 
 
 def example(adapter, family: str, seed: int, frames: int, size: int, turns: int, count_sink: float = 0.0) -> Example:
@@ -160,7 +175,7 @@ def example(adapter, family: str, seed: int, frames: int, size: int, turns: int,
         supervised += [True] + [False] * (len(following) - 1)
     continued = adapter.text_positions(len(prompt.input_ids), len(ids) - len(prompt.input_ids), prompt.rope_delta)
     positions = torch.cat([prompt.position_ids, continued], dim=-1)[:, 0]
-    return Example(prompt.inputs, ids, supervised, probe_targets(scene, grid), evidence, positions)
+    return Example(prompt.inputs, ids, supervised, probe_targets(scene, grid), evidence, positions, spans)
 
 
 def probe_targets(scene: Scene, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]:
@@ -177,9 +192,38 @@ def probe_targets(scene: Scene, grid: Grid) -> tuple[torch.Tensor, torch.Tensor]
     return colors, shapes
 
 
+def hide_visual(example: Example, keep: float, rng: random.Random) -> Example:
+    """``example`` with its text after the video reading only a ``keep`` share of the visual
+    tokens, as it would from a pruned cache: every question's evidence stays visible, seeded random
+    others fill the share (more when the evidence alone exceeds it); the rest are ``hidden``.
+
+    What this teaches is that an answer does not depend on the tokens that do not show it being
+    there. It says nothing about which tokens those are: the visual tokens see each other in full,
+    so the prefill's attention, which pruning methods score with, is as without hiding."""
+    visual = example.visual
+    evidence = {t for ev in example.evidence for t in ev.tokens}
+    others = [t for t in visual if t not in evidence]
+    fill = max(0, round(keep * len(visual)) - len(evidence))
+    kept = set(rng.sample(others, min(fill, len(others))))
+    return dataclasses.replace(example, hidden=tuple(t for t in others if t not in kept))
+
+
+def attention_masks(examples: list[Example], length: int) -> torch.Tensor:
+    """Bool [B, 1, L, L] (True: may attend): causal, pads never attended, and each example's
+    ``hidden`` tokens not attended from its ``video_end`` on."""
+    causal = torch.ones(length, length, dtype=torch.bool).tril()
+    masks = causal.repeat(len(examples), 1, 1, 1)
+    for row, e in enumerate(examples):
+        masks[row, 0, :, len(e.ids) :] = False
+        if e.hidden:
+            masks[row, 0, e.video_end :, list(e.hidden)] = False
+    return masks
+
+
 def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch: ``input_ids``/``attention_mask``/``labels``/``mm_token_type_ids`` [B, L]
-    (labels -100 where not supervised), ``position_ids`` [3, B, L] (the served positions), pixels
+    """Right-padded batch: ``input_ids``/``labels``/``mm_token_type_ids`` [B, L] (labels -100 where
+    not supervised), ``attention_mask`` [B, L] (padding), or [B, 1, L, L] (:func:`attention_masks`)
+    where an example hides visual tokens, ``position_ids`` [3, B, L] (the served positions), pixels
     and grids concatenated in batch order."""
     length = max(len(e.ids) for e in examples)
     n = len(examples)
@@ -196,6 +240,8 @@ def collate(examples: list[Example], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, : len(e.ids)] = torch.where(torch.tensor(e.supervised), sequence, -100)
         prompt_types = e.inputs["mm_token_type_ids"][0]
         token_types[row, : prompt_types.numel()] = prompt_types
+    if any(e.hidden for e in examples):
+        mask = attention_masks(examples, length)
     return dict(
         input_ids=ids,
         attention_mask=mask,
@@ -371,15 +417,16 @@ def unwatch(model, watched: list[nn.Module]) -> None:
     model.set_attn_implementation("sdpa")
 
 
-def evidence_loss(heads: list[torch.Tensor], batch: list[Example]) -> torch.Tensor:
+def evidence_loss(heads: list[torch.Tensor], batch: list[Example], share_weight: float = 1.0) -> torch.Tensor:
     """Mean over questions and supervised heads of the evidence term; ``heads`` holds one head's
     attention probabilities [B, L, L] per supervised layer.
 
     A question with ``share`` None costs −log(mass the head, at the position that predicts the
-    answer, puts on the evidence); one with a share t costs KL((t, 1 − t) ‖ (mass on the evidence,
-    mass on the first token)). A grounding signal for one head per layer: it breaks the long
-    plateau a from-scratch model sits on before it discovers where to look; the other heads stay
-    free."""
+    answer, puts on the evidence); one with a share t costs ``share_weight`` × KL((t, 1 − t) ‖
+    (mass on the evidence, mass on the first token)): near its target a KL is a small quadratic,
+    next to −log terms of 0.1 or more, so the weight is what holds the share tight. A grounding
+    signal for one head per layer: it breaks the long plateau a from-scratch model sits on before
+    it discovers where to look; the other heads stay free."""
     terms = []
     for probabilities in heads:
         for row, e in enumerate(batch):
@@ -390,7 +437,7 @@ def evidence_loss(heads: list[torch.Tensor], batch: list[Example]) -> torch.Tens
                     continue
                 sink = probabilities[row, ev.position, 0].clamp(min=1e-6)
                 t = ev.share
-                terms.append(t * torch.log(t / mass) + (1 - t) * torch.log((1 - t) / sink))
+                terms.append(share_weight * (t * torch.log(t / mass) + (1 - t) * torch.log((1 - t) / sink)))
     return torch.stack(terms).mean() if terms else torch.zeros(())
 
 
@@ -420,6 +467,17 @@ def family_weights(families: tuple[str, ...], oversample: str) -> list[float]:
         if not 0 < weights[family] <= 100:
             raise SystemExit(f"--oversample: the weight of {family} must be in (0, 100]")
     return [weights[f] for f in families]
+
+
+def parse_range(text: str, option: str) -> tuple[float, float]:
+    """``"LOW,HIGH"`` with 0 < LOW <= HIGH <= 1."""
+    try:
+        low, high = (float(x) for x in text.split(","))
+    except ValueError:
+        raise SystemExit(f"{option}: {text!r} is not LOW,HIGH") from None
+    if not 0 < low <= high <= 1:
+        raise SystemExit(f"{option}: need 0 < LOW <= HIGH <= 1, got {text!r}")
+    return low, high
 
 
 def _format(accuracy: dict) -> str:
@@ -463,6 +521,20 @@ def main(argv: list[str] | None = None) -> int:
         help="counting questions teach the evidence head the share n/(n+K) on their n frames (K; 0: leave it free)",
     )
     parser.add_argument(
+        "--count-weight", type=float, default=1.0, help="weight of the counting share's term in the evidence loss"
+    )
+    parser.add_argument(
+        "--hide",
+        type=float,
+        default=0.0,
+        help="share of training conversations whose text reads a pruned cache (evidence kept, see hide_visual)",
+    )
+    parser.add_argument(
+        "--hide-keep",
+        default="0.05,0.5",
+        help="LOW,HIGH: a hiding conversation keeps a share of the visual tokens drawn uniformly from this range",
+    )
+    parser.add_argument(
         "--oversample",
         default="",
         help="family=weight,...: draw these families that many times as often as the others (e.g. counting=2)",
@@ -491,16 +563,22 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
 
     sink = args.count_sink
+    hide_keep = parse_range(args.hide_keep, "--hide-keep")
+    if not 0 <= args.hide <= 1:
+        raise SystemExit("--hide must be in [0, 1]")
 
-    def draw(step: int, n: int) -> list[Example]:
+    def draw(step: int, n: int, hide: float = 0.0) -> list[Example]:
         frames = frame_counts[step % len(frame_counts)]
         n = max(1, min(n, args.batch_frames * n // (args.batch * frames)))
-        return [
+        batch = [
             curriculum.example(
                 adapter, family, rng.randrange(SPLITS["validation"]), frames, args.size, args.turns, sink
             )
             for family in rng.choices(families, weights, k=n)
         ]
+        if hide <= 0:
+            return batch
+        return [hide_visual(e, rng.uniform(*hide_keep), rng) if rng.random() < hide else e for e in batch]
 
     def optimise(params: list, lr: float, steps: int, loss_of, label: str) -> None:
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -531,13 +609,14 @@ def main(argv: list[str] | None = None) -> int:
         return {"probe": probe.loss(capture.tokens, [e.targets for e in batch])}
 
     def qa_loss(step: int) -> dict[str, torch.Tensor]:
-        batch = draw(step, args.batch)
+        batch = draw(step, args.batch, args.hide)
         inputs = collate(batch, processor.tokenizer.pad_token_id)
         output = model(**inputs)
         probe_loss = probe.loss(capture.tokens, [e.targets for e in batch])
         losses = {"answer": output.loss, "probe": args.probe_weight * probe_loss}
         if watched:
-            losses["attend"] = args.attend_weight * evidence_loss([m.videoqa_head0 for m in watched], batch)
+            heads = [m.videoqa_head0 for m in watched]
+            losses["attend"] = args.attend_weight * evidence_loss(heads, batch, args.count_weight)
         return losses
 
     if args.vision_steps:

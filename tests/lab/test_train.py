@@ -156,3 +156,78 @@ def test_oversampled_families_are_drawn_by_their_weight():
     for bad in ("time_at=2", "counting=0", "counting=x"):
         with pytest.raises(SystemExit):
             family_weights(families, bad)
+
+
+def test_hiding_keeps_every_evidence_token_and_a_share_of_the_others():
+    """A conversation that reads a pruned cache: only visual tokens are hidden, never one that
+    shows an answer, and what stays visible is the drawn share (or the evidence, where larger)."""
+    from videoqa.lab import curriculum_v2
+    from videoqa.lab.train import hide_visual
+
+    model, processor = tiny.build_from_spec(curriculum_v2.SPEC_V2, 0, wide_init=False)
+    adapter = adapter_for(model, processor)
+    item = curriculum_v2.example(adapter, "ordering", 3, 32, 128, turns=3, count_sink=4.0)
+    visual, evidence = set(item.visual), {t for ev in item.evidence for t in ev.tokens}
+    assert item.hidden == () and len(visual) == 16 * 16 and evidence <= visual
+    for keep in (0.05, 0.3, 0.9):
+        hidden = set(hide_visual(item, keep, random.Random(1)).hidden)
+        assert hidden <= visual - evidence
+        assert len(visual) - len(hidden) == max(round(keep * len(visual)), len(evidence))
+    again = hide_visual(item, 0.3, random.Random(1)).hidden
+    assert again == hide_visual(item, 0.3, random.Random(1)).hidden != hide_visual(item, 0.3, random.Random(2)).hidden
+    assert all(item.video_end <= ev.position for ev in item.evidence)  # questions come after the video
+
+
+def test_hidden_tokens_are_unseen_from_the_video_end_on_and_seen_before():
+    """The 4-D mask: the text after the video never attends to a hidden token (the supervised
+    head's probabilities there are 0), the visual tokens still attend to each other in full (the
+    prefill pruning scores is unchanged), and the padding stays unattended."""
+    from videoqa.lab import curriculum_v2
+    from videoqa.lab.train import attention_masks, hide_visual
+
+    model, processor = tiny.build_from_spec(curriculum_v2.SPEC_V2, 0, wide_init=False)
+    adapter = adapter_for(model, processor)
+    plain = curriculum_v2.example(adapter, "needle", 5, 16, 128, turns=2, count_sink=4.0)
+    hiding = hide_visual(plain, 0.2, random.Random(0))
+    short = curriculum_v2.example(adapter, "needle", 6, 16, 128, turns=1, count_sink=4.0)
+    batch = [hiding, short]
+    length = max(len(e.ids) for e in batch)
+    masks = attention_masks(batch, length)
+    assert masks.shape == (2, 1, length, length)
+    hidden = list(hiding.hidden)
+    assert not masks[0, 0, hiding.video_end :, hidden].any() and masks[0, 0, hiding.video_end - 1, hidden].all()
+    assert torch.equal(masks[1, 0, :, : len(short.ids)], torch.ones(length, len(short.ids)).tril().bool())
+    assert not masks[1, 0, :, len(short.ids) :].any()
+    inputs = collate(batch, processor.tokenizer.pad_token_id)
+    assert torch.equal(inputs["attention_mask"], masks)
+    (watched,) = watch_layers(model, [1])
+    with torch.no_grad():
+        hidden_logits = model(**inputs).logits[0]
+        head = watched.videoqa_head0[0]
+        seen_logits = model(**collate([plain, short], processor.tokenizer.pad_token_id)).logits[0]
+    assert head[hiding.video_end :, hidden].abs().max() == 0
+    assert head[: hiding.video_end, hidden].sum() > 0
+    end, size = hiding.video_end, len(plain.ids)
+    assert torch.allclose(hidden_logits[:end], seen_logits[:end], atol=1e-5)  # the video itself: as without
+    assert not torch.allclose(hidden_logits[end:size], seen_logits[end:size], atol=1e-3)  # the text reads less
+    # without hiding anywhere the batch keeps its 2-D padding mask (the recipe of d, bit for bit)
+    assert collate([plain, short], processor.tokenizer.pad_token_id)["attention_mask"].dim() == 2
+
+
+def test_the_counting_share_term_is_weighted_alone():
+    counted = SimpleNamespace(evidence=[Evidence(3, [1, 2], share=0.4)])
+    looked = SimpleNamespace(evidence=[Evidence(3, [1, 2])])
+    probabilities = torch.full((2, 5, 5), 0.2)
+    one = evidence_loss([probabilities], [counted, looked])
+    four = evidence_loss([probabilities], [counted, looked], share_weight=4.0)
+    share_term = evidence_loss([probabilities[:1]], [counted])
+    assert share_term > 0 and torch.allclose(four - one, 3 * share_term / 2)
+
+
+def test_range_options_are_checked():
+    from videoqa.lab.train import parse_range
+
+    assert parse_range("0.05,0.5", "--hide-keep") == (0.05, 0.5)
+    for bad in ("0.5", "0,0.5", "0.6,0.5", "0.1,1.5", "a,b"):
+        with pytest.raises(SystemExit):
+            parse_range(bad, "--hide-keep")
