@@ -9,6 +9,7 @@ gives them examples and probe targets from suite v2 scenes.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import torch
@@ -96,9 +97,28 @@ def probe_targets(scene: Scene, patches: int) -> tuple[torch.Tensor, torch.Tenso
     return colors, shapes
 
 
-def example(adapter, family: str, seed: int, frames: int, size: int, turns: int, count_sink: float = 0.0):
+def answer_shown(scene: Scene, question: Question) -> Question:
+    """``question`` with only the evidence that shows its answer: for ordering, the shot of the
+    shape that comes first (the answer), not the other named one."""
+    kept = tuple((i, j) for i, j in question.evidence if scene[i].things[j].shape == question.answer)
+    return dataclasses.replace(question, evidence=kept)
+
+
+def example(
+    adapter,
+    family: str,
+    seed: int,
+    frames: int,
+    size: int,
+    turns: int,
+    count_sink: float = 0.0,
+    order_first: bool = False,
+):
     """A suite v2 video of ``family`` and a conversation about it (see ``train.example``), with
-    each question's evidence: the tokens :func:`evidence_tokens` names, at their prompt positions."""
+    each question's evidence: the tokens :func:`evidence_tokens` names, at their prompt positions.
+    ``order_first``: an ordering question's head looks at the answer's shot only (the earlier of
+    the two, :func:`answer_shown`), so that the head itself picks which comes first; both shots
+    stay its ``needed`` tokens."""
     from videoqa.lab.oracle import evidence_positions
     from videoqa.lab.train import Evidence, Example
 
@@ -111,7 +131,11 @@ def example(adapter, family: str, seed: int, frames: int, size: int, turns: int,
     end = adapter.tokenizer.eos_token_id
     for turn, item in enumerate(asked):
         tokens = evidence_positions(prompt.layout, tuple(evidence_tokens(scene, item)), DEMO_GRID.per_patch).tolist()
-        if item.family != "counting":
+        if item.family == "ordering" and order_first:
+            first = evidence_tokens(scene, answer_shown(scene, item))
+            looked = evidence_positions(prompt.layout, tuple(first), DEMO_GRID.per_patch).tolist()
+            evidence.append(Evidence(len(ids) - 1, looked, needed=tokens))
+        elif item.family != "counting":
             evidence.append(Evidence(len(ids) - 1, tokens))
         elif count_sink > 0:
             count = int(item.answer)

@@ -109,6 +109,8 @@ class Evidence:
     position: int
     tokens: list[int]
     share: float | None = None
+    #: The tokens the answer needs in view (:func:`hide_visual` never hides them); None: ``tokens``.
+    needed: list[int] | None = None
 
 
 @dataclass
@@ -140,11 +142,23 @@ class Example:
         return self.spans[-1][1]
 
 
-def example(adapter, family: str, seed: int, frames: int, size: int, turns: int, count_sink: float = 0.0) -> Example:
+def example(
+    adapter,
+    family: str,
+    seed: int,
+    frames: int,
+    size: int,
+    turns: int,
+    count_sink: float = 0.0,
+    order_first: bool = False,
+) -> Example:
     """A video of ``family`` and a conversation about it: a question of that family first, then up
     to ``turns - 1`` other questions the same video answers (more supervised tokens per video).
     ``count_sink`` > 0: counting questions supervise the attention share n / (n + count_sink) on
-    their n frames' tokens; 0: counting questions leave the attention free."""
+    their n frames' tokens; 0: counting questions leave the attention free. ``order_first`` is
+    suite v2's (:func:`videoqa.lab.curriculum_v2.example`); suite v1 refuses it."""
+    if order_first:
+        raise ValueError("--order-first is for suite v2")
     scene, question, *_ = build(family, seed, frames)
     rng = random.Random(seed)
     questions = questions_about(scene, rng)
@@ -201,7 +215,7 @@ def hide_visual(example: Example, keep: float, rng: random.Random) -> Example:
     there. It says nothing about which tokens those are: the visual tokens see each other in full,
     so the prefill's attention, which pruning methods score with, is as without hiding."""
     visual = example.visual
-    evidence = {t for ev in example.evidence for t in ev.tokens}
+    evidence = {t for ev in example.evidence for t in (ev.tokens if ev.needed is None else ev.needed)}
     others = [t for t in visual if t not in evidence]
     fill = max(0, round(keep * len(visual)) - len(evidence))
     kept = set(rng.sample(others, min(fill, len(others))))
@@ -299,7 +313,7 @@ class Curriculum:
     families: tuple[str, ...]
     frames: str
     size: int
-    #: ``example(adapter, family, seed, frames, size, turns, count_sink) -> Example``
+    #: ``example(adapter, family, seed, frames, size, turns, count_sink, order_first) -> Example``
     example: Callable[..., Example]
     #: ``question(family, seed, frames) -> (scene, question, answer, aliases)``
     question: Callable[[str, int, int], tuple[Any, str, str, list[str]]]
@@ -521,6 +535,11 @@ def main(argv: list[str] | None = None) -> int:
         help="counting questions teach the evidence head the share n/(n+K) on their n frames (K; 0: leave it free)",
     )
     parser.add_argument(
+        "--order-first",
+        action="store_true",
+        help="ordering questions teach the evidence head the first-shown shape's tokens only (suite v2)",
+    )
+    parser.add_argument(
         "--count-weight", type=float, default=1.0, help="weight of the counting share's term in the evidence loss"
     )
     parser.add_argument(
@@ -572,7 +591,14 @@ def main(argv: list[str] | None = None) -> int:
         n = max(1, min(n, args.batch_frames * n // (args.batch * frames)))
         batch = [
             curriculum.example(
-                adapter, family, rng.randrange(SPLITS["validation"]), frames, args.size, args.turns, sink
+                adapter,
+                family,
+                rng.randrange(SPLITS["validation"]),
+                frames,
+                args.size,
+                args.turns,
+                sink,
+                args.order_first,
             )
             for family in rng.choices(families, weights, k=n)
         ]

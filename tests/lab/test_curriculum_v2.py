@@ -74,3 +74,27 @@ def test_training_runs_on_suite_v2_and_saves_a_qwen3_vl_checkpoint(tmp_path, cap
     assert "qa step 1 validation overall" in capsys.readouterr().out
     lm = load_model(str(out))
     assert lm.family == "qwen3_vl" and lm.num_layers == 4 and not tiny.TINY_MODELS.get(str(out))
+
+
+def test_order_first_points_the_head_at_the_earlier_shot_and_keeps_both_in_view():
+    """``--order-first``: an ordering question's head is taught the answer's shot only (the shape
+    shown first), while hiding still keeps both named shots visible."""
+    import random
+
+    from videoqa.lab.train import hide_visual
+
+    adapter = _adapter()
+    for seed in range(4):
+        scene, question = build("ordering", seed, 32)
+        plain = curriculum_v2.example(adapter, "ordering", seed, 32, 128, turns=1, count_sink=4.0)
+        first = curriculum_v2.example(adapter, "ordering", seed, 32, 128, turns=1, count_sink=4.0, order_first=True)
+        (both,), (looked,) = plain.evidence, first.evidence
+        shown = curriculum_v2.answer_shown(scene, question)
+        assert len(shown.evidence) == 1 and scene[shown.evidence[0][0]].things[0].shape == question.answer
+        earlier = min(i for i, _ in question.evidence)
+        assert shown.evidence[0][0] == earlier  # the answer is the shape that comes first
+        assert looked.needed == both.tokens and set(looked.tokens) < set(both.tokens)
+        assert len(looked.tokens) == len(evidence_tokens(scene, shown))
+        assert looked.tokens[-1] < min(set(both.tokens) - set(looked.tokens))  # the later shot is left out
+        hidden = set(hide_visual(first, 0.05, random.Random(seed)).hidden)
+        assert not hidden & set(both.tokens)
