@@ -1,8 +1,10 @@
 """Train the demo video-QA model on the synthetic suite (deterministic; CPU or GPU).
 
-    # videoqa-demo 0.2.0, the embedded default (suite v2, Qwen3-VL architecture; 40 min on 2 cores)
+    # videoqa-demo 0.3.0, the embedded default (suite v2, Qwen3-VL architecture; 39 min on 2 cores)
     python -m videoqa.lab.train --suite v2 --vision-steps 300 --steps 3400 --frames 16,16,32,64 \
-        --batch-frames 128 --eval-every 850 --oversample counting=2 --out models/videoqa-demo
+        --batch-frames 128 --eval-every 850 --oversample counting=2 --hide 0.5 --count-weight 4 \
+        --out models/videoqa-demo
+    # 0.2.0 (commit b1e6014): the same without --hide and --count-weight
     # the first demo model, 0.1.0 (suite v1, Qwen2-VL architecture)
     python -m videoqa.lab.train --out models/videoqa-demo-v1
 

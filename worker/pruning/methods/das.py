@@ -73,7 +73,7 @@ class DynamicAttentionSubsidy(ScoredMethod):
         MethodParam(
             "agnostic_alpha",
             "alpha when the question is not known yet (the window is the probe prompt; 0: no probe)",
-            0.5,
+            0.0,
             0,
             1,
         ),
