@@ -567,6 +567,11 @@ def main(argv: list[str] | None = None) -> int:
         "--families", default=",".join(curriculum.families), help="question families to train and validate on"
     )
     args = parser.parse_args(argv)
+    hide_keep = parse_range(args.hide_keep, "--hide-keep")
+    if args.order_first and args.suite != "v2":
+        raise SystemExit("--order-first is for suite v2 (suite v1's ordering head already looks at the earlier object)")
+    if not 0 <= args.hide <= 1:
+        raise SystemExit("--hide must be in [0, 1]")
     families = tuple(f for f in args.families.split(",") if f)
     weights = family_weights(families, args.oversample)
     frame_counts = tuple(int(f) for f in args.frames.split(","))
@@ -584,9 +589,6 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
 
     sink = args.count_sink
-    hide_keep = parse_range(args.hide_keep, "--hide-keep")
-    if not 0 <= args.hide <= 1:
-        raise SystemExit("--hide must be in [0, 1]")
 
     def draw(step: int, n: int, hide: float = 0.0) -> list[Example]:
         frames = frame_counts[step % len(frame_counts)]

@@ -224,10 +224,13 @@ def test_the_counting_share_term_is_weighted_alone():
     assert share_term > 0 and torch.allclose(four - one, 3 * share_term / 2)
 
 
-def test_range_options_are_checked():
+def test_range_options_are_checked(tmp_path):
     from videoqa.lab.train import parse_range
 
     assert parse_range("0.05,0.5", "--hide-keep") == (0.05, 0.5)
     for bad in ("0.5", "0,0.5", "0.6,0.5", "0.1,1.5", "a,b"):
         with pytest.raises(SystemExit):
             parse_range(bad, "--hide-keep")
+    for bad in (["--hide", "1.5"], ["--hide-keep", "0.5,0.2"], ["--order-first"]):  # --order-first: suite v2 only
+        with pytest.raises(SystemExit):
+            train_main(["--out", str(tmp_path / "x"), "--steps", "0", "--vision-steps", "0", *bad])
