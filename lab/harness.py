@@ -333,9 +333,9 @@ def merge(paths: list[Path]) -> list[Row]:
 
 def summarize(rows: list[Row]) -> dict:
     """Accuracy per configuration (method × budget × mode × chunk frames × cap × slack): overall, per
-    family, per needle bucket; mean KV bytes (after the prefill, and at its peak); and whether
-    every uncapped method at budget 1 answered exactly as ``full`` with the same chunking (same
-    predictions)."""
+    family, per needle bucket (and how many samples each bucket holds); mean KV bytes (after the
+    prefill, and at its peak); and whether every uncapped method at budget 1 answered exactly as
+    ``full`` with the same chunking (same predictions)."""
     groups: dict[tuple, list[Row]] = defaultdict(list)
     for row in rows:
         groups[row.config_key].append(row)
@@ -363,6 +363,7 @@ def summarize(rows: list[Row]) -> dict:
                 "accuracy": accuracy(items),
                 "families": {f: accuracy(v) for f, v in sorted(families.items())},
                 "needle_buckets": {b: accuracy(buckets[b]) for b in BUCKETS if buckets[b]},
+                "needle_bucket_samples": {b: len(buckets[b]) for b in BUCKETS if buckets[b]},
                 "kv_bytes": sum(r.kv_bytes for r in items) / len(items),
                 "peak_kv_bytes": sum(r.peak_kv_bytes for r in items) / len(items),
                 "evidence_kept": mean_of([r.evidence_kept for r in items if r.evidence_kept is not None]),
@@ -422,6 +423,12 @@ def markdown(summary: dict) -> str:
             f"| {c['method']} | {c['budget']:.0%} | {c['mode']} | {lead}{c['samples']} | {c['accuracy']:.3f} | "
             f"{shown}{fam} | {buc} | {c['kv_bytes'] / 1024:.0f} KiB |{tail}"
         )
+    held = {
+        tuple(c["needle_bucket_samples"].get(b, 0) for b in BUCKETS) for c in configs if "needle_bucket_samples" in c
+    }
+    if held:
+        counts = "; ".join(" / ".join(map(str, h)) for h in sorted(held))
+        lines.append(f"\nSamples per needle quartile ({', '.join(BUCKETS)}): {counts}")
     if summary["keep_all_equals_full"] is not None:
         lines.append(f"\nAt 100% every method answers exactly as `full`: **{summary['keep_all_equals_full']}**")
     return "\n".join(lines) + "\n"

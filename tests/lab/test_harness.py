@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from videoqa.client.cli import main as cli_main
-from videoqa.lab.harness import Row, bucket, configurations, merge, parse_variant, summarize
+from videoqa.lab.harness import Row, bucket, configurations, markdown, merge, parse_variant, summarize
 from videoqa.lab.sample import Sample, is_correct, normalize
 from videoqa.worker.types import MediaKind
 
@@ -38,6 +38,8 @@ def test_summary_groups_and_checks_keep_all():
     das = next(c for c in summary["configs"] if c["method"] == "das" and c["budget"] == 0.2)
     assert das["accuracy"] == 0.5 and das["families"] == {"counting": 1.0, "needle": 0.0}
     assert das["needle_buckets"] == {"0-25%": 0.0} and bucket(1.0) == "75-100%"
+    assert das["needle_bucket_samples"] == {"0-25%": 1}  # counting has no position
+    assert "Samples per needle quartile (0-25%, 25-50%, 50-75%, 75-100%): 1 / 0 / 0 / 0" in markdown(summary)
     assert summary["keep_all_equals_full"] is True
     rows[1].prediction = "green"
     assert summarize(rows)["keep_all_equals_full"] is False
