@@ -70,7 +70,7 @@ def test_training_runs_on_suite_v2_and_saves_a_qwen3_vl_checkpoint(tmp_path, cap
 
     out = tmp_path / "demo-v2"
     args = ["--suite", "v2", "--out", str(out), "--vision-steps", "1", "--steps", "1", "--batch", "1"]
-    recipe = ["--hide", "1", "--hide-keep", "0.1,0.2", "--count-weight", "4", "--order-first"]  # 0.3.0's, and more
+    recipe = ["--hide", "1", "--hide-keep", "0.1,0.2", "--count-weight", "4", "--order-first"]  # 0.4.0's, and more
     assert train_main([*args, *recipe, "--frames", "16", "--eval-every", "1", "--eval-count", "1"]) == 0
     assert "qa step 1 validation overall" in capsys.readouterr().out
     lm = load_model(str(out))
