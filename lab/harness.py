@@ -4,7 +4,7 @@ Runs each sample through the same worker code the service uses: the crash-isolat
 the family adapter, the pruned prefill, and the greedy decode loop, in three modes:
 
 - ``aware``: the question is in the prefill and guides the pruning;
-- ``agnostic``: the video is pruned first, with the probe, and the question follows;
+- ``agnostic``: the video is pruned first, without a question, and the question follows;
 - ``followup``: the prefill asks another question first (``--first-question``), which guides the
   pruning and is answered; the sample's question is the session's second turn. This is the
   service's multi-turn flow, and the mode in which question-aware pruning can lose what a later
