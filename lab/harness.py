@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from videoqa.lab.ranking import ranking
 from videoqa.lab.sample import Sample, is_correct
 
 BUCKETS = ("0-25%", "25-50%", "50-75%", "75-100%")
@@ -431,6 +432,9 @@ def markdown(summary: dict) -> str:
         lines.append(f"\nSamples per needle quartile ({', '.join(BUCKETS)}): {counts}")
     if summary["keep_all_equals_full"] is not None:
         lines.append(f"\nAt 100% every method answers exactly as `full`: **{summary['keep_all_equals_full']}**")
+    ranked = ranking(summary, BUCKETS)
+    if ranked:
+        lines.append("\n## Methods between the bounds\n\n" + ranked.rstrip("\n"))
     return "\n".join(lines) + "\n"
 
 
