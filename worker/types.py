@@ -61,14 +61,32 @@ class DecodedMedia:
 
 
 @dataclass(frozen=True)
+class ReductionSpec:
+    """Visual tokens dropped before the language model (after the vision tower and merger).
+    ``method`` "" (or "none"): none."""
+
+    method: str = ""
+    params: dict[str, float] = field(default_factory=dict)
+    #: Fraction of the video's visual tokens that go into the language model, in (0, 1].
+    retention: float = 1.0
+
+    @property
+    def active(self) -> bool:
+        return self.method not in ("", "none")
+
+
+@dataclass(frozen=True)
 class PruningSpec:
     method: str = "full"
     params: dict[str, float] = field(default_factory=dict)
-    #: Fraction of visual tokens kept, in (0, 1].
+    #: Fraction of visual tokens kept, in (0, 1]: of those the language model sees (after
+    #: ``reduction``, when one is set).
     budget: float = 1.0
     #: Most visual entries a layer keeps, whatever the video's length (0: no cap); needs a method
     #: that compresses progressively.
     max_visual_tokens: int = 0
+    #: Reduction before the language model, composed with the KV method above.
+    reduction: ReductionSpec = field(default_factory=ReductionSpec)
 
 
 @dataclass(frozen=True)

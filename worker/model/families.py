@@ -109,10 +109,22 @@ class PreparedPrompt:
     #: Text index in the conversation of the prompt's first token (0, except for media appended
     #: to a conversation: its segment's positions are already the conversation's).
     first_index: int = 0
+    #: The visual tokens' features, already computed (a prompt reduced before the language model:
+    #: its frames went through the vision tower once, and only the kept tokens are in the prompt);
+    #: ``None``: the vision tower runs on the prompt's pixels.
+    features: VisualFeatures | None = None
 
     @property
     def input_ids(self) -> list[int]:
         return self.inputs["input_ids"][0].tolist()
+
+    def span_features(self, first: int, end: int) -> VisualFeatures:
+        """The precomputed features of frame spans ``first`` to ``end`` (exclusive)."""
+        if self.features is None:
+            raise ValueError("this prompt carries no precomputed features")
+        sizes = [e - s for s, e in self.layout.frame_spans]
+        a, b = sum(sizes[:first]), sum(sizes[:end])
+        return VisualFeatures(self.features.tokens[a:b], tuple(rows[a:b] for rows in self.features.deepstack))
 
 
 class FamilyAdapter:
@@ -263,7 +275,10 @@ class FamilyAdapter:
         visual = (ids[0] == self.video_token_id).cpu()
         if spans is None:
             return PromptEmbeds(embeds, visual)
-        features = self.video_features(prompt.inputs, *spans)
+        if prompt.features is not None:
+            features = prompt.span_features(*spans)
+        else:
+            features = self.video_features(prompt.inputs, *spans)
         where = visual.nonzero().flatten().to(embeds.device)
         if where.numel() != features.tokens.shape[0]:
             raise InvalidInput("visual features do not match the visual tokens of a prefill chunk")

@@ -92,7 +92,13 @@ class ModelRunner:
     @torch.inference_mode()
     @model_work()
     def prefill(self, prompt: PreparedPrompt) -> tuple[ConversationState, torch.Tensor]:
-        """Encode the media and run the prompt. Returns the state and the last logits [vocab]."""
+        """Encode the media and run the prompt. Returns the state and the last logits [vocab].
+        A prompt that carries its visual features (reduced before the language model) runs from
+        its embeddings, as a chunk does."""
+        if prompt.features is not None:
+            state = self.begin(prompt)
+            spans = (0, len(prompt.layout.frame_spans)) if prompt.layout.frame_spans else None
+            return state, self.prefill_range(state, prompt, 0, prompt.layout.prompt_length, spans)
         device = self.lm.device
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in prompt.inputs.items()}
         cache = DynamicCache(config=self.lm.model.config)

@@ -35,6 +35,8 @@ from videoqa.worker.model.families import PreparedPrompt, TokenLayout
 from videoqa.worker.model.generate import ModelRunner
 from videoqa.worker.model.state import TOKEN, ConversationState, LayerSlots, VisualSlots
 from videoqa.worker.pruning.base import LayerView, PruneContext, PruneResult, PruningMethod, RowSets
+from videoqa.worker.reduction.base import ReductionMethod
+from videoqa.worker.reduction.prompt import Reduced, ReductionPaused, reduce_steps
 
 #: The observation window of question-agnostic pruning: a question about everything, in order,
 #: so that attention spreads over every frame the way a real question about the video would.
@@ -70,6 +72,8 @@ class Prefilled:
     result: PruneResult
     peak_kv_bytes: int
     chunks: int
+    #: What the reduction before the language model did (``None``: no reduction).
+    reduction: Reduced | None = None
 
 
 @dataclass(frozen=True)
@@ -91,9 +95,12 @@ class PrunedPrefill:
         method: PruningMethod,
         question_aware: bool,
         chunking: Chunking | None = None,
+        reduction: ReductionMethod | None = None,
     ):
         self.generator = generator
         self.method = method
+        #: Drops visual tokens before the language model (then ``method`` prunes the KV of the rest).
+        self.reduction = reduction
         self.question_aware = question_aware
         self.chunking = chunking or Chunking()
         self.prompt: PreparedPrompt | None = None
@@ -172,8 +179,15 @@ class PrunedPrefill:
 
         ``state``: a conversation the prompt continues (media appended to a session; its
         positions are already the conversation's), else a new one. With one chunk and no
-        ``state`` this is :meth:`prefill` then :meth:`prune`, bit for bit."""
+        ``state`` this is :meth:`prefill` then :meth:`prune`, bit for bit. With a reduction, the
+        prompt is reduced first (yielding between vision-tower calls) and the rest runs on the
+        reduced prompt."""
         media = media or SessionMedia()
+        reduction = None
+        if self.reduction is not None:
+            steps = reduce_steps(self.generator.lm.adapter, prompt, self.reduction)
+            reduction = yield from _paused_as_steps(steps)
+            prompt = reduction.prompt
         plan = plan_chunks(prompt.layout, self.chunking)
         if state is None and len(plan) == 1 and media == SessionMedia():
             started = time.perf_counter()
@@ -182,12 +196,15 @@ class PrunedPrefill:
             started = time.perf_counter()
             result = self.prune(state)
             yield ChunkDone(0, 1, prefill_s, time.perf_counter() - started, peak)
-            return Prefilled(state, logits, result, peak, 1)
+            return Prefilled(state, logits, result, peak, 1, reduction)
         self.prompt, self._context = prompt, None
         state = state if state is not None else self.generator.begin(prompt)
         if self.method.progressive and self.method.compresses:
-            return (yield from self._progressive(prompt, state, plan, media))
-        return (yield from self._chunked_then_pruned(prompt, state, plan, media))
+            done = yield from self._progressive(prompt, state, plan, media)
+        else:
+            done = yield from self._chunked_then_pruned(prompt, state, plan, media)
+        done.reduction = reduction
+        return done
 
     def _chunked_then_pruned(self, prompt, state, plan, media) -> Generator[ChunkDone | StepDone, None, Prefilled]:
         """Every chunk's forward with the statistics summed over them; one prune at the end (a
@@ -356,6 +373,16 @@ def _mark_tokens(state: ConversationState, prompt: PreparedPrompt, chunk: Chunk,
             count[:, a : a + e - s] = 1.0
         maps.append(LayerSlots(kind, frame, order, count, layer.weight, layer.origin))
     state.slots = VisualSlots(maps)
+
+
+def _paused_as_steps(steps: Generator[ReductionPaused, None, Reduced]) -> Generator[StepDone, None, Reduced]:
+    """Drive a reduction, yielding :class:`StepDone` where it pauses; returns what it did."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
+        yield StepDone()
 
 
 def run_to_end(steps: Generator[ChunkDone | StepDone, None, Prefilled]) -> Prefilled:

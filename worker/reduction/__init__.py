@@ -1,0 +1,1 @@
+"""Token reduction before the language model (composed with KV pruning, ``pruning/``)."""
