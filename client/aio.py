@@ -318,6 +318,12 @@ class AsyncVideoQAClient:
         reply = await self._unary(self._stub.ListMethods, pb.ListMethodsRequest(), timeout)
         return [convert.method_from_pb(m) for m in reply.methods]
 
+    async def list_reductions(self, *, timeout: float | None = None) -> list[MethodInfo]:
+        """The reductions before the language model (``Pruning.reduction.method``), with their
+        parameters, defaults and bounds."""
+        reply = await self._unary(self._stub.ListMethods, pb.ListMethodsRequest(), timeout)
+        return [convert.method_from_pb(m) for m in reply.reductions]
+
     async def server_info(self, *, timeout: float | None = None) -> ServerInfo:
         """Limits and versions of this deployment."""
         reply = await self._unary(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)

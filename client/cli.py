@@ -45,6 +45,7 @@ from .types import (
     Generation,
     Progress,
     Pruning,
+    Reduction,
     SessionCreated,
     SessionInfo,
     Token,
@@ -87,17 +88,26 @@ def human_bytes(n: float) -> str:
 
 
 def stats_line(stats: TurnStats) -> str:
-    """One-line summary of a turn: frames, visual tokens, KV bytes, time to first token."""
-    kept = stats.visual_tokens_after / stats.visual_tokens_before if stats.visual_tokens_before else 1.0
+    """One-line summary of a turn: frames, visual tokens (encoded, into the language model when a
+    reduction dropped some, kept in the KV), KV bytes, time to first token."""
+    encoded = max(stats.visual_tokens_encoded, stats.visual_tokens_before)
+    kept = stats.visual_tokens_after / encoded if encoded else 1.0
+    into = f"{stats.visual_tokens_before}→" if encoded != stats.visual_tokens_before else ""
     t = stats.timings
     parts = [
         f"{stats.frames_used} frames",
-        f"visual tokens {stats.visual_tokens_before}→{stats.visual_tokens_after} ({kept:.0%} kept)",
+        f"visual tokens {encoded}→{into}{stats.visual_tokens_after} ({kept:.0%} kept)",
         f"KV {human_bytes(stats.kv_bytes_before)}→{human_bytes(stats.kv_bytes_after)}",
         f"TTFT {t.time_to_first_token_seconds:.2f} s",
         f"{stats.generated_tokens} tokens in {t.generate_seconds:.2f} s",
     ]
     return " · ".join(parts)
+
+
+def _encoded(info: SessionInfo) -> str:
+    """ "N→" when a reduction let fewer than the N encoded visual tokens into the language model."""
+    encoded = info.visual_tokens_encoded
+    return f"{encoded}→" if encoded > info.visual_tokens_before else ""
 
 
 def describe_session(info: SessionInfo) -> str:
@@ -106,6 +116,9 @@ def describe_session(info: SessionInfo) -> str:
     pruning = info.pruning.method or "default"
     budget = info.pruning.budget or 1.0
     cap = f", at most {info.pruning.max_visual_tokens} visual tokens" if info.pruning.max_visual_tokens else ""
+    reduction = info.pruning.reduction
+    if reduction.method and reduction.method != "none":
+        cap += f"; {reduction.method} before the LLM, retention {reduction.retention or 1.0:g}"
     span = f" over {f.timestamps[0]:.1f}–{f.timestamps[-1]:.1f} s" if f.timestamps else ""
     segments = f"{info.segments} (the upload and {info.segments - 1} appended)" if info.segments > 1 else "1"
     lines = [
@@ -117,7 +130,7 @@ def describe_session(info: SessionInfo) -> str:
         f"frames    {len(f.indices)} sampled at {f.width}x{f.height}{span}",
         f"pruning   {pruning}, budget {budget:g}{cap}"
         + "".join(f", {k}={v:g}" for k, v in sorted(info.pruning.params.items())),
-        f"tokens    visual {info.visual_tokens_before}→{info.visual_tokens_after}, "
+        f"tokens    visual {_encoded(info)}{info.visual_tokens_before}→{info.visual_tokens_after}, "
         f"context {info.context_length}, cache {info.cache_length}",
         f"kv        {human_bytes(info.kv_bytes)}",
         f"turns     {info.turns}",
@@ -160,11 +173,18 @@ def segment_record(before: SessionInfo | None, after: SessionInfo, path: str) ->
 
 
 def _to_json(obj: Any) -> str:
+    return json.dumps(_plain(obj), ensure_ascii=False)
+
+
+def _plain(obj: Any) -> Any:
+    """``obj`` with dataclasses as dicts, through lists and dicts."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        obj = dataclasses.asdict(obj)
-    elif isinstance(obj, list):
-        obj = [dataclasses.asdict(o) if dataclasses.is_dataclass(o) else o for o in obj]
-    return json.dumps(obj, ensure_ascii=False)
+        return dataclasses.asdict(obj)
+    if isinstance(obj, list):
+        return [_plain(o) for o in obj]
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return obj
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,6 +336,27 @@ def _session_parser() -> argparse.ArgumentParser:
         metavar="NAME=VALUE",
         help="method parameter (repeatable)",
     )
+    pr.add_argument(
+        "--reduction",
+        default="",
+        metavar="NAME",
+        help="drop visual tokens before the language model (see `videoqa methods`); --budget then applies to the rest",
+    )
+    pr.add_argument(
+        "--retention",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="fraction of visual tokens the reduction lets into the language model",
+    )
+    pr.add_argument(
+        "--reduction-param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="reduction parameter (repeatable)",
+    )
     gen = p.add_argument_group("generation")
     gen.add_argument("--max-new-tokens", type=int, default=0, metavar="N")
     gen.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 means greedy")
@@ -425,6 +466,7 @@ def _session_options(args: argparse.Namespace) -> dict[str, Any]:
             params=dict(args.param),
             budget=args.budget,
             max_visual_tokens=args.max_visual_tokens,
+            reduction=Reduction(args.reduction, dict(args.reduction_param), args.retention),
         ),
         "image_fps": args.image_fps,
     }
@@ -892,8 +934,9 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_methods(args: argparse.Namespace) -> int:
     with _client(args) as client:
         methods = client.list_methods()
+        reductions = client.list_reductions()
     if args.json:
-        print(_to_json(methods))
+        print(_to_json({"methods": methods, "reductions": reductions}))
         return 0
     for m in methods:
         default = " (default)" if m.is_default else ""
@@ -903,6 +946,14 @@ def _cmd_methods(args: argparse.Namespace) -> int:
             kind = "int" if p.integer else "float"
             bounds = f"default {p.default:g}, in [{p.min:g}, {p.max:g}]"
             print(f"  --param {p.name}=<{kind}>  {bounds}  {p.description}")
+    if reductions:
+        print("\nreductions before the language model (--reduction NAME --retention F):")
+    for m in reductions:
+        print(f"{m.name}: {m.description}")
+        for p in m.params:
+            kind = "int" if p.integer else "float"
+            bounds = f"default {p.default:g}, in [{p.min:g}, {p.max:g}]"
+            print(f"  --reduction-param {p.name}=<{kind}>  {bounds}  {p.description}")
     return 0
 
 

@@ -21,6 +21,7 @@ from .types import (
     ModelInfo,
     Progress,
     Pruning,
+    Reduction,
     SampledFrames,
     ServerInfo,
     SessionCreated,
@@ -122,12 +123,22 @@ def sampling_from_pb(msg: pb.FrameSampling) -> FrameSampling:
 def pruning_to_pb(pruning: Pruning) -> pb.PruningSpec:
     msg = pb.PruningSpec(method=pruning.method, budget=pruning.budget, max_visual_tokens=pruning.max_visual_tokens)
     msg.params.update({name: float(value) for name, value in pruning.params.items()})
+    reduction = pruning.reduction
+    if reduction.method or reduction.params or reduction.retention:
+        msg.reduction.method = reduction.method
+        msg.reduction.retention = reduction.retention
+        msg.reduction.params.update({name: float(value) for name, value in reduction.params.items()})
     return msg
 
 
 def pruning_from_pb(msg: pb.PruningSpec) -> Pruning:
+    reduction = Reduction(msg.reduction.method, dict(msg.reduction.params), msg.reduction.retention)
     return Pruning(
-        method=msg.method, params=dict(msg.params), budget=msg.budget, max_visual_tokens=msg.max_visual_tokens
+        method=msg.method,
+        params=dict(msg.params),
+        budget=msg.budget,
+        max_visual_tokens=msg.max_visual_tokens,
+        reduction=reduction,
     )
 
 
@@ -168,6 +179,7 @@ def session_info_from_pb(msg: pb.SessionInfo) -> SessionInfo:
         cache_length=msg.cache_length,
         visual_tokens_before=msg.visual_tokens_before,
         visual_tokens_after=msg.visual_tokens_after,
+        visual_tokens_encoded=msg.visual_tokens_encoded,
         kv_bytes=msg.kv_bytes,
         created_at=msg.created_at,
         last_used_at=msg.last_used_at,

@@ -342,6 +342,12 @@ class VideoQAClient:
         reply = self._unary(self._stub.ListMethods, pb.ListMethodsRequest(), timeout)
         return [convert.method_from_pb(m) for m in reply.methods]
 
+    def list_reductions(self, *, timeout: float | None = None) -> list[MethodInfo]:
+        """The reductions before the language model (``Pruning.reduction.method``), with their
+        parameters, defaults and bounds."""
+        reply = self._unary(self._stub.ListMethods, pb.ListMethodsRequest(), timeout)
+        return [convert.method_from_pb(m) for m in reply.reductions]
+
     def server_info(self, *, timeout: float | None = None) -> ServerInfo:
         """Limits and versions of this deployment."""
         reply = self._unary(self._stub.GetServerInfo, pb.GetServerInfoRequest(), timeout)

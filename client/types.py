@@ -38,6 +38,21 @@ class FrameSampling:
 
 
 @dataclass
+class Reduction:
+    """Visual tokens dropped before the language model (after the vision tower), at their
+    original positions; the KV method then prunes what is left.
+
+    ``method`` empty (or ``"none"``) means no reduction; ``retention`` is the fraction of the
+    media's visual tokens that go into the language model, in (0, 1], where 0 means 1.0;
+    ``params`` by name (see :meth:`VideoQAClient.list_reductions`).
+    """
+
+    method: str = ""
+    params: dict[str, float] = field(default_factory=dict)
+    retention: float = 0.0
+
+
+@dataclass
 class Pruning:
     """Which KV pruning method to use and how hard to prune.
 
@@ -45,13 +60,15 @@ class Pruning:
     kept, in (0, 1], where 0 means 1.0 (nothing pruned); ``params`` are method parameters by
     name (see :meth:`VideoQAClient.list_methods`). ``max_visual_tokens`` caps the visual entries
     each layer keeps whatever the media's length (0: no cap), which bounds a session that media
-    is appended to; it needs a method that compresses progressively.
+    is appended to; it needs a method that compresses progressively. ``reduction`` drops visual
+    tokens before the language model; ``budget`` is then a fraction of the tokens left.
     """
 
     method: str = ""
     params: dict[str, float] = field(default_factory=dict)
     budget: float = 0.0
     max_visual_tokens: int = 0
+    reduction: Reduction = field(default_factory=Reduction)
 
     def __post_init__(self) -> None:
         if self.max_visual_tokens < 0:
@@ -127,6 +144,9 @@ class SessionInfo:
     last_used_at: float = 0.0
     #: Media pieces the session holds: 1 for the upload, plus one per appended segment.
     segments: int = 0
+    #: Visual tokens the vision tower made, before a reduction (``visual_tokens_before`` went into
+    #: the language model).
+    visual_tokens_encoded: int = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,6 +232,9 @@ class TurnStats:
     #: Nothing ran: this call's idempotency key had stored the turn already (a retry after a lost
     #: reply), and these are its stats and its answer.
     replayed: bool = False
+    #: Visual tokens the vision tower made, before a reduction (``visual_tokens_before`` went into
+    #: the language model).
+    visual_tokens_encoded: int = 0
 
 
 #: Any event of a streamed reply.

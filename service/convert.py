@@ -37,15 +37,24 @@ def sampling_to_pb(spec: t.SamplingSpec) -> pb.FrameSampling:
 
 
 def pruning_from_pb(msg: pb.PruningSpec) -> t.PruningSpec:
+    reduction = msg.reduction
     return t.PruningSpec(
-        method=msg.method, params=dict(msg.params), budget=msg.budget, max_visual_tokens=msg.max_visual_tokens
+        method=msg.method,
+        params=dict(msg.params),
+        budget=msg.budget,
+        max_visual_tokens=msg.max_visual_tokens,
+        reduction=t.ReductionSpec(reduction.method, dict(reduction.params), reduction.retention),
     )
 
 
 def pruning_to_pb(spec: t.PruningSpec) -> pb.PruningSpec:
-    return pb.PruningSpec(
+    msg = pb.PruningSpec(
         method=spec.method, params=spec.params, budget=spec.budget, max_visual_tokens=spec.max_visual_tokens
     )
+    if spec.reduction.active:
+        r = spec.reduction
+        msg.reduction.CopyFrom(pb.ReductionSpec(method=r.method, params=r.params, retention=r.retention))
+    return msg
 
 
 def generation_from_pb(msg: pb.GenerationParams) -> t.GenerationParams:
@@ -82,6 +91,7 @@ def session_to_pb(s: t.SessionSnapshot) -> pb.SessionInfo:
         cache_length=s.cache_length,
         visual_tokens_before=s.visual_tokens_before,
         visual_tokens_after=s.visual_tokens_after,
+        visual_tokens_encoded=s.visual_tokens_encoded,
         kv_bytes=s.kv_bytes,
         created_at=s.created_at,
         last_used_at=s.last_used_at,
@@ -123,6 +133,7 @@ def event_to_pb(event: t.Event) -> pb.AskResponse:
             frames_used=s.frames_used,
             visual_tokens_before=s.visual_tokens_before,
             visual_tokens_after=s.visual_tokens_after,
+            visual_tokens_encoded=s.visual_tokens_encoded,
             recycled_tokens=s.recycled_tokens,
             kv_bytes_before=s.kv_bytes_before,
             kv_bytes_after=s.kv_bytes_after,

@@ -235,7 +235,8 @@ class FrontendServicer(videoqa_pb2_grpc.VideoQAServicer):
     async def ListMethods(self, request, context):
         try:
             self.authenticate(context.invocation_metadata() or ())
-            return pb.ListMethodsResponse(methods=(await self._description_of_workers(context)).methods)
+            description = await self._description_of_workers(context)
+            return pb.ListMethodsResponse(methods=description.methods, reductions=description.reductions)
         except Exception as error:
             await self._fail(context, error)
 

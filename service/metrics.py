@@ -123,7 +123,8 @@ class Metrics:
         )
         self.visual_tokens = counter(
             "videoqa_visual_tokens",
-            "Visual tokens seen (input), kept, and folded into the bin (recycled)",
+            "Visual tokens the vision tower made (encoded), went into the language model after any "
+            "reduction (input), kept in the KV, and folded into the bin (recycled)",
             (*built, "state"),
         )
         self.kv_bytes = histogram(
@@ -210,6 +211,7 @@ class Metrics:
             self.frames_appended.labels(*labels).inc(item.frames)
             self.segments_appended.labels(*labels).inc()
             self.append_kv_peak.labels(*labels).observe(item.kv_bytes_peak)
+            self.visual_tokens.labels(*labels, "encoded").inc(item.visual_tokens_encoded or item.visual_tokens)
             self.visual_tokens.labels(*labels, "input").inc(item.visual_tokens)
         elif isinstance(item, Timed):
             labels = dict(item.labels)
@@ -246,6 +248,7 @@ class Metrics:
         self.prune.labels(*labels).observe(built.prune_s)
         self.frames.labels(built.model).observe(built.frames)
         self.visual_tokens_per_request.labels(built.model).observe(built.visual_tokens)
+        self.visual_tokens.labels(*labels, "encoded").inc(built.visual_tokens_encoded or built.visual_tokens)
         self.visual_tokens.labels(*labels, "input").inc(built.visual_tokens)
         self.visual_tokens.labels(*labels, "kept").inc(built.visual_tokens_kept)
         self.visual_tokens.labels(*labels, "recycled").inc(built.recycled_tokens)

@@ -150,6 +150,7 @@ def describe(engine: Engine, version: str) -> wpb.WorkerDescription:
     return wpb.WorkerDescription(
         models=[convert.model_to_pb(m) for m in engine.describe_models()],
         methods=[convert.method_to_pb(m) for m in engine.describe_methods()],
+        reductions=[convert.method_to_pb(m) for m in engine.describe_reductions()],
         info=pb.ServerInfo(
             version=version,
             api_version="v1",

@@ -213,6 +213,11 @@ class Engine:
 
         return describe_methods()
 
+    def describe_reductions(self) -> list[MethodDescription]:
+        from videoqa.worker.reduction.registry import describe_reductions
+
+        return describe_reductions()
+
     # --- validation ------------------------------------------------------------------------------
 
     def _require_ready(self) -> None:
@@ -237,12 +242,14 @@ class Engine:
     async def create_session(self, req: CreateRequest, control: TurnControl) -> AsyncIterator[Event]:
         """Decode, encode, prefill in chunks with compression, save; then answer ``req.question``."""
         from videoqa.worker.pruning.registry import build_method
+        from videoqa.worker.reduction.registry import build_reduction
 
         self._require_ready()
         model_id = req.model or self.default_model
         if model_id not in self.models:
             raise InvalidInput(f"unknown model {model_id!r}; available: {', '.join(self.models)}", field="model")
         method = build_method(req.pruning)
+        reduction = build_reduction(req.pruning.reduction)
         sampling = self.requests.sampling(req.sampling)
         generation = self.requests.generation(req.generation)
         question = self.requests.question(req.question) if req.question else None
@@ -276,21 +283,26 @@ class Engine:
             media,
             prompt,
             timings,
+            reduction,
         )
 
         def job(emit: Emit, meter: TurnMeter):
             return self._turns.first_turn(plan, control, emit, meter, started)
 
-        reserve = self._reserve_for_prompt(lm, prompt.layout.num_visual_tokens, prompt.layout.prompt_length, method)
+        reserve = self._reserve_for_prompt(lm, prompt.layout, method, reduction)
         async for event in self._run(job, control, reserve + generation.max_new_tokens * lm.kv_bytes_per_token):
             yield event
 
-    def _reserve_for_prompt(self, lm, visual_tokens: int, prompt_tokens: int, method) -> int:
+    def _reserve_for_prompt(self, lm, layout, method, reduction=None) -> int:
         """KV bytes a prefill may hold at its peak: the text, plus the visual entries the method
         keeps between chunks (slack x its budget) and one chunk when it compresses progressively,
-        else every visual token; and a hybrid model's linear-attention state twice (the session's,
-        and the copy a turn's checkpoint keeps)."""
-        text = prompt_tokens - visual_tokens
+        else every visual token (of those a reduction lets into the language model: at most its
+        retention's share and one per frame span); and a hybrid model's linear-attention state
+        twice (the session's, and the copy a turn's checkpoint keeps)."""
+        visual_tokens = layout.num_visual_tokens
+        text = layout.prompt_length - visual_tokens
+        if reduction is not None:
+            visual_tokens = min(visual_tokens, reduction.target(visual_tokens) + len(layout.frame_spans))
         chunk = self.settings.prefill_chunk_tokens or visual_tokens
         if method.progressive and method.compresses and self.settings.prefill_chunk_frames:
             held = min(visual_tokens, method.slots_for(visual_tokens, self.settings.prefill_slack) + chunk)
@@ -349,6 +361,7 @@ class Engine:
         compressed with what the session holds, stored as a delta record. With an idempotency
         key whose segment is stored already (a retry), the session is described as it is."""
         from videoqa.worker.pruning.registry import build_method
+        from videoqa.worker.reduction.registry import build_reduction
 
         self._require_ready()
         sampling = self.requests.sampling(req.sampling)
@@ -400,7 +413,8 @@ class Engine:
             def job(emit: Emit, meter: TurnMeter):
                 return self._turns.append(session, method, plan, control, emit, meter, stored_as, key)
 
-            reserve = state.cache_bytes() + self._reserve_for_prompt(lm, visual, prompt.layout.prompt_length, method)
+            reduction = build_reduction(session.pruning.reduction)
+            reserve = state.cache_bytes() + self._reserve_for_prompt(lm, prompt.layout, method, reduction)
             released = True  # from here the lease is released when the job ends
             try:
                 async for event in self._run(job, control, reserve, release=lease.release):

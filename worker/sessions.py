@@ -42,14 +42,26 @@ class MediaSegment:
     duration_s: float
     #: Where this segment starts on the session's clock, in seconds.
     start_s: float
-    #: Visual tokens the model made of it, and the frame spans (temporal patches or frames) they form.
+    #: Visual tokens of it the language model saw, and the frame spans (temporal patches or frames)
+    #: they form.
     visual_tokens: int
     spans: int
+    #: Visual tokens the vision tower made of it, before a reduction before the language model
+    #: (0: no reduction, as many as ``visual_tokens``).
+    encoded_tokens: int = 0
 
     @classmethod
     def of(
-        cls, media: DecodedMedia, kind: MediaKind, sampling: SamplingSpec, layout: TokenLayout, start_s: float = 0.0
+        cls,
+        media: DecodedMedia,
+        kind: MediaKind,
+        sampling: SamplingSpec,
+        layout: TokenLayout,
+        start_s: float = 0.0,
+        encoded_tokens: int = 0,
     ) -> MediaSegment:
+        """``layout``: the prompt the language model ran (after a reduction); ``encoded_tokens``:
+        the visual tokens before the reduction (0: none)."""
         frames = media.frames
         return cls(
             kind=kind,
@@ -64,6 +76,7 @@ class MediaSegment:
             start_s=start_s,
             visual_tokens=layout.num_visual_tokens,
             spans=len(layout.frame_spans),
+            encoded_tokens=encoded_tokens,
         )
 
     @property
@@ -136,6 +149,11 @@ class Session:
         return sum(segment.visual_tokens for segment in self.segments)
 
     @property
+    def visual_tokens_encoded(self) -> int:
+        """Visual tokens the vision tower made of all the session's media, before any reduction."""
+        return sum(segment.encoded_tokens or segment.visual_tokens for segment in self.segments)
+
+    @property
     def frame_spans(self) -> int:
         """Frame spans (temporal patches or frames) of all the session's media."""
         return sum(segment.spans for segment in self.segments)
@@ -192,6 +210,7 @@ class Session:
             source_duration_s=self.clock_s,
             pruning=self.pruning,
             visual_tokens_before=self.visual_tokens_before,
+            visual_tokens_encoded=self.visual_tokens_encoded,
             turns=progress.turns,
             context_length=progress.context_length,
             cache_length=progress.cache_length,

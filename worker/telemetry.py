@@ -58,6 +58,9 @@ class CacheBuilt:
     encode_s: float
     prefill_s: float
     prune_s: float
+    #: Visual tokens the vision tower made, before a reduction before the language model
+    #: (``visual_tokens`` went into it).
+    visual_tokens_encoded: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,6 +84,9 @@ class MediaAppended:
     prefill_s: float
     prune_s: float
     kv_bytes_peak: int
+    #: Visual tokens the vision tower made, before a reduction (``visual_tokens`` went into the
+    #: language model).
+    visual_tokens_encoded: int = 0
 
 
 Listener = Callable[[Any], None]

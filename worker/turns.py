@@ -33,6 +33,8 @@ from videoqa.worker.model.families import PreparedPrompt
 from videoqa.worker.model.generate import Chosen, ModelRunner, answer
 from videoqa.worker.pruning.base import PruningMethod
 from videoqa.worker.pruning.pipeline import ChunkDone, Prefilled, PrunedPrefill, SessionMedia, StepDone
+from videoqa.worker.reduction.base import ReductionMethod
+from videoqa.worker.reduction.registry import build_reduction
 from videoqa.worker.scheduler import YIELD, TurnMeter, Wait
 from videoqa.worker.sessions import MediaSegment, Session, SessionManager
 from videoqa.worker.telemetry import CacheBuilt, ChunkPrefilled, MediaAppended, Telemetry
@@ -44,6 +46,7 @@ from videoqa.worker.types import (
     MediaKind,
     ProgressEvent,
     PruningSpec,
+    ReductionSpec,
     SamplingSpec,
     SessionEvent,
     Stage,
@@ -100,6 +103,8 @@ class NewSession:
     media: DecodedMedia
     prompt: PreparedPrompt
     timings: Timings
+    #: Drops visual tokens before the language model (``method`` then prunes the KV of the rest).
+    reduction: ReductionMethod | None = None
 
 
 @dataclass
@@ -137,16 +142,23 @@ class TurnRunner:
         runner = self.runners[plan.model_id]
         timings = plan.timings
         timings.queue_s = meter.queue_s
-        pruner = PrunedPrefill(runner, plan.method, question_aware=plan.question is not None, chunking=self.chunking)
+        pruner = PrunedPrefill(
+            runner, plan.method, plan.question is not None, chunking=self.chunking, reduction=plan.reduction
+        )
         prefilled = yield from self._prefill(pruner.steps(plan.prompt), control, emit, timings, plan.model_id)
-        layout = plan.prompt.layout
-        segment = MediaSegment.of(plan.media, plan.media_kind, plan.sampling, layout)
+        encoded = plan.prompt.layout.num_visual_tokens
+        layout = prefilled.reduction.prompt.layout if prefilled.reduction is not None else plan.prompt.layout
+        segment = MediaSegment.of(
+            plan.media, plan.media_kind, plan.sampling, layout, encoded_tokens=encoded if plan.reduction else 0
+        )
         method = plan.method
         session = Session(
             session_id=plan.session_id,
             tenant=plan.tenant,
             model_id=plan.model_id,
-            pruning=PruningSpec(method.name, dict(method.values), method.budget, method.max_visual),
+            pruning=PruningSpec(
+                method.name, dict(method.values), method.budget, method.max_visual, reduction_spec(plan.reduction)
+            ),
             segments=[segment],
             state=prefilled.state,
             visual_tokens_after=prefilled.result.visual_kept,
@@ -166,6 +178,7 @@ class TurnRunner:
                 frames=len(plan.media.indices),
                 visual_tokens=layout.num_visual_tokens,
                 visual_tokens_kept=prefilled.result.visual_kept,
+                visual_tokens_encoded=encoded,
                 recycled_tokens=prefilled.result.recycled,
                 kv_bytes_full=prefilled.state.unpruned_bytes(runner.lm.kv_bytes_per_token),
                 kv_bytes_compressed=prefilled.state.cache_bytes(),
@@ -354,6 +367,7 @@ class TurnRunner:
             frames_used=session.frames,
             visual_tokens_before=session.visual_tokens_before,
             visual_tokens_after=visual,
+            visual_tokens_encoded=session.visual_tokens_encoded,
             recycled_tokens=recycled,
             kv_bytes_before=state.unpruned_bytes(session.kv_bytes_per_token),
             kv_bytes_after=state.cache_bytes(),
@@ -387,11 +401,21 @@ class TurnRunner:
         checkpoint = state.checkpoint(rewrites=True)
         before = (session.visual_tokens_after, session.recycled_tokens, session.awaiting_question)
         try:
-            pruner = PrunedPrefill(runner, method, question_aware=False, chunking=self.chunking)
+            reduction = build_reduction(session.pruning.reduction)
+            pruner = PrunedPrefill(runner, method, False, chunking=self.chunking, reduction=reduction)
             media = SessionMedia(frames_before=session.frame_spans, visual_before=session.visual_tokens_before)
             steps = pruner.steps(plan.prompt, state=state, media=media)
             prefilled = yield from self._prefill(steps, control, emit, timings, session.model_id)
-            segment = MediaSegment.of(plan.media, plan.media_kind, plan.sampling, plan.prompt.layout, session.clock_s)
+            encoded = plan.prompt.layout.num_visual_tokens
+            layout = prefilled.reduction.prompt.layout if prefilled.reduction is not None else plan.prompt.layout
+            segment = MediaSegment.of(
+                plan.media,
+                plan.media_kind,
+                plan.sampling,
+                layout,
+                session.clock_s,
+                encoded if reduction is not None else 0,
+            )
             session.visual_tokens_after = prefilled.result.visual_kept
             session.recycled_tokens = prefilled.result.recycled
             session.awaiting_question = True
@@ -413,7 +437,8 @@ class TurnRunner:
                 model=session.model_id,
                 method=method.name,
                 frames=len(plan.media.indices),
-                visual_tokens=plan.prompt.layout.num_visual_tokens,
+                visual_tokens=segment.visual_tokens,
+                visual_tokens_encoded=encoded,
                 chunks=prefilled.chunks,
                 prefill_s=timings.prefill_s,
                 prune_s=timings.prune_s,
@@ -421,3 +446,10 @@ class TurnRunner:
             )
         )
         emit(SessionEvent(session.snapshot()))
+
+
+def reduction_spec(reduction: ReductionMethod | None) -> ReductionSpec:
+    """The spec a session stores for ``reduction`` (as validated: every parameter's value)."""
+    if reduction is None:
+        return ReductionSpec()
+    return ReductionSpec(reduction.name, dict(reduction.values), reduction.retention)

@@ -166,6 +166,9 @@ class SessionSnapshot:
     last_used_at: float
     #: Media pieces: the upload, then every segment appended to it.
     segments: int = 1
+    #: Visual tokens the vision tower made of the media, before a reduction before the language
+    #: model (``visual_tokens_before`` went into it; equal without one).
+    visual_tokens_encoded: int = 0
 
 
 @dataclass
@@ -206,6 +209,9 @@ class TurnStats:
     gpu_peak_bytes: int = 0
     #: Nothing ran: a call with the same idempotency key stored this turn, and this is its result.
     replayed: bool = False
+    #: Visual tokens the vision tower made of the media, before a reduction before the language
+    #: model (``visual_tokens_before`` went into it; equal without one).
+    visual_tokens_encoded: int = 0
 
 
 @dataclass

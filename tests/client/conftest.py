@@ -62,6 +62,9 @@ METHODS = [
         True,
     ),
 ]
+REDUCTIONS = [
+    MethodInfo("evs", "drops repeated tokens", [MethodParam("threshold", "similarity", 0.0, 0.0, 1.0, False)])
+]
 #: The Progress events AppendMedia streams before its session event (prefill in chunks).
 APPEND_EVENTS = [
     Progress("upload", 1.0, 0.01),
@@ -328,7 +331,10 @@ class ScriptedServicer(pb_grpc.VideoQAServicer):
 
     def ListMethods(self, request, context):
         self._enter("ListMethods", context)
-        return pb.ListMethodsResponse(methods=[convert.method_to_pb(m) for m in METHODS])
+        return pb.ListMethodsResponse(
+            methods=[convert.method_to_pb(m) for m in METHODS],
+            reductions=[convert.method_to_pb(m) for m in REDUCTIONS],
+        )
 
     def GetServerInfo(self, request, context):
         self._enter("GetServerInfo", context)

@@ -224,9 +224,11 @@ def test_info_models_methods(scripted_server: RunningServer, capsys: pytest.Capt
     assert main(["methods", "--server", scripted_server.target]) == 0
     out = capsys.readouterr().out
     assert "snapkv (default)" in out and "--param window=<int>  default 32, in [1, 512]" in out
+    assert "evs: " in out and "--reduction-param threshold=<float>  default 0, in [0, 1]" in out
     for command in ("info", "models", "methods"):
         assert main([command, "--json", "--server", scripted_server.target]) == 0
-        json.loads(capsys.readouterr().out)
+        listed = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in listed["reductions"]] == ["evs"] and listed["methods"][0]["name"]
 
 
 def test_unreachable_server(capsys: pytest.CaptureFixture[str]) -> None:

@@ -85,3 +85,43 @@ def test_a_followup_after_a_reload_from_redis_answers_as_live(pair, video, model
     if pruning.method == "hae":  # entries sit in the decode bin, reported as recycled, and vary
         counts = [r["stats"][0].recycled_tokens for r in [live, *live_turns] if r["stats"]]
         assert max(counts) > 0, counts
+
+
+REDUCED = pb.PruningSpec(method="das", budget=0.4, reduction=pb.ReductionSpec(method="evs", retention=0.5))
+
+
+@pytest.mark.parametrize("aware", [True, False], ids=["aware", "agnostic"])
+@pytest.mark.parametrize("model", FAMILIES)
+def test_a_reduced_and_pruned_session_reloads_on_another_worker_and_answers_as_live(pair, video, model, aware):
+    """Reduction before the LLM composed with ``das``: the stored session (kept tokens at their
+    original positions) continues on another worker exactly as the live one, and every stage's
+    token count is reported."""
+    address_a, address_b, worker_b = pair
+    a, _ = stub_for(address_a)
+    b, _ = stub_for(address_b)
+    request = spec(
+        model=model, question="what is in the video?" if aware else "", pruning=REDUCED, max_new_tokens=ANSWER_TOKENS
+    )
+    questions = ["and then?", "what is last?"] if aware else ["what is in the video?", "and then?"]
+    live = events(a.CreateSession(upload(request, video=video), timeout=60))
+    info = live["session"][0].session
+    assert info.pruning.reduction.method == "evs" and info.pruning.reduction.retention == 0.5
+    assert info.visual_tokens_encoded > info.visual_tokens_before > info.visual_tokens_after
+    live_turns = [ask(a, info.session_id, q) for q in questions]
+    moved = events(a.CreateSession(upload(request, video=video), timeout=60))
+    moved_id = moved["session"][0].session.session_id
+    assert tokens(moved) == tokens(live)
+    loaded = worker_b.engine.counters["lookup_store"]
+    moved_turns = [ask(stub, moved_id, q) for stub, q in zip([b, a], questions, strict=True)]
+    assert worker_b.engine.counters["lookup_store"] >= loaded + 1, "B must restore it from Redis"
+    for mine, theirs in zip(moved_turns, live_turns, strict=True):
+        assert tokens(mine) == tokens(theirs)
+        m, t = mine["stats"][0], theirs["stats"][0]
+        assert (m.visual_tokens_encoded, m.visual_tokens_before, m.visual_tokens_after, m.cache_length) == (
+            t.visual_tokens_encoded,
+            t.visual_tokens_before,
+            t.visual_tokens_after,
+            t.cache_length,
+        )
+        assert m.visual_tokens_encoded == info.visual_tokens_encoded
+        assert m.visual_tokens_before == info.visual_tokens_before  # what the language model saw

@@ -31,7 +31,7 @@ from videoqa.worker.model.recurrent import LayerKinds, LinearStates
 from videoqa.worker.model.state import TEXT, ConversationState, LayerSlots, VisualSlots
 from videoqa.worker.pruning.extension import restore_extension
 from videoqa.worker.sessions import MediaSegment, Session
-from videoqa.worker.types import MediaKind, PruningSpec, SamplingSpec
+from videoqa.worker.types import MediaKind, PruningSpec, ReductionSpec, SamplingSpec
 
 
 def _pack(tensors: dict[str, torch.Tensor], name: str, x: torch.Tensor, quantize: str) -> None:
@@ -98,6 +98,7 @@ def _segment_record(segment: MediaSegment) -> dict[str, Any]:
         "start_s": segment.start_s,
         "visual_tokens": segment.visual_tokens,
         "spans": segment.spans,
+        "encoded_tokens": segment.encoded_tokens,
     }
 
 
@@ -116,9 +117,21 @@ def _segment_of(record: dict[str, Any]) -> MediaSegment:
             start_s=float(record["start_s"]),
             visual_tokens=int(record["visual_tokens"]),
             spans=int(record["spans"]),
+            encoded_tokens=int(record.get("encoded_tokens", 0)),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise CorruptSession(f"stored media segment is malformed ({error})") from None
+
+
+def _reduction_of(record: dict[str, Any] | None) -> ReductionSpec:
+    """A stored reduction (records written before reductions existed have none)."""
+    if record is None:
+        return ReductionSpec()
+    try:
+        params = {str(k): float(v) for k, v in dict(record["params"]).items()}
+        return ReductionSpec(str(record["method"]), params, float(record["retention"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CorruptSession(f"stored reduction is malformed ({error})") from None
 
 
 def _legacy_segment(head: dict[str, Any]) -> MediaSegment:
@@ -197,6 +210,11 @@ def encode_prefix(session: Session, revision: str, dtype: str, quantize: str = "
             "params": session.pruning.params,
             "budget": session.pruning.budget,
             "max_visual_tokens": session.pruning.max_visual_tokens,
+            "reduction": {
+                "method": session.pruning.reduction.method,
+                "params": session.pruning.reduction.params,
+                "retention": session.pruning.reduction.retention,
+            },
         },
         "segments": [_segment_record(segment) for segment in session.segments],
         "visual_tokens_after": session.visual_tokens_after,
@@ -374,7 +392,11 @@ def restore(
         tenant=head["tenant"],
         model_id=head["model_id"],
         pruning=PruningSpec(
-            pruning["method"], pruning["params"], pruning["budget"], int(pruning.get("max_visual_tokens", 0))
+            pruning["method"],
+            pruning["params"],
+            pruning["budget"],
+            int(pruning.get("max_visual_tokens", 0)),
+            _reduction_of(pruning.get("reduction")),
         ),
         segments=segments,
         state=state,

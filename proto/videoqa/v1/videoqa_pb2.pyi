@@ -38,7 +38,7 @@ class FrameSampling(_message.Message):
     def __init__(self, num_frames: _Optional[int] = ..., fps: _Optional[float] = ..., max_frames: _Optional[int] = ..., max_resolution: _Optional[int] = ...) -> None: ...
 
 class PruningSpec(_message.Message):
-    __slots__ = ("method", "params", "budget", "max_visual_tokens")
+    __slots__ = ("method", "params", "budget", "max_visual_tokens", "reduction")
     class ParamsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -50,11 +50,30 @@ class PruningSpec(_message.Message):
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     BUDGET_FIELD_NUMBER: _ClassVar[int]
     MAX_VISUAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REDUCTION_FIELD_NUMBER: _ClassVar[int]
     method: str
     params: _containers.ScalarMap[str, float]
     budget: float
     max_visual_tokens: int
-    def __init__(self, method: _Optional[str] = ..., params: _Optional[_Mapping[str, float]] = ..., budget: _Optional[float] = ..., max_visual_tokens: _Optional[int] = ...) -> None: ...
+    reduction: ReductionSpec
+    def __init__(self, method: _Optional[str] = ..., params: _Optional[_Mapping[str, float]] = ..., budget: _Optional[float] = ..., max_visual_tokens: _Optional[int] = ..., reduction: _Optional[_Union[ReductionSpec, _Mapping]] = ...) -> None: ...
+
+class ReductionSpec(_message.Message):
+    __slots__ = ("method", "params", "retention")
+    class ParamsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    RETENTION_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    params: _containers.ScalarMap[str, float]
+    retention: float
+    def __init__(self, method: _Optional[str] = ..., params: _Optional[_Mapping[str, float]] = ..., retention: _Optional[float] = ...) -> None: ...
 
 class GenerationParams(_message.Message):
     __slots__ = ("max_new_tokens", "temperature", "top_p", "seed")
@@ -225,7 +244,7 @@ class Timings(_message.Message):
     def __init__(self, upload_seconds: _Optional[float] = ..., decode_seconds: _Optional[float] = ..., encode_seconds: _Optional[float] = ..., prefill_seconds: _Optional[float] = ..., prune_seconds: _Optional[float] = ..., save_seconds: _Optional[float] = ..., time_to_first_token_seconds: _Optional[float] = ..., generate_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., queue_seconds: _Optional[float] = ...) -> None: ...
 
 class TurnStats(_message.Message):
-    __slots__ = ("session_id", "turn", "frames_used", "visual_tokens_before", "visual_tokens_after", "recycled_tokens", "kv_bytes_before", "kv_bytes_after", "context_length", "cache_length", "prompt_tokens", "generated_tokens", "finish_reason", "timings", "gpu_peak_bytes", "replayed")
+    __slots__ = ("session_id", "turn", "frames_used", "visual_tokens_before", "visual_tokens_after", "recycled_tokens", "kv_bytes_before", "kv_bytes_after", "context_length", "cache_length", "prompt_tokens", "generated_tokens", "finish_reason", "timings", "gpu_peak_bytes", "replayed", "visual_tokens_encoded")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TURN_FIELD_NUMBER: _ClassVar[int]
     FRAMES_USED_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +261,7 @@ class TurnStats(_message.Message):
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     GPU_PEAK_BYTES_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    VISUAL_TOKENS_ENCODED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turn: int
     frames_used: int
@@ -258,7 +278,8 @@ class TurnStats(_message.Message):
     timings: Timings
     gpu_peak_bytes: int
     replayed: bool
-    def __init__(self, session_id: _Optional[str] = ..., turn: _Optional[int] = ..., frames_used: _Optional[int] = ..., visual_tokens_before: _Optional[int] = ..., visual_tokens_after: _Optional[int] = ..., recycled_tokens: _Optional[int] = ..., kv_bytes_before: _Optional[int] = ..., kv_bytes_after: _Optional[int] = ..., context_length: _Optional[int] = ..., cache_length: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., gpu_peak_bytes: _Optional[int] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    visual_tokens_encoded: int
+    def __init__(self, session_id: _Optional[str] = ..., turn: _Optional[int] = ..., frames_used: _Optional[int] = ..., visual_tokens_before: _Optional[int] = ..., visual_tokens_after: _Optional[int] = ..., recycled_tokens: _Optional[int] = ..., kv_bytes_before: _Optional[int] = ..., kv_bytes_after: _Optional[int] = ..., context_length: _Optional[int] = ..., cache_length: _Optional[int] = ..., prompt_tokens: _Optional[int] = ..., generated_tokens: _Optional[int] = ..., finish_reason: _Optional[_Union[FinishReason, str]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., gpu_peak_bytes: _Optional[int] = ..., replayed: _Optional[bool] = ..., visual_tokens_encoded: _Optional[int] = ...) -> None: ...
 
 class SampledFrames(_message.Message):
     __slots__ = ("indices", "timestamps", "width", "height", "source_frames", "source_fps", "source_duration_seconds")
@@ -279,7 +300,7 @@ class SampledFrames(_message.Message):
     def __init__(self, indices: _Optional[_Iterable[int]] = ..., timestamps: _Optional[_Iterable[float]] = ..., width: _Optional[int] = ..., height: _Optional[int] = ..., source_frames: _Optional[int] = ..., source_fps: _Optional[float] = ..., source_duration_seconds: _Optional[float] = ...) -> None: ...
 
 class SessionInfo(_message.Message):
-    __slots__ = ("session_id", "model", "media_kind", "sampling", "frames", "pruning", "turns", "context_length", "cache_length", "visual_tokens_before", "visual_tokens_after", "kv_bytes", "created_at", "last_used_at", "segments")
+    __slots__ = ("session_id", "model", "media_kind", "sampling", "frames", "pruning", "turns", "context_length", "cache_length", "visual_tokens_before", "visual_tokens_after", "kv_bytes", "created_at", "last_used_at", "segments", "visual_tokens_encoded")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MEDIA_KIND_FIELD_NUMBER: _ClassVar[int]
@@ -295,6 +316,7 @@ class SessionInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    VISUAL_TOKENS_ENCODED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     media_kind: MediaKind
@@ -310,7 +332,8 @@ class SessionInfo(_message.Message):
     created_at: float
     last_used_at: float
     segments: int
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., sampling: _Optional[_Union[FrameSampling, _Mapping]] = ..., frames: _Optional[_Union[SampledFrames, _Mapping]] = ..., pruning: _Optional[_Union[PruningSpec, _Mapping]] = ..., turns: _Optional[int] = ..., context_length: _Optional[int] = ..., cache_length: _Optional[int] = ..., visual_tokens_before: _Optional[int] = ..., visual_tokens_after: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., created_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., segments: _Optional[int] = ...) -> None: ...
+    visual_tokens_encoded: int
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., media_kind: _Optional[_Union[MediaKind, str]] = ..., sampling: _Optional[_Union[FrameSampling, _Mapping]] = ..., frames: _Optional[_Union[SampledFrames, _Mapping]] = ..., pruning: _Optional[_Union[PruningSpec, _Mapping]] = ..., turns: _Optional[int] = ..., context_length: _Optional[int] = ..., cache_length: _Optional[int] = ..., visual_tokens_before: _Optional[int] = ..., visual_tokens_after: _Optional[int] = ..., kv_bytes: _Optional[int] = ..., created_at: _Optional[float] = ..., last_used_at: _Optional[float] = ..., segments: _Optional[int] = ..., visual_tokens_encoded: _Optional[int] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id",)
@@ -395,10 +418,12 @@ class MethodInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., params: _Optional[_Iterable[_Union[MethodParam, _Mapping]]] = ..., is_default: _Optional[bool] = ..., progressive: _Optional[bool] = ...) -> None: ...
 
 class ListMethodsResponse(_message.Message):
-    __slots__ = ("methods",)
+    __slots__ = ("methods", "reductions")
     METHODS_FIELD_NUMBER: _ClassVar[int]
+    REDUCTIONS_FIELD_NUMBER: _ClassVar[int]
     methods: _containers.RepeatedCompositeFieldContainer[MethodInfo]
-    def __init__(self, methods: _Optional[_Iterable[_Union[MethodInfo, _Mapping]]] = ...) -> None: ...
+    reductions: _containers.RepeatedCompositeFieldContainer[MethodInfo]
+    def __init__(self, methods: _Optional[_Iterable[_Union[MethodInfo, _Mapping]]] = ..., reductions: _Optional[_Iterable[_Union[MethodInfo, _Mapping]]] = ...) -> None: ...
 
 class GetServerInfoRequest(_message.Message):
     __slots__ = ()

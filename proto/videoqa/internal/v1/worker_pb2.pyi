@@ -52,11 +52,13 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class WorkerDescription(_message.Message):
-    __slots__ = ("models", "methods", "info")
+    __slots__ = ("models", "methods", "info", "reductions")
     MODELS_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
     INFO_FIELD_NUMBER: _ClassVar[int]
+    REDUCTIONS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[_videoqa_pb2.ModelInfo]
     methods: _containers.RepeatedCompositeFieldContainer[_videoqa_pb2.MethodInfo]
     info: _videoqa_pb2.ServerInfo
-    def __init__(self, models: _Optional[_Iterable[_Union[_videoqa_pb2.ModelInfo, _Mapping]]] = ..., methods: _Optional[_Iterable[_Union[_videoqa_pb2.MethodInfo, _Mapping]]] = ..., info: _Optional[_Union[_videoqa_pb2.ServerInfo, _Mapping]] = ...) -> None: ...
+    reductions: _containers.RepeatedCompositeFieldContainer[_videoqa_pb2.MethodInfo]
+    def __init__(self, models: _Optional[_Iterable[_Union[_videoqa_pb2.ModelInfo, _Mapping]]] = ..., methods: _Optional[_Iterable[_Union[_videoqa_pb2.MethodInfo, _Mapping]]] = ..., info: _Optional[_Union[_videoqa_pb2.ServerInfo, _Mapping]] = ..., reductions: _Optional[_Iterable[_Union[_videoqa_pb2.MethodInfo, _Mapping]]] = ...) -> None: ...
