@@ -9,6 +9,7 @@ from videoqa.worker.model.chunks import Chunking
 from videoqa.worker.model.generate import ModelRunner
 from videoqa.worker.pruning.pipeline import PrunedPrefill, SessionMedia, run_to_end
 from videoqa.worker.pruning.registry import build_method
+from videoqa.worker.reduction.registry import build_reduction
 from videoqa.worker.sessions import MediaSegment, Session
 from videoqa.worker.types import DecodedMedia, GenerationParams, MediaKind, PruningSpec, SamplingSpec
 
@@ -30,8 +31,9 @@ class Conversation:
     ):
         self.lm, self.runner = lm, ModelRunner(lm)
         self.method = build_method(spec)
+        self.reduction = build_reduction(spec.reduction)
         clip = clip if clip is not None else media(frames, seed=seed)
-        pipeline = PrunedPrefill(self.runner, self.method, question is not None, CHUNKS)
+        pipeline = PrunedPrefill(self.runner, self.method, question is not None, CHUNKS, self.reduction)
         prompt = lm.adapter.prepare(clip, question)
         out = run_to_end(pipeline.steps(prompt))
         self.logits = out.logits
@@ -41,7 +43,7 @@ class Conversation:
             "tenant",
             lm.model_id,
             spec,
-            [MediaSegment.of(clip, MediaKind.VIDEO, SamplingSpec(), prompt.layout)],
+            [MediaSegment.of(clip, MediaKind.VIDEO, SamplingSpec(), *_ran(prompt, out))],
             out.state,
             out.result.visual_kept,
             out.result.recycled,
@@ -77,7 +79,7 @@ class Conversation:
             state.pending_token,
             self.session.clock_s,  # (as the engine does: the session's clock continues)
         )
-        pipeline = PrunedPrefill(self.runner, self.method, False, CHUNKS)
+        pipeline = PrunedPrefill(self.runner, self.method, False, CHUNKS, self.reduction)
         seen = SessionMedia(self.session.frame_spans, self.session.visual_tokens_before)
         return clip, prompt, pipeline.steps(prompt, state=state, media=seen)
 
@@ -85,12 +87,21 @@ class Conversation:
         clip, prompt, steps = self.append_steps(frames, seed, clip)
         out = run_to_end(steps)
         session = self.session
-        segment = MediaSegment.of(clip, MediaKind.VIDEO, SamplingSpec(), prompt.layout, session.clock_s)
+        layout, encoded = _ran(prompt, out)
+        segment = MediaSegment.of(clip, MediaKind.VIDEO, SamplingSpec(), layout, session.clock_s, encoded)
         session.visual_tokens_after, session.recycled_tokens = out.result.visual_kept, out.result.recycled
         session.awaiting_question = True
         session.segments.append(segment)
         self.clips.append(clip)
         return segment, out
+
+
+def _ran(prompt, out):
+    """(the layout the language model ran, the visual tokens encoded when a reduction dropped some
+    else 0), as the worker records a segment."""
+    if out.reduction is None:
+        return prompt.layout, 0
+    return out.reduction.prompt.layout, prompt.layout.num_visual_tokens
 
 
 def one_prompt(lm, clips, token_ids: list[int]):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from tests.conftest import FAMILIES
+from tests.pruning.conftest import media
 from tests.pruning.conversation import GREEDY, Conversation, one_prompt
 from videoqa.worker.kvcache.records import encode_delta, encode_prefix, restore
 from videoqa.worker.model.generate import ModelRunner
@@ -134,3 +135,46 @@ def test_a_capped_session_stays_bounded_however_much_is_appended(tiny_model):
     text_per_append = 4 * lm.kv_bytes_per_token  # each segment's own few text tokens stay
     assert peaks[-1] - peaks[0] <= 3 * text_per_append, "the peak does not grow with the media held"
     assert talk.session.visual_tokens_before > 4 * 40
+
+
+@pytest.mark.parametrize("model_id", ["tiny-qwen2-vl", "tiny-qwen3-vl", "tiny-qwen3.5"])
+def test_appended_media_under_a_reduction_continues_the_positions_and_reloads_as_live(tiny_model, model_id):
+    """A session created with a reduction before the LLM and ``das`` reduces its appended clips
+    the same way: each segment's tokens into the LLM are about the retention's share, the next
+    position is the one the unreduced conversation would have, and prefix + deltas restore it."""
+    from videoqa.worker.types import ReductionSpec
+
+    lm = tiny_model(model_id)
+    reduced = PruningSpec("das", {}, 0.5, reduction=ReductionSpec("evs", {}, 0.5))
+    talk = Conversation(lm, reduced, "what is in the video?")
+    plain = Conversation(lm, PruningSpec("das", {}, 0.5), "what is in the video?")
+    session = talk.session
+    prefix = encode_prefix(session, lm.revision, "float32")
+    records = []
+    for other in (talk, plain):
+        other.answer()
+    records.append(encode_delta(session))
+    session.records += 1
+    session.mark_saved()
+    state = talk.state
+    unreduced = lm.adapter.prepare_segment(
+        media(8, seed=3), state.next_pos, state.rope_delta, True, state.pending_token, session.clock_s
+    )
+    for other in (talk, plain):
+        other.append(seed=3)
+    segment = session.segments[-1]
+    assert segment.encoded_tokens == plain.session.segments[-1].visual_tokens == unreduced.layout.num_visual_tokens
+    assert segment.visual_tokens == round(0.5 * segment.encoded_tokens)
+    mine = talk.state
+    # the text after the clip sits where it would after the whole clip
+    after = unreduced.first_index + unreduced.layout.prompt_length + unreduced.rope_delta
+    assert mine.next_pos + mine.rope_delta == after
+    records.append(encode_delta(session, segment=segment))
+    back = restore(prefix, records, model_id=lm.model_id, revision=lm.revision, device=lm.device, dtype=lm.dtype)
+    assert back.pruning.reduction == reduced.reduction and back.segments == session.segments
+    assert (back.state.next_pos, back.state.rope_delta) == (mine.next_pos, mine.rope_delta)
+    talk.ask("and then?")
+    live_tokens, _ = talk.answer()
+    back_runner = ModelRunner(lm)
+    logits = back_runner.feed(back.state, back_runner.turn_input(back.state, "and then?", first=True))
+    assert list(back_runner.stream(back.state, logits, GREEDY)) == live_tokens
