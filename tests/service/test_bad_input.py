@@ -238,3 +238,20 @@ def test_full_queue_is_resource_exhausted_with_retry_hint(server, stub, session_
         engine.settings.max_queued_turns = limit
     _wait_for(lambda: engine.queued_turns == 0)
     assert_still_serving(stub, session_id)
+
+
+@pytest.mark.parametrize(
+    ("reduction", "field"),
+    [
+        (pb.ReductionSpec(method="nope"), "pruning.reduction.method"),
+        (pb.ReductionSpec(method="evs", retention=1.5), "pruning.reduction.retention"),
+        (pb.ReductionSpec(method="evs", params={"threshold": 2.0}), "pruning.reduction.params.threshold"),
+        (pb.ReductionSpec(method="vidcom2", params={"window": 1.0}), "pruning.reduction.params.window"),
+        (pb.ReductionSpec(retention=0.5), "pruning.reduction.method"),
+    ],
+    ids=["unknown", "retention", "out-of-range", "unknown-param", "no-method"],
+)
+def test_a_bad_reduction_is_invalid_argument_naming_the_field(stub, video, reduction, field):
+    error = create_error(stub, upload(spec(pruning=pb.PruningSpec(method="das", reduction=reduction)), video=video))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _field_violations(error) == [field]

@@ -45,6 +45,10 @@ def test_methods_are_listed_with_parameters(stub):
     assert {"interval", "evict_below", "restore_above", "bin_capacity", "purge"} <= set(hae) and hae["purge"].integer
     assert "gate_scale" in {p.name for p in methods["retentive_kv"].params}
     assert "reconstruction" in methods["hae"].description and "reconstruction" in methods["retentive_kv"].description
+    reductions = {m.name: m for m in stub.ListMethods(pb.ListMethodsRequest(), timeout=10).reductions}
+    assert set(reductions) == {"evs", "vidcom2"} and not set(reductions) & set(methods)
+    threshold = {p.name: p for p in reductions["evs"].params}["threshold"]
+    assert (threshold.default, threshold.min, threshold.max, threshold.integer) == (0.0, 0.0, 1.0, False)
 
 
 @pytest.mark.parametrize("aware", [True, False], ids=["aware", "agnostic"])
