@@ -21,6 +21,22 @@ are left out of capped configurations). ``--prefill-slack S``: between chunks a 
 method keeps S times its budget (the worker's ``VIDEOQA_PREFILL_SLACK``; default: the worker's
 default). All three take comma lists and multiply the grid.
 
+``--reductions none,evs:0.25,vidcom2:0.5`` (``NAME:RETENTION``, comma separated; default
+``none``) multiplies the grid too: every configuration runs under each reduction listed, which
+drops visual tokens before the language model (``worker/reduction/``; it keeps ``RETENTION`` of
+them; ``none``: no reduction), and its KV method then prunes the cache of what is left at its
+budget (a fraction of the tokens the language model sees: evs at 50% and das at 40% keep 20% of
+the video's tokens; the ranking and the plots place a configuration at that share). Such a
+configuration is named ``evs@25%+das`` (``evs@25%``: the reduction alone, under ``full``); its
+rows record the visual tokens that went into the language model and the prefill's seconds
+(the language model's, and the whole prefill's with the reduction), and the table shows their
+means when a reduction is in it. The evidence a reduction dropped counts as not kept; the
+``oracle`` under a reduction keeps the evidence the reduction left (it is the bound of the KV
+methods under that reduction).
+
+    videoqa eval --suite v2 --split test --count 180 --frames 16,64 --methods full,das \\
+        --budgets 1,0.4,0.2 --reductions none,evs:0.25,evs:0.5,vidcom2:0.25 --modes agnostic,followup \\
+        --out eval-reduced/
     videoqa eval --model videoqa-demo --split test --count 60 --frames 16,64 \\
         --methods full,das,snapkv --budgets 1,0.5,0.2,0.1 --modes aware,agnostic --out eval/
     videoqa eval --milebench /data/MileBench --datasets ActionSequence --out eval-milebench/
@@ -34,14 +50,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from videoqa.lab.ranking import ranking
+from videoqa.lab.ranking import kept_share, ranking
 from videoqa.lab.sample import Sample, is_correct
+
+if TYPE_CHECKING:
+    import torch
+
+    from videoqa.worker.pruning.pipeline import ChunkDone, Prefilled, StepDone
+    from videoqa.worker.reduction.prompt import Reduced
 
 BUCKETS = ("0-25%", "25-50%", "50-75%", "75-100%")
 #: The configuration that keeps exactly each sample's evidence tokens (suite v2), then random ones.
@@ -57,7 +81,8 @@ class Config:
     is a variant with its own ``params``); ``chunk_frames`` frames per prefill chunk (0: one
     forward, the one-shot path); ``max_visual_tokens`` the absolute cap (0: none);
     ``prefill_slack`` how many times its budget a progressive method keeps between chunks (0 when
-    there are no chunks)."""
+    there are no chunks); ``reduction`` the reduction before the language model ("": none) and
+    ``retention`` the share of the visual tokens it keeps."""
 
     method: str
     budget: float
@@ -70,15 +95,22 @@ class Config:
     #: Attention heads whose statistics the method does not score with (``"1:0"``: layer 1's head
     #: 0; see ``lab/heads.py``); empty: all heads.
     left_out: str = ""
+    reduction: str = ""
+    retention: float = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"mode {self.mode!r}: expected one of {', '.join(MODES)}")
 
     @property
+    def method_name(self) -> str:
+        """What the results call the method: its name, under its reduction (``evs@25%+das``)."""
+        return reduced_name(self.name or self.method, self.reduction, self.retention)
+
+    @property
     def label(self) -> str:
         return label(
-            self.name or self.method,
+            self.method_name,
             self.budget,
             self.mode,
             self.chunk_frames,
@@ -100,6 +132,44 @@ def label(
     if max_visual_tokens:
         text += f"/cap{max_visual_tokens}"
     return text
+
+
+def reduced_name(method: str, reduction: str, retention: float) -> str:
+    """``evs@25%+das``: ``method`` after a reduction before the language model that keeps
+    ``retention`` of the visual tokens; ``evs@25%`` for ``full`` (the reduction alone); ``method``
+    when there is no reduction."""
+    if not reduction:
+        return method
+    prefix = f"{reduction}@{retention * 100:g}%"
+    return prefix if method == "full" else f"{prefix}+{method}"
+
+
+def parse_reductions(text: str) -> list[tuple[str, float]]:
+    """``none,evs:0.25`` -> ``[("", 1.0), ("evs", 0.25)]``, each checked by the worker's registry."""
+    from videoqa.worker.errors import InvalidInput
+    from videoqa.worker.reduction.registry import build_reduction
+    from videoqa.worker.types import ReductionSpec
+
+    out = []
+    for item in filter(None, text.split(",")):
+        if item == "none":
+            out.append(("", 1.0))
+            continue
+        name, _, value = item.partition(":")
+        try:
+            retention = float(value)
+        except ValueError:
+            retention = float("nan")
+        if not name or not 0 < retention <= 1:  # (the wire's 0, "keep all", would read as 0% here)
+            raise ValueError(f"--reductions: {item!r} is not NAME:RETENTION with RETENTION in (0, 1], or none")
+        try:
+            build_reduction(ReductionSpec(name, {}, retention))
+        except InvalidInput as error:
+            raise ValueError(f"--reductions: {item!r}: {error}") from error
+        out.append((name, retention))
+    if not out:
+        raise ValueError("--reductions: nothing given (none: no reduction)")
+    return out
 
 
 def parse_variant(text: str) -> tuple[str, str, tuple[tuple[str, float], ...]]:
@@ -143,6 +213,19 @@ class Row:
     #: Share of the sample's evidence tokens the cache still held as tokens after the prefill
     #: (mean over layers and KV heads; None: the sample does not know its evidence, or an older run).
     evidence_kept: float | None = None
+    #: The reduction before the language model ("": none) and the share of the visual tokens it
+    #: kept (1.0 without one); ``method`` is then the configuration's name, ``evs@25%+das``.
+    reduction: str = ""
+    retention: float = 1.0
+    #: Visual tokens that went into the language model (after the reduction; 0: an older run).
+    llm_visual_tokens: int = 0
+    #: Seconds of the language model's prefill (the chunks' forwards, ``ChunkDone.prefill_s``; a
+    #: prompt that is not reduced runs the vision tower there, a reduced one ran it in the
+    #: reduction), and of the whole prefill (``PrunedPrefill.steps``: reduction, forwards,
+    #: compression). Both count the vision tower as if this configuration ran it (see
+    #: :func:`vision_once`); 0: an older run.
+    prefill_s: float = 0.0
+    prefill_total_s: float = 0.0
 
     @property
     def label(self) -> str:
@@ -182,58 +265,87 @@ def evaluate(
         for index, item in enumerate(samples):
             spec = SamplingSpec(num_frames=item.num_frames, max_frames=item.num_frames, max_resolution=max_resolution)
             media = decoder.decode(item.kind, item.media, spec, 1.0)
-            with vision_once(lm.adapter):
-                rows.extend(_answer(lm, gen, greedy, item, media, configs, first_question))
+            with vision_once(lm.adapter) as tower:
+                rows.extend(_answer(lm, gen, greedy, item, media, configs, first_question, tower))
             if progress:
                 progress(index + 1, len(samples))
     return rows
 
 
+@dataclass
+class Tower:
+    """The vision tower's seconds under :func:`vision_once`: ``spent`` computing features, and
+    ``charged``: every call's as if it had computed them (a reused range costs what it cost the
+    first time), so that each configuration's prefill seconds count the tower alike."""
+
+    spent: float = 0.0
+    charged: float = 0.0
+
+
 @contextmanager
-def vision_once(adapter) -> Iterator[None]:
+def vision_once(adapter) -> Iterator[Tower]:
     """Within one sample every configuration prefills the same frames, so the vision tower runs
     once per frame range (its features are a function of the frames alone, tested equal to the
-    worker's path), not once per configuration: most of a small model's prefill."""
+    worker's path), not once per configuration: most of a small model's prefill. (The one-shot
+    forward of a prompt that is not reduced runs the tower inside the model, every time.)"""
     compute = adapter.video_features
     memo = {}
+    tower = Tower()
 
     def reused(inputs, first: int, end: int):
         if (first, end) not in memo:
-            memo[first, end] = compute(inputs, first, end)
-        return memo[first, end]
+            started = time.perf_counter()
+            features = compute(inputs, first, end)
+            memo[first, end] = features, time.perf_counter() - started
+            tower.spent += memo[first, end][1]
+        features, seconds = memo[first, end]
+        tower.charged += seconds
+        return features
 
     adapter.video_features = reused
     try:
-        yield
+        yield tower
     finally:
         del adapter.video_features  # the class's method again
 
 
-def _answer(lm, gen, greedy, item: Sample, media, configs: list[Config], first_question: str) -> list[Row]:
+def _answer(
+    lm, gen, greedy, item: Sample, media, configs: list[Config], first_question: str, tower: Tower
+) -> list[Row]:
     """Every configuration's answer to one sample."""
     from videoqa.lab.heads import leave_out, parse_heads
     from videoqa.worker.model.chunks import Chunking
     from videoqa.worker.pruning.pipeline import PrunedPrefill, run_to_end
     from videoqa.worker.pruning.registry import build_method
-    from videoqa.worker.types import PruningSpec
+    from videoqa.worker.reduction.prompt import reduce_steps
+    from videoqa.worker.reduction.registry import build_reduction
+    from videoqa.worker.types import PruningSpec, ReductionSpec
 
     rows = []
     for config in configs:
         chunking = Chunking(frames=config.chunk_frames, slack=config.prefill_slack or Chunking().slack)
         asked = {"aware": item.question, "agnostic": None, "followup": first_question}[config.mode]
         prompt = lm.adapter.prepare(media, asked)
-        if config.method == ORACLE:
-            method = oracle_for(item, prompt, config)
+        reduction = build_reduction(ReductionSpec(config.reduction, {}, config.retention))
+        ahead = None
+        if config.method == ORACLE:  # under a reduction: the evidence it keeps (it is deterministic)
+            ahead = run_to_end(reduce_steps(lm.adapter, prompt, reduction)) if reduction else None
+            method = oracle_for(item, prompt, config, ahead)
         else:
             spec = PruningSpec(config.method, dict(config.params), config.budget, config.max_visual_tokens)
             method = build_method(spec)
         if config.left_out:
             method = leave_out(method, parse_heads(config.left_out))
-        pipeline = PrunedPrefill(gen, method, question_aware=config.mode != "agnostic", chunking=chunking)
-        done = run_to_end(pipeline.steps(prompt))
+        pipeline = PrunedPrefill(gen, method, config.mode != "agnostic", chunking, reduction)
+        spent, charged = tower.spent, tower.charged
+        done, prefill_s, total_s = _timed(pipeline.steps(prompt))
+        if ahead is not None and not ahead.kept_visual.equal(done.reduction.kept_visual):
+            raise RuntimeError(f"{item.sample_id}: {config.label}: the reduction kept other tokens the second time")
+        tower_s = (tower.charged - charged) - (tower.spent - spent)  # as if this configuration ran the tower
         state, logits = done.state, done.logits
         kv_bytes, cache_length = state.cache_bytes(), state.cache_length
-        kept = _evidence_kept(item, prompt, state, pruned=config.budget < 1 or bool(config.max_visual_tokens))
+        pruned = config.budget < 1 or bool(config.max_visual_tokens)
+        kept = _evidence_kept(item, prompt, state, pruned, done.reduction)
         if config.mode == "agnostic":
             logits = gen.feed(state, gen.turn_input(state, item.question, first=True))
         elif config.mode == "followup":  # answer the first question, then ask this one
@@ -246,7 +358,7 @@ def _answer(lm, gen, greedy, item: Sample, media, configs: list[Config], first_q
                 item.sample_id,
                 item.family,
                 item.needle,
-                config.name or config.method,
+                config.method_name,
                 config.budget,
                 config.mode,
                 text,
@@ -260,9 +372,29 @@ def _answer(lm, gen, greedy, item: Sample, media, configs: list[Config], first_q
                 done.chunks,
                 chunking.slack if config.chunk_frames else 0.0,
                 kept,
+                reduction=config.reduction,
+                retention=config.retention,
+                llm_visual_tokens=(done.reduction.prompt if done.reduction else prompt).layout.num_visual_tokens,
+                prefill_s=prefill_s + (0.0 if reduction else tower_s),  # a reduced prompt's tower ran before
+                prefill_total_s=total_s + tower_s,
             )
         )
     return rows
+
+
+def _timed(steps: Generator[ChunkDone | StepDone, None, Prefilled]) -> tuple[Prefilled, float, float]:
+    """Drive ``PrunedPrefill.steps`` to its end: the outcome, the seconds of its chunks' forwards
+    (the sum of their ``ChunkDone.prefill_s``), and the seconds it took in all."""
+    from videoqa.worker.pruning.pipeline import ChunkDone
+
+    started, forwards = time.perf_counter(), 0.0
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as done:
+            return done.value, forwards, time.perf_counter() - started
+        if isinstance(step, ChunkDone):
+            forwards += step.prefill_s
 
 
 def _evidence_at(item: Sample, prompt):
@@ -277,8 +409,22 @@ def _evidence_at(item: Sample, prompt):
     return evidence_positions(prompt.layout, item.evidence, DEMO_GRID.per_patch, prompt.first_index)
 
 
-def _evidence_kept(item: Sample, prompt, state, pruned: bool) -> float | None:
-    """:func:`~videoqa.lab.oracle.evidence_recall` of a pruned prefill; None where
+def _in_reduced(positions: torch.Tensor, prompt, reduction: Reduced | None) -> torch.Tensor:
+    """Conversation token indices ``positions`` [k] of visual tokens of ``prompt`` -> the indices
+    in the reduced prompt of those the reduction kept (ascending), in the reduced prompt's own
+    indexing (its state's and slot maps'); ``positions`` themselves without a reduction."""
+    import torch
+
+    if reduction is None:
+        return positions
+    evidence = torch.isin(reduction.kept_visual, positions - prompt.first_index)  # [kept visual]
+    visual = torch.cat([torch.arange(s, e) for s, e in reduction.prompt.layout.frame_spans])
+    return visual[evidence] + reduction.prompt.first_index
+
+
+def _evidence_kept(item: Sample, prompt, state, pruned: bool, reduction: Reduced | None = None) -> float | None:
+    """:func:`~videoqa.lab.oracle.evidence_recall` of a pruned prefill of ``prompt`` (reduced
+    first by ``reduction``, if given: an evidence token it dropped is not kept); None where
     :func:`_evidence_at` cannot place the evidence, or where a method pruned without a slot map
     saying which tokens each layer kept (``hae`` evicts one index set from the cache itself): not
     knowing is not keeping everything."""
@@ -290,21 +436,24 @@ def _evidence_kept(item: Sample, prompt, state, pruned: bool) -> float | None:
         positions = _evidence_at(item, prompt)
     except ValueError:
         return None
-    return evidence_recall(state.slots, positions)
+    survived = _in_reduced(positions, prompt, reduction)
+    if survived.numel() == positions.numel():
+        return evidence_recall(state.slots, survived)
+    return evidence_recall(state.slots, survived) * survived.numel() / positions.numel()
 
 
-def oracle_for(item: Sample, prompt, config: Config):
-    """The ``oracle`` bound for one sample: its evidence tokens (suite v2), then random ones."""
+def oracle_for(item: Sample, prompt, config: Config, reduction: Reduced | None = None):
+    """The ``oracle`` bound for one sample: its evidence tokens (suite v2), then random ones;
+    under ``reduction``, the evidence tokens it kept (at their indices in the reduced prompt)."""
     from videoqa.lab.oracle import EvidenceOracle
 
-    return EvidenceOracle(config.budget, _evidence_at(item, prompt), config.max_visual_tokens, **dict(config.params))
+    evidence = _in_reduced(_evidence_at(item, prompt), prompt, reduction)
+    return EvidenceOracle(config.budget, evidence, config.max_visual_tokens, **dict(config.params))
 
 
 def without_heads(configs: list[Config], heads: str) -> list[Config]:
     """A variant of every configuration that scores with attention (not ``full``, ``random`` or
     ``oracle``) that leaves ``heads`` out of its statistics."""
-    from dataclasses import replace
-
     from videoqa.lab.heads import parse_heads
 
     tag = "-".join(f"L{layer}H{head}" for layer, chosen in parse_heads(heads).items() for head in chosen)
@@ -335,8 +484,10 @@ def merge(paths: list[Path]) -> list[Row]:
 def summarize(rows: list[Row]) -> dict:
     """Accuracy per configuration (method × budget × mode × chunk frames × cap × slack): overall, per
     family, per needle bucket (and how many samples each bucket holds); mean KV bytes (after the
-    prefill, and at its peak); and whether every uncapped method at budget 1 answered exactly as
-    ``full`` with the same chunking (same predictions)."""
+    prefill, and at its peak); the mean visual tokens into the language model and prefill seconds;
+    and whether every uncapped method at budget 1 (under a reduction: one that keeps every token)
+    answered exactly as ``full`` with the same chunking (same predictions). A configuration under a
+    reduction is its own method (``evs@25%+das``)."""
     groups: dict[tuple, list[Row]] = defaultdict(list)
     for row in rows:
         groups[row.config_key].append(row)
@@ -368,6 +519,11 @@ def summarize(rows: list[Row]) -> dict:
                 "kv_bytes": sum(r.kv_bytes for r in items) / len(items),
                 "peak_kv_bytes": sum(r.peak_kv_bytes for r in items) / len(items),
                 "evidence_kept": mean_of([r.evidence_kept for r in items if r.evidence_kept is not None]),
+                "reduction": items[0].reduction,
+                "retention": items[0].retention,
+                "llm_visual_tokens": sum(r.llm_visual_tokens for r in items) / len(items),
+                "prefill_s": sum(r.prefill_s for r in items) / len(items),
+                "prefill_total_s": sum(r.prefill_total_s for r in items) / len(items),
             }
         )
     reference = {(r.sample_id, r.mode, r.chunk_frames): r.prediction for r in rows if r.method == "full"}
@@ -375,6 +531,7 @@ def summarize(rows: list[Row]) -> dict:
         r
         for r in rows
         if r.budget == 1.0
+        and r.retention == 1.0
         and r.method != "full"
         and not r.max_visual_tokens
         and (r.sample_id, r.mode, r.chunk_frames) in reference
@@ -399,14 +556,17 @@ def varied(configs: list[dict]) -> tuple[bool, bool, bool]:
 
 def markdown(summary: dict) -> str:
     """One row per configuration; the chunk and cap columns (and the peak KV bytes) only when
-    more than one value of them is in the table."""
+    more than one value of them is in the table; the mean visual tokens into the language model and
+    prefill seconds (its forwards; the whole prefill) only when a configuration has a reduction."""
     configs = summary["configs"]
     families = sorted({f for c in configs for f in c["families"]})
     chunked, capped, slacked = varied(configs)
     extra = (["chunk frames"] if chunked else []) + (["cap"] if capped else []) + (["slack"] if slacked else [])
     peak = ["peak KV bytes"] if chunked or capped else []
     recall = ["evidence kept"] if any(c.get("evidence_kept") is not None for c in configs) else []
+    reduced = ["LLM visual tokens", "LLM prefill s", "prefill s"] if any(c.get("reduction") for c in configs) else []
     header = ["method", "budget", "mode", *extra, "n", "accuracy", *recall, *families, *BUCKETS, "KV bytes", *peak]
+    header += reduced
     lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
     for c in configs:
         fam = " | ".join(f"{c['families'].get(f, float('nan')):.2f}" for f in families)
@@ -420,6 +580,9 @@ def markdown(summary: dict) -> str:
         kept = c.get("evidence_kept")
         shown = (f"{kept:.2f} | " if kept is not None else "— | ") if recall else ""
         tail = f" {c.get('peak_kv_bytes', 0) / 1024:.0f} KiB |" if peak else ""
+        if reduced:
+            seconds = f"{c.get('prefill_s', 0):.3f} | {c.get('prefill_total_s', 0):.3f}"
+            tail += f" {c.get('llm_visual_tokens', 0):.0f} | {seconds} |"
         lines.append(
             f"| {c['method']} | {c['budget']:.0%} | {c['mode']} | {lead}{c['samples']} | {c['accuracy']:.3f} | "
             f"{shown}{fam} | {buc} | {c['kv_bytes'] / 1024:.0f} KiB |{tail}"
@@ -462,11 +625,12 @@ def plot(summary: dict, out: Path, myopia_budget: float = 0.2) -> list[Path]:
                     name += f" cap {c['max_visual_tokens']}"
                 by_method[name].append(c)
         for method, items in sorted(by_method.items()):
-            items.sort(key=lambda c: c["budget"])
+            items.sort(key=kept_share)
             width = 2.8 if method.split()[0] == "das" else 1.4  # the method under study stands out
-            left.plot([c["budget"] for c in items], [c["accuracy"] for c in items], marker="o", lw=width, label=method)
-            at = [c for c in items if abs(c["budget"] - myopia_budget) < 1e-9] or [
-                c for c in items if c["budget"] == 1.0
+            shares, accuracies = [kept_share(c) for c in items], [c["accuracy"] for c in items]
+            left.plot(shares, accuracies, marker="o", lw=width, label=method)
+            at = [c for c in items if abs(kept_share(c) - myopia_budget) < 1e-9] or [
+                c for c in items if kept_share(c) == 1.0
             ]
             if at and at[0]["needle_buckets"]:
                 right.plot(
@@ -474,9 +638,10 @@ def plot(summary: dict, out: Path, myopia_budget: float = 0.2) -> list[Path]:
                     list(at[0]["needle_buckets"].values()),
                     marker="o",
                     lw=width,
-                    label=f"{method} @ {at[0]['budget']:.0%}",
+                    label=f"{method} @ {kept_share(at[0]):.0%}",
                 )
-        left.set(title=f"accuracy vs budget ({mode})", xlabel="fraction of visual tokens kept", ylabel="accuracy")
+        xlabel = "fraction of the video's visual tokens kept (budget × retention)"
+        left.set(title=f"accuracy vs budget ({mode})", xlabel=xlabel, ylabel="accuracy")
         left.set_xscale("log")
         left.legend(fontsize=8)
         right.set(
@@ -500,12 +665,13 @@ def configurations(
     chunk_frames: str = "0",
     max_visual_tokens: str = "0",
     prefill_slack: str = "",
+    reductions: str = "none",
 ) -> list[Config]:
-    """Every (method or variant) × budget × mode × chunk frames × cap × slack; ``full`` at budget 1
-    whatever the budgets (the reference), never capped, and with the first slack only (it keeps
-    everything); a cap only for methods that compress progressively (the others cannot hold one);
-    a slack only for chunked configurations (default: the worker's); ``all`` = every registered
-    method."""
+    """Every (method or variant) × budget × mode × chunk frames × cap × slack × reduction
+    (:func:`parse_reductions`); ``full`` at budget 1 whatever the budgets (the reference), never
+    capped, and with the first slack only (it keeps everything); a cap only for methods that
+    compress progressively (the others cannot hold one); a slack only for chunked configurations
+    (default: the worker's); ``all`` = every registered method."""
     from videoqa.worker.model.chunks import Chunking
     from videoqa.worker.pruning.registry import METHODS, describe_methods
 
@@ -520,6 +686,7 @@ def configurations(
     slacks = [float(v) for v in prefill_slack.split(",") if v] or [Chunking().slack]
     if any(not v >= 1 for v in slacks):
         raise ValueError(f"--prefill-slack: {prefill_slack!r}: every slack must be at least 1")
+    before_llm = parse_reductions(reductions)
     configs = []
     fractions = [float(b) for b in budgets.split(",")]
     for name, method, params in entries:
@@ -536,7 +703,7 @@ def configurations(
                             )
                             if not chunk:
                                 break
-    return configs
+    return [replace(c, reduction=name, retention=retention) for c in configs for name, retention in before_llm]
 
 
 def _count(text: str, flag: str) -> int:
@@ -603,6 +770,14 @@ def main(argv: list[str] | None = None) -> int:
         help="between chunks a progressive method keeps this many times its budget, comma separated "
         "(default: the worker's default)",
     )
+    parser.add_argument(
+        "--reductions",
+        default="none",
+        metavar="NAME:RETENTION,...",
+        help="reductions of the visual tokens before the language model, comma separated: none, or a "
+        "reduction method and the share of the tokens it keeps (e.g. none,evs:0.25,vidcom2:0.5); every "
+        "configuration runs under each, its budget a fraction of the tokens the language model sees",
+    )
     parser.add_argument("--first-question", default=FIRST_QUESTION, help="the first turn of followup mode")
     parser.add_argument(
         "--leave-out-heads",
@@ -665,6 +840,7 @@ def run(opts: argparse.Namespace) -> list[Row]:
         opts.chunk_frames,
         opts.max_visual_tokens,
         opts.prefill_slack,
+        opts.reductions,
     )
     if opts.leave_out_heads:
         configs += without_heads(configs, opts.leave_out_heads)

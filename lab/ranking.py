@@ -6,7 +6,11 @@ reference budgets (20% and 10% where the run has them); accuracy per needle quar
 its spread (max − min, in points); and the share of evidence kept at the reference budgets. The
 ``oracle`` comes first and ``random`` last; the methods between are ranked by accuracy at the
 first reference budget. Only one-shot, uncapped configurations are ranked (chunked and capped runs
-keep their rows in the full table).
+keep their rows in the full table). A configuration under a reduction before the language model
+(``evs@25%+das``, ``evs@25%`` alone) is its own row, placed at the share of the video's visual
+tokens its cache keeps (:func:`kept_share`: its budget × the reduction's retention), so that
+``evs@25%`` stands in the 25% column beside the KV methods that keep as many; the oracle and
+random under a reduction are bounds too; a row with no share below 100% is left out.
 """
 
 from __future__ import annotations
@@ -23,6 +27,12 @@ def _number(value: float | None, digits: int = 2) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def kept_share(config: dict) -> float:
+    """The share of the video's visual tokens a configuration's cache keeps: its budget (of the
+    tokens the language model sees) × its reduction's retention (1 without one)."""
+    return round(config["budget"] * config.get("retention", 1.0), 6)
+
+
 def ranking(summary: dict, buckets: tuple[str, ...]) -> str:
     """Markdown: one table per mode that has a ``full`` row, or "" when none has (``summary`` is
     :func:`videoqa.lab.harness.summarize`'s)."""
@@ -30,7 +40,7 @@ def ranking(summary: dict, buckets: tuple[str, ...]) -> str:
     for config in summary["configs"]:
         if config.get("chunk_frames", 0) or config.get("max_visual_tokens", 0):
             continue
-        by_mode[config["mode"]][config["method"]][config["budget"]] = config
+        by_mode[config["mode"]][config["method"]][kept_share(config)] = config
     parts = [_mode_table(mode, methods, buckets) for mode, methods in sorted(by_mode.items()) if "full" in methods]
     return "\n".join(p for p in parts if p)
 
@@ -45,7 +55,8 @@ def _mode_table(mode: str, methods: dict[str, dict[float, dict]], buckets: tuple
     lead = references[0]
 
     def order(method: str) -> tuple[int, float]:
-        group = 0 if method in BOUNDS_FIRST else 2 if method in BOUNDS_LAST else 1
+        kv_method = method.rpartition("+")[2]  # under a reduction too: ``evs@25%+oracle`` is a bound
+        group = 0 if kv_method in BOUNDS_FIRST else 2 if kv_method in BOUNDS_LAST else 1
         at = methods[method].get(lead)
         return group, -(at["accuracy"] if at else -1.0)
 
@@ -58,7 +69,8 @@ def _mode_table(mode: str, methods: dict[str, dict[float, dict]], buckets: tuple
         "| " + " | ".join(header) + " |",
         "|---" * len(header) + "|",
     ]
-    for method in sorted((m for m in methods if m != "full"), key=order):
+    ranked = [m for m in methods if m != "full" and any(b < 1.0 for b in methods[m])]
+    for method in sorted(ranked, key=order):
         rows = methods[method]
         cells = [_number(rows[b]["accuracy"], 3) if b in rows else "—" for b in budgets]
         shares = " / ".join(

@@ -312,3 +312,91 @@ def test_suite_v2_time_families_through_the_harness(tmp_path, capsys):
     assert sorted(r["family"] for r in data["rows"]) == ["time_at", "time_when"]
     with pytest.raises(SystemExit, match="unknown time_of_day"):
         cli_main([*argv[:-6], "--families", "time_of_day", "--out", str(out)])
+
+
+def test_reductions_multiply_the_grid_and_name_their_configurations():
+    from videoqa.lab.harness import parse_reductions
+
+    assert parse_reductions("none,evs:0.25,vidcom2:0.5") == [("", 1.0), ("evs", 0.25), ("vidcom2", 0.5)]
+    for bad in ("evs", "evs:", "evs:x", ":0.5", "nope:0.5", "evs:1.5", "evs:0", ""):
+        with pytest.raises(ValueError, match="--reductions"):
+            parse_reductions(bad)
+    configs = configurations("full,das", [], "1,0.4", "agnostic", reductions="none,evs:0.25,vidcom2:0.125")
+    assert len(configs) == 3 * 3  # (full, das@1, das@0.4) × 3 reductions
+    assert sorted(c.label for c in configs) == [
+        "das@0.4/agnostic",
+        "das@1/agnostic",
+        "evs@25%+das@0.4/agnostic",
+        "evs@25%+das@1/agnostic",
+        "evs@25%@1/agnostic",  # the reduction alone: full's cache of what the reduction kept
+        "full@1/agnostic",
+        "vidcom2@12.5%+das@0.4/agnostic",
+        "vidcom2@12.5%+das@1/agnostic",
+        "vidcom2@12.5%@1/agnostic",
+    ]
+    plain = configurations("das", [], "0.2", "agnostic")
+    assert plain == configurations("das", [], "0.2", "agnostic", reductions="none")
+    rows = [
+        Row("a", "needle", 0.1, "full", 1.0, "agnostic", "red", "red", True, 100, 10, llm_visual_tokens=128),
+        Row("a", "needle", 0.1, "evs@50%", 1.0, "agnostic", "blue", "red", False, 60, 6, reduction="evs"),
+        Row("a", "needle", 0.1, "evs@100%", 1.0, "agnostic", "red", "red", True, 100, 10, reduction="evs"),
+    ]
+    rows[1].retention, rows[1].llm_visual_tokens, rows[1].prefill_s, rows[1].prefill_total_s = 0.5, 64, 0.5, 1.5
+    summary = summarize(rows)
+    assert summary["keep_all_equals_full"] is True  # evs@50% answers otherwise: it keeps half, not all
+    half = next(c for c in summary["configs"] if c["method"] == "evs@50%")
+    assert (half["reduction"], half["retention"], half["llm_visual_tokens"]) == ("evs", 0.5, 64)
+    assert (half["prefill_s"], half["prefill_total_s"]) == (0.5, 1.5)
+    table = markdown(summary)
+    assert "| KV bytes | LLM visual tokens | LLM prefill s | prefill s |" in table
+    assert "| evs@50% | 100% | agnostic | 1 | 0.000 |" in table and "| 64 | 0.500 | 1.500 |" in table
+    assert "LLM visual tokens" not in markdown(summarize(rows[:1]))  # no reduction: the old table
+
+
+def test_reductions_end_to_end_on_suite_v2(tmp_path):
+    """``--reductions none,evs:0.5,evs:1.0`` with full, das and the oracle: every configuration
+    under every reduction; evs at 50% sends half the visual tokens into the language model; the
+    evidence it dropped is not kept (the oracle under it keeps exactly what it left); evs at 100%
+    answers exactly as no reduction."""
+    out = tmp_path / "eval"
+    argv = ["eval", "--suite", "v2", "--model", "tiny-qwen3-vl", "--count", "2", "--frames", "16"]
+    argv += ["--methods", "full,das,oracle", "--budgets", "1,0.4", "--modes", "agnostic"]
+    argv += ["--reductions", "none,evs:0.5,evs:1.0", "--max-new-tokens", "2", "--out", str(out)]
+    assert cli_main(argv) == 0
+    data = json.loads((out / "results.json").read_text())
+    rows = {(r["sample_id"], r["method"], r["budget"]): r for r in data["rows"]}
+    samples = sorted({r["sample_id"] for r in data["rows"]})
+    names = {(m, b) for _, m, b in rows}
+    kv = {(m, b) for m in ("das", "oracle") for b in (1.0, 0.4)}
+    assert names == {("full", 1.0), ("evs@50%", 1.0), ("evs@100%", 1.0)} | kv | {
+        (f"evs@{share}%+{m}", b) for share in (50, 100) for m, b in kv
+    }
+    assert len(data["rows"]) == 2 * len(names) == 2 * 15
+    assert data["summary"]["keep_all_equals_full"] is True
+    for s in samples:
+        plain, half, whole = rows[s, "full", 1.0], rows[s, "evs@50%", 1.0], rows[s, "evs@100%", 1.0]
+        assert (half["reduction"], half["retention"], plain["reduction"], plain["retention"]) == ("evs", 0.5, "", 1.0)
+        assert abs(half["llm_visual_tokens"] / plain["llm_visual_tokens"] - 0.5) < 0.05
+        assert whole["llm_visual_tokens"] == plain["llm_visual_tokens"]
+        assert whole["prediction"] == plain["prediction"] and whole["kv_bytes"] == plain["kv_bytes"]  # keep-all
+        assert rows[s, "evs@100%+das", 0.4]["prediction"] == rows[s, "das", 0.4]["prediction"]
+        # reduction and KV pruning compose: das at 40% of what evs at 50% left keeps 20% of the video
+        assert rows[s, "evs@50%+das", 0.4]["cache_length"] < rows[s, "das", 0.4]["cache_length"]
+        # the evidence evs dropped is lost to every method after it; the oracle keeps all that is left
+        assert 0 <= half["evidence_kept"] <= 1 and plain["evidence_kept"] == whole["evidence_kept"] == 1.0
+        assert rows[s, "evs@50%+oracle", 0.4]["evidence_kept"] == half["evidence_kept"]
+        assert rows[s, "evs@100%+oracle", 0.4]["evidence_kept"] == 1.0
+        assert rows[s, "evs@50%+das", 0.4]["evidence_kept"] <= half["evidence_kept"]
+    assert all(0 <= r["evidence_kept"] <= 1 for r in data["rows"])
+    assert all(0 < r["prefill_s"] <= r["prefill_total_s"] for r in data["rows"])
+    report = (out / "results.md").read_text()
+    assert "| LLM visual tokens | LLM prefill s | prefill s |" in report and "| evs@50%+das | 40% |" in report
+    ranked = report.split("## Methods between the bounds")[1]
+    lines = [line.split(" | ") for line in ranked.splitlines() if line.startswith("| ")]
+    # placed at the share of the video's tokens kept: evs@50% alone at 50%, with das at 40% at 20%
+    assert lines[0][:4] == ["| method", "50%", "40%", "20%"]
+    alone = next(cells for cells in lines if cells[0] == "| evs@50%")
+    assert alone[1] != "—" and alone[2:4] == ["—", "—"]
+    composed = next(cells for cells in lines if cells[0] == "| evs@50%+das")
+    assert composed[1] != "—" and composed[2] == "—" and composed[3] != "—"
+    assert {cells[0] for cells in lines[1:4]} == {"| oracle", "| evs@50%+oracle", "| evs@100%+oracle"}  # bounds first

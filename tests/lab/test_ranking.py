@@ -43,3 +43,23 @@ def test_chunked_rows_and_modes_without_full_stay_out_and_the_table_reaches_the_
     assert "followup" not in table and "| **das** | 1.000 | 100% |" in table  # the chunked row is not ranked
     assert "## Methods between the bounds" in markdown(summary)
     assert ranking(summarize(_rows("das", 0.2, [True] * 4)), BUCKETS) == ""
+
+
+def test_a_reduction_is_its_own_row_at_the_share_of_the_video_it_keeps():
+    def reduced(method: str, budget: float, correct: list[bool], retention: float) -> list[Row]:
+        rows = _rows(method, budget, correct)
+        for row in rows:
+            row.reduction, row.retention = "evs", retention
+        return rows
+
+    rows = _rows("full", 1.0, [True] * 4) + _rows("das", 0.5, [True] * 3 + [False]) + _rows("das", 0.2, [False] * 4)
+    rows += reduced("evs@50%", 1.0, [True] * 4, 0.5) + reduced("evs@50%+das", 0.4, [True] * 2 + [False] * 2, 0.5)
+    rows += reduced("evs@50%+oracle", 0.4, [True] * 4, 0.5) + reduced("evs@100%", 1.0, [True] * 4, 1.0)
+    table = ranking(summarize(rows), BUCKETS)
+    lines = [line.split(" | ") for line in table.splitlines() if line.startswith("| ")]
+    assert lines[0][:3] == ["| method", "50%", "20%"]  # evs@50% alone keeps 50%; das at 40% after it, 20%
+    by_name = {cells[0]: cells for cells in lines[1:]}
+    order = ["| evs@50%+oracle", "| evs@50%+das", "| **das**", "| evs@50%"]  # the bound, then by 20% (none: last)
+    assert [cells[0] for cells in lines[1:]] == order
+    assert by_name["| evs@50%"][1:3] == ["1.000", "—"] and by_name["| evs@50%+das"][1:3] == ["—", "0.500"]
+    assert by_name["| **das**"][1:3] == ["0.750", "0.000"]  # evs@100% keeps all of it: no row
