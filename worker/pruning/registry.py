@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 from videoqa.worker.errors import InvalidInput
+from videoqa.worker.params import resolve_params
 from videoqa.worker.types import MethodDescription, PruningSpec
 
 if TYPE_CHECKING:
@@ -50,23 +51,7 @@ def build_method(spec: PruningSpec) -> PruningMethod:
             f"methods that compress progressively: {progressive}",
             field="pruning.max_visual_tokens",
         )
-    known = {p.name: p for p in cls.params}
-    values: dict[str, float] = {p.name: p.default for p in cls.params}
-    for key, value in spec.params.items():
-        if key not in known:
-            allowed = ", ".join(sorted(known)) or "none"
-            raise InvalidInput(
-                f"method {name!r} has no parameter {key!r} (parameters: {allowed})", field=f"pruning.params.{key}"
-            )
-        param = known[key]
-        if math.isnan(value) or not (param.min <= value <= param.max):
-            raise InvalidInput(
-                f"parameter {key!r} of {name!r} must be in [{param.min}, {param.max}], got {value}",
-                field=f"pruning.params.{key}",
-            )
-        if param.integer and value != int(value):
-            raise InvalidInput(f"parameter {key!r} of {name!r} must be an integer", field=f"pruning.params.{key}")
-        values[key] = value
+    values = resolve_params(tuple(cls.params), spec.params, f"method {name!r}", "pruning.params")
     return cls(budget, cap, **values)
 
 

@@ -6,6 +6,7 @@ import math
 from typing import TYPE_CHECKING
 
 from videoqa.worker.errors import InvalidInput
+from videoqa.worker.params import resolve_params
 from videoqa.worker.types import MethodDescription, ReductionSpec
 
 if TYPE_CHECKING:
@@ -39,23 +40,7 @@ def build_reduction(spec: ReductionSpec) -> ReductionMethod | None:
             field="pruning.reduction.method",
         )
     cls = REDUCTIONS[spec.method]
-    known = {p.name: p for p in cls.params}
-    values = {p.name: p.default for p in cls.params}
-    for key, value in spec.params.items():
-        where = f"pruning.reduction.params.{key}"
-        if key not in known:
-            allowed = ", ".join(sorted(known)) or "none"
-            raise InvalidInput(
-                f"reduction {spec.method!r} has no parameter {key!r} (parameters: {allowed})", field=where
-            )
-        param = known[key]
-        if math.isnan(value) or not (param.min <= value <= param.max):
-            raise InvalidInput(
-                f"parameter {key!r} of {spec.method!r} must be in [{param.min}, {param.max}], got {value}", field=where
-            )
-        if param.integer and value != int(value):
-            raise InvalidInput(f"parameter {key!r} of {spec.method!r} must be an integer", field=where)
-        values[key] = value
+    values = resolve_params(cls.params, spec.params, f"reduction {spec.method!r}", "pruning.reduction.params")
     return cls(retention, values)
 
 
