@@ -9,6 +9,7 @@
 #   run(command="bash bench/gpu.sh qwen3")    # Qwen3-VL-8B (GQA 32/8, DeepStack), bf16
 #   run(command="bash bench/gpu.sh qwen3.5")  # a ~9B Qwen3.5 (8 full-attention + 24 linear-attention layers)
 #   run(command="bash bench/gpu.sh new")      # both of those, 1 repetition (one call)
+#   run(command="bash bench/gpu.sh reduction") # reduction before the LLM (evs, vidcom2): Qwen2-VL-2B size, 448 px
 #   run(command="bash bench/gpu.sh qwen 1")   # a part with another number of repetitions
 # The linear-attention layers run the library's PyTorch fallback unless flash-linear-attention and
 # causal-conv1d are installed in the image (the report's log says which).
@@ -29,6 +30,11 @@ prune() {  # prune REPS
   python3 bench/prune_overhead.py --device cuda:0 --dtype bfloat16 --spec 28,3584,28,4,18944 --reps "$1" \
     --json "$OUT/prune_overhead_gpu.json" --markdown "$OUT/prune_overhead_gpu.md" 2>&1 | tee "$OUT/prune.log"
 }
+reduction() {  # reduction REPS: the 28-layer Qwen2-VL-2B language model, a vision tower of its width and depth
+  python3 bench/reduction.py --device cuda:0 --dtype bfloat16 --spec 28,1536,12,2,8960 --vision 1280,32 \
+    --size 448 --frames 32,64,256 --reps "$1" \
+    --json "$OUT/reduction_gpu.json" --markdown "$OUT/reduction_gpu.md" 2>&1 | tee "$OUT/reduction.log"
+}
 case "${1:-all}" in
   all) decode qwen2.5-vl-7b 1 && decode llava-video-7b 1 && prune 3 ;;
   qwen) decode qwen2.5-vl-7b "${2:-2}" ;;
@@ -37,5 +43,6 @@ case "${1:-all}" in
   qwen3) decode qwen3-vl-8b "${2:-2}" ;;
   qwen3.5) decode qwen3.5-9b "${2:-2}" ;;
   new) decode qwen3-vl-8b 1 && decode qwen3.5-9b 1 ;;
-  *) echo "usage: bash bench/gpu.sh [all|qwen|llava|prune|qwen3|qwen3.5|new] [REPS]" >&2; exit 2 ;;
+  reduction) reduction "${2:-5}" ;;
+  *) echo "usage: bash bench/gpu.sh [all|qwen|llava|prune|qwen3|qwen3.5|new|reduction] [REPS]" >&2; exit 2 ;;
 esac

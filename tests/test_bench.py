@@ -107,3 +107,26 @@ def test_the_new_real_size_configurations_build_and_run_scaled_down(tmp_path):
         (run,) = result["runs"]
         assert run["configs"]["das@0.2"]["kv_bytes"] < run["configs"]["full@1"]["kv_bytes"]
     assert "8 layers (6 linear attention)" in results["qwen3.5-9b"]["description"]
+
+
+def test_reduction_quick(tmp_path):
+    out_json, out_md = tmp_path / "r.json", tmp_path / "r.md"
+    run_quick("reduction.py", "--json", str(out_json), "--markdown", str(out_md))
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from reduction import CONFIGS
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    data = json.loads(out_json.read_text())
+    assert [run["frames"] for run in data["runs"]] == [8, 16]
+    for run in data["runs"]:
+        assert set(run["configs"]) == set(CONFIGS)
+        for name, row in run["configs"].items():
+            assert row["ttft_s"] > 0 and row["llm_prefill_s"] > 0 and row["vision_s"] > 0, (name, row)
+            assert row["ttft_s"] >= row["llm_prefill_s"] and row["ttft_speedup"] > 0
+            if name == "none":
+                assert row["visual_after"] == row["visual_before"] == run["visual_tokens"]
+            else:
+                assert row["visual_after"] < row["visual_before"] == run["visual_tokens"], (name, row)
+        assert run["configs"]["evs 50% + das 40%"]["kv_visual_kept"] < run["configs"]["evs 50%"]["visual_after"]
+    assert "| config |" in out_md.read_text()
