@@ -54,7 +54,7 @@ def select(scores: list[torch.Tensor], count: int, whole: tuple[int, ...] = ()) 
     in ``whole`` kept entirely and every other span's best token kept whatever its score; those
     count toward ``count`` (which is raised to them if it is smaller). ``scores``: ``[n_i]`` per
     span; returns bool masks ``[n_i]``. Ties go to the earlier token."""
-    masks = [torch.zeros(s.numel(), dtype=torch.bool) for s in scores]
+    masks = [torch.zeros(s.numel(), dtype=torch.bool, device=s.device) for s in scores]
     for i, s in enumerate(scores):
         if s.numel() == 0:
             continue

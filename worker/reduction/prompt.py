@@ -71,7 +71,7 @@ def reduce_steps(
     )
     sizes = [e - s for s, e in layout.frame_spans]
     with torch.inference_mode(), model_work():
-        masks = method.keep(list(torch.split(features.tokens, sizes)))
+        masks = [m.cpu() for m in method.keep(list(torch.split(features.tokens, sizes)))]
     return reduced(prompt, features, masks)
 
 
@@ -86,7 +86,8 @@ def reduced(prompt: PreparedPrompt, features: VisualFeatures, masks: list[torch.
             raise ValueError("a reduction must keep at least one token of every span, with one mask entry per token")
         keep[start:end] = mask
     index = keep.nonzero().flatten()
-    rows = torch.cat(masks)
+    kept = torch.cat(masks)  # [n] on the CPU, like the layout
+    rows = kept.to(features.tokens.device)
     inputs = dict(prompt.inputs)
     for name in PER_TOKEN_INPUTS:
         if name in inputs:
@@ -107,4 +108,4 @@ def reduced(prompt: PreparedPrompt, features: VisualFeatures, masks: list[torch.
         prompt.first_index,
         VisualFeatures(features.tokens[rows], tuple(d[rows] for d in features.deepstack)),
     )
-    return Reduced(out, layout.num_visual_tokens, new_layout.num_visual_tokens, visual[rows])
+    return Reduced(out, layout.num_visual_tokens, new_layout.num_visual_tokens, visual[kept])

@@ -24,7 +24,7 @@ def dissimilarity(spans: list[torch.Tensor]) -> list[torch.Tensor]:
     (2, the most, for the first span and for tokens without a counterpart)."""
     out = []
     for i, tokens in enumerate(spans):
-        score = torch.full((tokens.shape[0],), 2.0)
+        score = torch.full((tokens.shape[0],), 2.0, device=tokens.device)
         if i > 0:
             shared = min(tokens.shape[0], spans[i - 1].shape[0])
             score[:shared] = 1.0 - cosine(tokens[:shared], spans[i - 1][:shared])

@@ -53,14 +53,14 @@ class VidCom2(ReductionMethod):
         total = self.target(sum(s.shape[0] for s in spans))
         masks = []
         for score, budget in zip(scores, budgets, strict=True):
-            mask = torch.zeros(score.numel(), dtype=torch.bool)
+            mask = torch.zeros(score.numel(), dtype=torch.bool, device=score.device)
             mask[torch.sort(score, descending=True, stable=True).indices[:budget]] = True
             masks.append(mask)
         kept = sum(int(m.sum()) for m in masks)
         if kept > total:  # the per-span minimum and rounding can overshoot: trim the least distinctive
             flat = torch.cat(scores).masked_fill(~torch.cat(masks), float("inf"))
             best = torch.cat([torch.zeros_like(m) for m in masks])
-            offsets = torch.cumsum(torch.tensor([0] + [m.numel() for m in masks[:-1]]), 0)
+            offsets = torch.cumsum(torch.tensor([0] + [m.numel() for m in masks[:-1]]), 0)  # (CPU: .tolist())
             for offset, score in zip(offsets.tolist(), scores, strict=True):
                 best[offset + int(torch.argmax(score))] = True  # each span's best stays
             flat = flat.masked_fill(best, float("inf"))
