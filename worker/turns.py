@@ -237,7 +237,12 @@ class TurnRunner:
                 yield YIELD
                 control.check()
         state = outcome.state
-        emit(ProgressEvent(Stage.PREFILL, 1.0, timings.prefill_s, f"{state.next_pos} tokens, {outcome.chunks} chunks"))
+        detail = f"{state.next_pos} tokens, {outcome.chunks} chunks"
+        if outcome.reduction is not None:  # its vision tower ran before the chunks (the tower runs inside them else)
+            timings.prefill_s += outcome.reduction.seconds
+            reduced = outcome.reduction
+            detail += f", {reduced.visual_after} of {reduced.visual_before} visual tokens into the language model"
+        emit(ProgressEvent(Stage.PREFILL, 1.0, timings.prefill_s, detail))
         emit(ProgressEvent(Stage.PRUNE, 1.0, timings.prune_s, f"{state.cache_length} cache entries"))
         return outcome
 

@@ -107,6 +107,9 @@ def test_a_reduced_and_pruned_session_reloads_on_another_worker_and_answers_as_l
     info = live["session"][0].session
     assert info.pruning.reduction.method == "evs" and info.pruning.reduction.retention == 0.5
     assert info.visual_tokens_encoded > info.visual_tokens_before > info.visual_tokens_after
+    prefilled = [p for p in live["progress"] if p.stage == pb.Progress.STAGE_PREFILL and p.fraction == 1.0]
+    expected = f"{info.visual_tokens_before} of {info.visual_tokens_encoded} visual tokens into the language model"
+    assert expected in prefilled[0].detail and prefilled[0].seconds > 0
     live_turns = [ask(a, info.session_id, q) for q in questions]
     moved = events(a.CreateSession(upload(request, video=video), timeout=60))
     moved_id = moved["session"][0].session.session_id

@@ -20,6 +20,8 @@ counterpart in earlier frames and is scored as new (``evs``) or like any token (
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 
@@ -39,14 +41,16 @@ PER_TOKEN_INPUTS = ("input_ids", "attention_mask", "mm_token_type_ids")
 
 @dataclass(frozen=True)
 class Reduced:
-    """What a reduction did: the reduced prompt, the visual tokens before and after, and the
-    kept tokens' indices in the original prompt ([kept visual], ascending; what a tool maps a
-    kept token back to its frame and place with)."""
+    """What a reduction did: the reduced prompt, the visual tokens before and after, the kept
+    tokens' indices in the original prompt ([kept visual], ascending; what a tool maps a kept
+    token back to its frame and place with), and the seconds its work took (the vision tower and
+    the selection; not the pauses)."""
 
     prompt: PreparedPrompt
     visual_before: int
     visual_after: int
     kept_visual: torch.Tensor
+    seconds: float = 0.0
 
 
 class ReductionPaused:
@@ -60,11 +64,15 @@ def reduce_steps(
     layout = prompt.layout
     pieces: list[VisualFeatures] = []
     spans = len(layout.frame_spans)
+    seconds = 0.0
     for first in range(0, spans, SPANS_PER_CALL):
+        started = time.perf_counter()
         with torch.inference_mode(), model_work():
             pieces.append(adapter.video_features(prompt.inputs, first, min(spans, first + SPANS_PER_CALL)))
+        seconds += time.perf_counter() - started
         if first + SPANS_PER_CALL < spans:
             yield ReductionPaused()
+    started = time.perf_counter()
     features = VisualFeatures(
         torch.cat([p.tokens for p in pieces]),
         tuple(torch.cat(rows) for rows in zip(*(p.deepstack for p in pieces), strict=True)),
@@ -72,7 +80,8 @@ def reduce_steps(
     sizes = [e - s for s, e in layout.frame_spans]
     with torch.inference_mode(), model_work():
         masks = [m.cpu() for m in method.keep(list(torch.split(features.tokens, sizes)))]
-    return reduced(prompt, features, masks)
+    out = reduced(prompt, features, masks)
+    return dataclasses.replace(out, seconds=seconds + time.perf_counter() - started)
 
 
 def reduced(prompt: PreparedPrompt, features: VisualFeatures, masks: list[torch.Tensor]) -> Reduced:
