@@ -407,13 +407,13 @@ class Engine:
             timings.encode_s = time.perf_counter() - encoding
             visual = prompt.layout.num_visual_tokens
             yield ProgressEvent(Stage.ENCODE, 1.0, timings.encode_s, f"{visual} visual tokens")
-            plan = NewSegment(req.media_kind, sampling, media, prompt, timings)
+            reduction = build_reduction(session.pruning.reduction)
+            plan = NewSegment(req.media_kind, sampling, media, prompt, timings, reduction)
             stored_as = StoredOutcome("segment", request) if key else None
 
             def job(emit: Emit, meter: TurnMeter):
                 return self._turns.append(session, method, plan, control, emit, meter, stored_as, key)
 
-            reduction = build_reduction(session.pruning.reduction)
             reserve = state.cache_bytes() + self._reserve_for_prompt(lm, prompt.layout, method, reduction)
             released = True  # from here the lease is released when the job ends
             try:

@@ -34,7 +34,6 @@ from videoqa.worker.model.generate import Chosen, ModelRunner, answer
 from videoqa.worker.pruning.base import PruningMethod
 from videoqa.worker.pruning.pipeline import ChunkDone, Prefilled, PrunedPrefill, SessionMedia, StepDone
 from videoqa.worker.reduction.base import ReductionMethod
-from videoqa.worker.reduction.registry import build_reduction
 from videoqa.worker.scheduler import YIELD, TurnMeter, Wait
 from videoqa.worker.sessions import MediaSegment, Session, SessionManager
 from videoqa.worker.telemetry import CacheBuilt, ChunkPrefilled, MediaAppended, Telemetry
@@ -116,6 +115,8 @@ class NewSegment:
     media: DecodedMedia
     prompt: PreparedPrompt
     timings: Timings
+    #: The session's reduction before the language model, applied to this media too.
+    reduction: ReductionMethod | None = None
 
 
 class TurnRunner:
@@ -146,11 +147,8 @@ class TurnRunner:
             runner, plan.method, plan.question is not None, chunking=self.chunking, reduction=plan.reduction
         )
         prefilled = yield from self._prefill(pruner.steps(plan.prompt), control, emit, timings, plan.model_id)
-        encoded = plan.prompt.layout.num_visual_tokens
-        layout = prefilled.reduction.prompt.layout if prefilled.reduction is not None else plan.prompt.layout
-        segment = MediaSegment.of(
-            plan.media, plan.media_kind, plan.sampling, layout, encoded_tokens=encoded if plan.reduction else 0
-        )
+        layout, encoded = prefilled.ran(plan.prompt)
+        segment = MediaSegment.of(plan.media, plan.media_kind, plan.sampling, layout, encoded_tokens=encoded)
         method = plan.method
         session = Session(
             session_id=plan.session_id,
@@ -178,7 +176,7 @@ class TurnRunner:
                 frames=len(plan.media.indices),
                 visual_tokens=layout.num_visual_tokens,
                 visual_tokens_kept=prefilled.result.visual_kept,
-                visual_tokens_encoded=encoded,
+                visual_tokens_encoded=plan.prompt.layout.num_visual_tokens,
                 recycled_tokens=prefilled.result.recycled,
                 kv_bytes_full=prefilled.state.unpruned_bytes(runner.lm.kv_bytes_per_token),
                 kv_bytes_compressed=prefilled.state.cache_bytes(),
@@ -406,21 +404,12 @@ class TurnRunner:
         checkpoint = state.checkpoint(rewrites=True)
         before = (session.visual_tokens_after, session.recycled_tokens, session.awaiting_question)
         try:
-            reduction = build_reduction(session.pruning.reduction)
-            pruner = PrunedPrefill(runner, method, False, chunking=self.chunking, reduction=reduction)
+            pruner = PrunedPrefill(runner, method, False, chunking=self.chunking, reduction=plan.reduction)
             media = SessionMedia(frames_before=session.frame_spans, visual_before=session.visual_tokens_before)
             steps = pruner.steps(plan.prompt, state=state, media=media)
             prefilled = yield from self._prefill(steps, control, emit, timings, session.model_id)
-            encoded = plan.prompt.layout.num_visual_tokens
-            layout = prefilled.reduction.prompt.layout if prefilled.reduction is not None else plan.prompt.layout
-            segment = MediaSegment.of(
-                plan.media,
-                plan.media_kind,
-                plan.sampling,
-                layout,
-                session.clock_s,
-                encoded if reduction is not None else 0,
-            )
+            layout, encoded = prefilled.ran(plan.prompt)
+            segment = MediaSegment.of(plan.media, plan.media_kind, plan.sampling, layout, session.clock_s, encoded)
             session.visual_tokens_after = prefilled.result.visual_kept
             session.recycled_tokens = prefilled.result.recycled
             session.awaiting_question = True
@@ -443,7 +432,7 @@ class TurnRunner:
                 method=method.name,
                 frames=len(plan.media.indices),
                 visual_tokens=segment.visual_tokens,
-                visual_tokens_encoded=encoded,
+                visual_tokens_encoded=plan.prompt.layout.num_visual_tokens,
                 chunks=prefilled.chunks,
                 prefill_s=timings.prefill_s,
                 prune_s=timings.prune_s,

@@ -43,7 +43,7 @@ class Conversation:
             "tenant",
             lm.model_id,
             spec,
-            [MediaSegment.of(clip, MediaKind.VIDEO, SamplingSpec(), *_ran(prompt, out))],
+            [MediaSegment.of(clip, MediaKind.VIDEO, SamplingSpec(), *out.ran(prompt))],
             out.state,
             out.result.visual_kept,
             out.result.recycled,
@@ -87,21 +87,13 @@ class Conversation:
         clip, prompt, steps = self.append_steps(frames, seed, clip)
         out = run_to_end(steps)
         session = self.session
-        layout, encoded = _ran(prompt, out)
+        layout, encoded = out.ran(prompt)
         segment = MediaSegment.of(clip, MediaKind.VIDEO, SamplingSpec(), layout, session.clock_s, encoded)
         session.visual_tokens_after, session.recycled_tokens = out.result.visual_kept, out.result.recycled
         session.awaiting_question = True
         session.segments.append(segment)
         self.clips.append(clip)
         return segment, out
-
-
-def _ran(prompt, out):
-    """(the layout the language model ran, the visual tokens encoded when a reduction dropped some
-    else 0), as the worker records a segment."""
-    if out.reduction is None:
-        return prompt.layout, 0
-    return out.reduction.prompt.layout, prompt.layout.num_visual_tokens
 
 
 def one_prompt(lm, clips, token_ids: list[int]):

@@ -3,6 +3,8 @@ features and positions, positions are exercised, and it composes with chunks and
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -64,7 +66,7 @@ def test_retention_100_is_bit_identical_to_no_reduction(tiny_model, model_id, me
 def test_kept_tokens_keep_their_embeddings_and_positions(tiny_model, model_id):
     lm = tiny_model(model_id)
     prompt = lm.adapter.prepare(media(FRAMES), QUESTION)
-    out = run_to_end_reduction(lm, prompt, ReductionSpec("evs", {}, 0.4))
+    out = run_to_end(reduce_steps(lm.adapter, prompt, build_reduction(ReductionSpec("evs", {}, 0.4))))
     small = out.prompt
     assert out.visual_after < out.visual_before
     assert small.layout.num_visual_tokens == out.visual_after == out.kept_visual.numel()
@@ -85,28 +87,17 @@ def test_kept_tokens_keep_their_embeddings_and_positions(tiny_model, model_id):
     assert int((ids == lm.adapter.video_token_id).sum()) == out.visual_after
 
 
-def run_to_end_reduction(lm, prompt, spec: ReductionSpec):
-    steps = reduce_steps(lm.adapter, prompt, build_reduction(spec))
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
-
-
 @pytest.mark.parametrize("model_id", ["tiny-qwen2-vl", "tiny-llava-onevision", "tiny-qwen3-vl"])
 def test_kept_tokens_at_contiguous_positions_change_the_logits(tiny_model, model_id):
     """The original positions are exercised: the same kept tokens at contiguous positions (what a
     reduction that rebuilt the prompt from scratch would give) answer differently."""
     lm = tiny_model(model_id)
     prompt = lm.adapter.prepare(media(FRAMES), QUESTION)
-    small = run_to_end_reduction(lm, prompt, ReductionSpec("evs", {}, 0.3)).prompt
+    small = run_to_end(reduce_steps(lm.adapter, prompt, build_reduction(ReductionSpec("evs", {}, 0.3)))).prompt
     gen = ModelRunner(lm)
     _, right = gen.prefill(small)
-    squeezed = torch.arange(small.layout.prompt_length).expand_as(small.position_ids[..., :].clone())
-    if small.position_ids.dim() == 3:
-        squeezed = squeezed.clone()
-    wrong = type(small)(small.inputs, squeezed.contiguous(), small.rope_delta, small.layout, 0, small.features)
+    squeezed = torch.arange(small.layout.prompt_length).expand_as(small.position_ids).contiguous()
+    wrong = dataclasses.replace(small, position_ids=squeezed)
     _, moved = gen.prefill(wrong)
     assert not torch.allclose(right, moved, atol=1e-4)
 

@@ -75,6 +75,14 @@ class Prefilled:
     #: What the reduction before the language model did (``None``: no reduction).
     reduction: Reduced | None = None
 
+    def ran(self, prompt: PreparedPrompt) -> tuple[TokenLayout, int]:
+        """The layout the language model ran for ``prompt`` (the reduced one after a reduction), and
+        the visual tokens the vision tower made when a reduction dropped some (0: no reduction);
+        what a session records of a media segment."""
+        if self.reduction is None:
+            return prompt.layout, 0
+        return self.reduction.prompt.layout, prompt.layout.num_visual_tokens
+
 
 @dataclass(frozen=True)
 class SessionMedia:

@@ -57,18 +57,10 @@ class VidCom2(ReductionMethod):
             mask[torch.sort(score, descending=True, stable=True).indices[:budget]] = True
             masks.append(mask)
         kept = sum(int(m.sum()) for m in masks)
-        if kept > total:  # the per-span minimum and rounding can overshoot: trim the least distinctive
-            flat = torch.cat(scores).masked_fill(~torch.cat(masks), float("inf"))
-            best = torch.cat([torch.zeros_like(m) for m in masks])
-            offsets = torch.cumsum(torch.tensor([0] + [m.numel() for m in masks[:-1]]), 0)  # (CPU: .tolist())
-            for offset, score in zip(offsets.tolist(), scores, strict=True):
-                best[offset + int(torch.argmax(score))] = True  # each span's best stays
-            flat = flat.masked_fill(best, float("inf"))
-            drop = torch.sort(flat, stable=True).indices[: kept - max(total, int(best.sum()))]
-            merged = torch.cat(masks)
-            merged[drop] = False
-            return list(torch.split(merged, [m.numel() for m in masks]))
-        if kept < total:  # spread what is left by distinctiveness anywhere
-            boosted = [s.masked_fill(m, float("inf")) for s, m in zip(scores, masks, strict=True)]
-            return select(boosted, total)
-        return masks
+        if kept == total:
+            return masks
+        # The per-span minimum and rounding miss the total: over it, keep each span's best and the
+        # most distinctive of the rest of the kept; under it, add the most distinctive anywhere.
+        fill = float("-inf") if kept > total else float("inf")
+        pinned = [s.masked_fill(~m if kept > total else m, fill) for s, m in zip(scores, masks, strict=True)]
+        return select(pinned, total)
