@@ -281,17 +281,37 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def _reduced(row: dict) -> str:
+    """The stall table's note on the uploads' reduction before the language model ("" without one)."""
+    if row.get("upload_reduction", "none") in ("", "none"):
+        return ""
+    into, encoded = row["upload_visual_tokens_into_llm"], row["upload_visual_tokens_encoded"]
+    return f"; uploads reduced by {row['upload_reduction']}: {encoded} visual tokens encoded, {into} into the LLM"
+
+
+def upload_pruning(text: str):
+    """``--upload-reduction``: ``none`` or ``NAME:RETENTION`` -> the uploads' PruningSpec (KV method
+    ``full``; the reduction before the language model, when one is named)."""
+    from videoqa.worker.types import PruningSpec, ReductionSpec
+
+    if text in ("", "none"):
+        return PruningSpec()
+    name, _, retention = text.partition(":")
+    return PruningSpec(reduction=ReductionSpec(name, {}, float(retention or 1.0)))
+
+
 async def _stall_run(args, chunk_frames: int, upload: bytes, small: bytes) -> dict:
     from videoqa.worker.telemetry import ChunkPrefilled
     from videoqa.worker.types import PruningSpec
 
+    uploads = upload_pruning(args.upload_reduction)
     engine = _engine(args, chunk_frames)
     chunks: list[float] = []
     engine.telemetry.subscribe(lambda item: chunks.append(item.prefill_s) if isinstance(item, ChunkPrefilled) else None)
     try:
         # running sessions: small videos, asked for long answers (their gaps are what we watch)
         created = [await _create(engine, small, 4, None, PruningSpec(), 1) for _ in range(args.running)]
-        await _create(engine, upload, args.upload_frames, "warm-up?", PruningSpec(), 1)  # warm-up
+        await _create(engine, upload, args.upload_frames, "warm-up?", uploads, 1)  # warm-up
         chunks.clear()
         scheduler = engine.scheduler
         busy0, model0 = scheduler.busy_s, scheduler.model_s
@@ -300,10 +320,11 @@ async def _stall_run(args, chunk_frames: int, upload: bytes, small: bytes) -> di
             for session_id, _ in created
         ]
         await asyncio.sleep(args.lead_s)
-        uploads_ttft = []
+        uploads_ttft, into_llm, encoded = [], 0, 0
         for _ in range(args.uploads):
-            _, stats = await _create(engine, upload, args.upload_frames, "what is there?", PruningSpec(), 2)
+            _, stats = await _create(engine, upload, args.upload_frames, "what is there?", uploads, 2)
             uploads_ttft.append(stats.timings.ttft_s)
+            into_llm, encoded = stats.visual_tokens_before, stats.visual_tokens_encoded
         stats = await asyncio.gather(*answers)
         busy, model = scheduler.busy_s - busy0, scheduler.model_s - model0
     finally:
@@ -312,6 +333,9 @@ async def _stall_run(args, chunk_frames: int, upload: bytes, small: bytes) -> di
     median = statistics.median(gaps)
     return {
         "chunk_frames": chunk_frames,
+        "upload_reduction": args.upload_reduction,
+        "upload_visual_tokens_encoded": encoded,
+        "upload_visual_tokens_into_llm": into_llm,
         "gaps": len(gaps),
         "median_ms": 1e3 * median,
         "p90_ms": 1e3 * _percentile(gaps, 0.90),
@@ -419,7 +443,9 @@ def markdown(results: dict) -> str:
         a = results["args"]
         lines += [
             f"**Stall** ({a['running']} sessions streaming {a['answer_tokens']}-token answers while {a['uploads']} "
-            f"uploads of {a['upload_frames']} frames ({a['width']}x{a['height']}) are admitted, {a['stall_model']}):",
+            f"uploads of {a['upload_frames']} frames ({a['width']}x{a['height']}) are admitted, {a['stall_model']}"
+            + _reduced(stall[0])
+            + "):",
             "",
             "| prefill | gaps | median ms | p90 ms | p99 ms | max ms | p99/median | chunks' prefill ms (min / max) | "
             "compute time outside model work |",
@@ -509,6 +535,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=448)
     parser.add_argument("--height", type=int, default=252)
     parser.add_argument("--lead-s", type=float, default=0.5, help="answers run alone this long before uploads")
+    parser.add_argument(
+        "--upload-reduction", default="none", help="stall phase: the uploads' reduction before the LLM (NAME:RETENTION)"
+    )
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")

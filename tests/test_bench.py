@@ -79,6 +79,19 @@ def test_long_video_quick(tmp_path):
     assert "**Stall**" in out_md.read_text() and list(plots.glob("long_video_memory_*.png"))
 
 
+def test_long_video_stall_with_reduced_uploads_quick(tmp_path):
+    """The stall phase with the uploads reduced before the language model: the uploads really are
+    reduced (fewer visual tokens into the LLM than encoded), and answers still stream beside them."""
+    out_json, out_md = tmp_path / "l.json", tmp_path / "l.md"
+    args = ["--phases", "stall", "--upload-reduction", "evs:0.5", "--json", str(out_json), "--markdown", str(out_md)]
+    run_quick("long_video.py", *args, "--plots", str(tmp_path / "plots"))
+    rows = json.loads(out_json.read_text())["stall"]
+    assert [r["upload_reduction"] for r in rows] == ["evs:0.5", "evs:0.5"]
+    for row in rows:
+        assert row["gaps"] > 0 and 0 < row["upload_visual_tokens_into_llm"] < row["upload_visual_tokens_encoded"]
+    assert "uploads reduced by evs:0.5" in out_md.read_text()
+
+
 def test_the_new_real_size_configurations_build_and_run_scaled_down(tmp_path):
     """Qwen3-VL-8B and the ~9B Qwen3.5 of ``bench/gpu.sh``: built on the meta device (no memory),
     their language models have the real models' size (vocabulary aside: the offline tokenizer's is
