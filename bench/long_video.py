@@ -45,11 +45,9 @@ DEFAULT_SPEC = "2,512,8,2,1024"
 def _register(spec_text: str) -> str:
     from videoqa.worker.model import tiny
 
-    layers, hidden, heads, kv_heads, intermediate = (int(x) for x in spec_text.split(","))
-    name = f"long-video-{layers}x{hidden}"
-    tiny.TINY_MODELS[name] = tiny.TinySpec(
-        "qwen2_vl", layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, intermediate=intermediate
-    )
+    spec = tiny.TinySpec.from_shape(spec_text)
+    name = f"long-video-{spec.layers}x{spec.hidden}"
+    tiny.TINY_MODELS[name] = spec
     return name
 
 
@@ -290,14 +288,13 @@ def _reduced(row: dict) -> str:
 
 
 def upload_pruning(text: str):
-    """``--upload-reduction``: ``none`` or ``NAME:RETENTION`` -> the uploads' PruningSpec (KV method
-    ``full``; the reduction before the language model, when one is named)."""
+    """``--upload-reduction``: ``none`` or ``NAME:RETENTION`` (read as the harness's ``--reductions``
+    reads one) -> the uploads' PruningSpec (KV method ``full``; the reduction, when one is named)."""
+    from videoqa.lab.harness import parse_reductions
     from videoqa.worker.types import PruningSpec, ReductionSpec
 
-    if text in ("", "none"):
-        return PruningSpec()
-    name, _, retention = text.partition(":")
-    return PruningSpec(reduction=ReductionSpec(name, {}, float(retention or 1.0)))
+    ((name, retention),) = parse_reductions(text)
+    return PruningSpec(reduction=ReductionSpec(name, {}, retention))
 
 
 async def _stall_run(args, chunk_frames: int, upload: bytes, small: bytes) -> dict:

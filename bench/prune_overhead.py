@@ -147,16 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     # Qwen2-VL-2B's width at 2 layers: per-layer costs, hence the overhead ratio, do not depend on depth.
     specs = args.spec if args.spec is not None else ([] if args.quick else ["2,1536,12,2,8960"])
     for text in specs:
-        values = [int(x) for x in text.split(",")]
-        layers, hidden, heads, kv_heads = values[:4]
-        intermediate = values[4] if len(values) > 4 else None
-        name = register_spec(
-            f"qwen2-vl-{layers}x{hidden}",
-            tiny.TinySpec(
-                "qwen2_vl", layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, intermediate=intermediate
-            ),
-        )
-        models.append((name, f"{layers} layers, hidden {hidden}, {heads}/{kv_heads} heads"))
+        spec = tiny.TinySpec.from_shape(text)
+        name = register_spec(f"qwen2-vl-{spec.layers}x{spec.hidden}", spec)
+        models.append((name, f"{spec.layers} layers, hidden {spec.hidden}, {spec.heads}/{spec.kv_heads} heads"))
     counts = [4] if args.quick else [int(x) for x in args.frames.split(",")]
     reps = 1 if args.quick else args.reps
     methods = [m for m in args.methods.split(",") if m]

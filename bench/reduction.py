@@ -97,25 +97,13 @@ def moving_square(count: int, size: int, square: int = 0, step: int = 0) -> Deco
 
 
 def register_spec(text: str, vision: str, size: int) -> tuple[str, str]:
-    values = [int(x) for x in text.split(",")]
-    layers, hidden, heads, kv_heads = values[:4]
-    intermediate = values[4] if len(values) > 4 else None
     vision_hidden, vision_depth = (int(x) for x in vision.split(","))
-    name = f"qwen2-vl-{layers}x{hidden}-v{vision_hidden}x{vision_depth}-{size}px"
-    tiny.TINY_MODELS[name] = tiny.TinySpec(
-        "qwen2_vl",
-        layers=layers,
-        hidden=hidden,
-        heads=heads,
-        kv_heads=kv_heads,
-        intermediate=intermediate,
-        image_size=size,
-        vision_hidden=vision_hidden,
-        vision_depth=vision_depth,
-    )
+    spec = tiny.TinySpec.from_shape(text, image_size=size, vision_hidden=vision_hidden, vision_depth=vision_depth)
+    name = f"qwen2-vl-{spec.layers}x{spec.hidden}-v{vision_hidden}x{vision_depth}-{size}px"
+    tiny.TINY_MODELS[name] = spec
     description = (
-        f"Qwen2-VL, language model {layers} layers, hidden {hidden}, {heads}/{kv_heads} heads, "
-        f"MLP {intermediate or 2 * hidden}; vision tower {vision_depth} blocks of width {vision_hidden}"
+        f"Qwen2-VL, language model {spec.layers} layers, hidden {spec.hidden}, {spec.heads}/{spec.kv_heads} heads, "
+        f"MLP {spec.intermediate or 2 * spec.hidden}; vision tower {vision_depth} blocks of width {vision_hidden}"
     )
     return name, description
 

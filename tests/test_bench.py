@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -143,3 +145,16 @@ def test_reduction_quick(tmp_path):
                 assert row["visual_after"] < row["visual_before"] == run["visual_tokens"], (name, row)
         assert run["configs"]["evs 50% + das 40%"]["kv_visual_kept"] < run["configs"]["evs 50%"]["visual_after"]
     assert "| config |" in out_md.read_text()
+
+
+def test_a_benchmark_spec_reads_as_a_tiny_spec():
+    """``--spec layers,hidden,heads,kv_heads[,mlp]``, shared by the benchmarks: the MLP defaults, other
+    fields pass through, a malformed shape is refused."""
+    from videoqa.worker.model.tiny import TinySpec
+
+    full = TinySpec.from_shape("2,1536,12,2,8960", image_size=448)
+    assert (full.family, full.layers, full.hidden, full.heads, full.kv_heads) == ("qwen2_vl", 2, 1536, 12, 2)
+    assert (full.intermediate, full.image_size) == (8960, 448)
+    assert TinySpec.from_shape("1,64,4,2", "qwen3_vl").intermediate is None
+    with pytest.raises(ValueError, match="layers,hidden"):
+        TinySpec.from_shape("2,1536,12")

@@ -222,6 +222,19 @@ class TinySpec:
     video_pixels: int = 0
     frame_tokens: int = 768
 
+    @classmethod
+    def from_shape(cls, text: str, family: str = "qwen2_vl", **fields: Any) -> TinySpec:
+        """A benchmark's ``--spec``: ``layers,hidden,heads,kv_heads[,mlp]`` (the MLP width defaults to
+        2 × hidden) -> a spec of ``family``, with any other ``fields``."""
+        values = [int(x) for x in text.split(",")]
+        if len(values) not in (4, 5):
+            raise ValueError(f"{text!r} is not layers,hidden,heads,kv_heads[,mlp]")
+        layers, hidden, heads, kv_heads = values[:4]
+        intermediate = values[4] if len(values) == 5 else None
+        return cls(
+            family, layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, intermediate=intermediate, **fields
+        )
+
 
 TINY_MODELS: dict[str, TinySpec] = {
     "tiny-qwen2-vl": TinySpec("qwen2_vl"),
